@@ -1,0 +1,80 @@
+//! Llama-family models (Llama 2/3, SmolLM2, Mistral, Mixtral) for bedside.
+//!
+//! - [`load`] turns a [`ModelLocation`] (GGUF file or HF directory, see [`hub::resolve`]) into a
+//!   [`Model`] whose every projection is a LoRA-ready [`Linear`].
+//! - GGUF weights stay quantized (or are dequantized on request); q/k rows are put in HF order at
+//!   load time so one code path serves both formats.
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod hub;
+pub mod inspect;
+pub mod linear;
+pub mod model;
+pub mod weights;
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device};
+
+pub use config::{Arch, ModelConfig, MoeConfig, RopeScaling};
+pub use device::{device_name, parse_device};
+pub use error::{ModelError, Result};
+pub use hub::{resolve, ModelLocation};
+pub use inspect::{inspect, ModelInfo};
+pub use linear::{BaseWeight, Linear, LoraBranch};
+pub use model::{Cache, Logits, Model};
+
+/// How to load weights.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Dtype of dense weights and activations for HF checkpoints (default f32). For GGUF it only
+    /// applies together with `dequantize`.
+    pub dtype: Option<DType>,
+    /// Dequantize GGUF weights instead of running quantized matmuls.
+    pub dequantize: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: None, dequantize: false }
+    }
+}
+
+/// A loaded model and, for GGUF, its parsed header (tokenizer and chat template live there).
+pub struct Loaded {
+    pub model: Model,
+    pub gguf: Option<gguf_file::Content>,
+}
+
+pub fn load(loc: &ModelLocation, opts: &LoadOptions) -> Result<Loaded> {
+    match loc {
+        ModelLocation::Gguf(p) => {
+            let (model, content) = load_gguf(p, opts)?;
+            Ok(Loaded { model, gguf: Some(content) })
+        }
+        ModelLocation::HfDir(d) => Ok(Loaded { model: load_hf_dir(d, opts)?, gguf: None }),
+    }
+}
+
+pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(Model, gguf_file::Content)> {
+    let deq = opts.dequantize.then(|| opts.dtype.unwrap_or(DType::F32));
+    let (mut src, cfg) = weights::GgufSource::open(path, &opts.device, deq)?;
+    let model = Model::load(&mut src, cfg, &opts.device, "gguf")?;
+    Ok((model, src.content))
+}
+
+pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+    let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+    let mut src = weights::SafetensorsSource::open(dir, &opts.device, opts.dtype.unwrap_or(DType::F32))?;
+    Model::load(&mut src, cfg, &opts.device, "safetensors")
+}
+
+/// Read only a GGUF header (for `info` and tokenizers) with file-naming errors.
+pub fn read_gguf_header(path: &Path) -> Result<gguf_file::Content> {
+    let mut f = std::fs::File::open(path).map_err(error::io_err(path))?;
+    weights::read_gguf_content(path, &mut f)
+}

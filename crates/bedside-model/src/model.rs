@@ -1,0 +1,543 @@
+//! One Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Mixtral) for both weight formats.
+//!
+//! Weights are held in HF layout whatever the file format, so rotary embeddings use the
+//! "rotate half" pairing and PEFT adapters apply unchanged. In training mode every op on the path
+//! is one that records a backward (candle's fused softmax, rms_norm and rope do not).
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+
+use crate::config::{Arch, ModelConfig, RopeScaling};
+use crate::error::{ModelError, Result};
+use crate::linear::{BaseWeight, Linear};
+use crate::weights::WeightSource;
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        if training {
+            // Composed ops: differentiable.
+            let dtype = x.dtype();
+            let x32 = x.to_dtype(DType::F32)?;
+            let norm = x32.sqr()?.mean_keepdim(D::Minus1)?;
+            let y = x32.broadcast_div(&(norm + self.eps)?.sqrt()?)?;
+            Ok(y.to_dtype(dtype)?.broadcast_mul(&self.weight.to_dtype(dtype)?)?)
+        } else {
+            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct Expert {
+    /// gate
+    pub w1: Linear,
+    /// down
+    pub w2: Linear,
+    /// up
+    pub w3: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    Dense { gate_proj: Linear, up_proj: Linear, down_proj: Linear },
+    Moe { gate: Linear, experts: Vec<Expert>, top_k: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub ffn: FeedForward,
+}
+
+/// Which positions to project to vocabulary logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position: `(batch, vocab)`. What generation needs.
+    Last,
+    /// Every position: `(batch, seq, vocab)`. What scoring and training need.
+    All,
+}
+
+/// Keys and values of earlier positions, for one batch of sequences.
+///
+/// Batches of prompts of different lengths are left-padded: row `b` starts with `pads[b]`
+/// padding positions that no query may attend to, and its real tokens are numbered from 0.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    pads: Vec<usize>,
+    len: usize,
+}
+
+impl Cache {
+    pub fn new(model: &Model) -> Self {
+        Self::with_padding(model, vec![0])
+    }
+    /// A cache for `pads.len()` rows with the given left padding.
+    pub fn with_padding(model: &Model, pads: Vec<usize>) -> Self {
+        Self { kv: vec![None; model.cfg.num_layers], pads, len: 0 }
+    }
+    /// Positions stored so far (padding included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn batch_size(&self) -> usize {
+        self.pads.len()
+    }
+    pub fn pads(&self) -> &[usize] {
+        &self.pads
+    }
+    /// Keep only the given rows (e.g. drop finished sequences from a batch).
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu)?;
+        for slot in self.kv.iter_mut().flatten() {
+            let i = idx.to_device(slot.0.device())?;
+            *slot = (slot.0.index_select(&i, 0)?, slot.1.index_select(&i, 0)?);
+        }
+        self.pads = rows.iter().map(|&r| self.pads[r]).collect();
+        Ok(())
+    }
+}
+
+/// Where a model was loaded from, for `info` and run records.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelSource {
+    pub path: std::path::PathBuf,
+    pub format: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    pub lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    dtype: DType,
+    device: Device,
+    training: bool,
+    pub source: ModelSource,
+}
+
+fn rope_tables(cfg: &ModelConfig, freqs: Option<&[f32]>, max_pos: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let d = cfg.head_dim;
+    let mut inv: Vec<f64> = (0..d / 2).map(|j| 1.0 / cfg.rope_theta.powf(2.0 * j as f64 / d as f64)).collect();
+    match &cfg.rope_scaling {
+        Some(RopeScaling::Linear { factor }) => inv.iter_mut().for_each(|f| *f /= factor),
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            let old = *original_max_position_embeddings as f64;
+            let low_wl = old / low_freq_factor;
+            let high_wl = old / high_freq_factor;
+            for f in inv.iter_mut() {
+                let wl = 2.0 * std::f64::consts::PI / *f;
+                if wl > low_wl {
+                    *f /= factor;
+                } else if wl >= high_wl {
+                    let smooth = (old / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                }
+            }
+        }
+        None => {}
+    }
+    if let Some(fr) = freqs {
+        for (f, div) in inv.iter_mut().zip(fr) {
+            *f /= *div as f64;
+        }
+    }
+    let mut cos = Vec::with_capacity(max_pos * d / 2);
+    let mut sin = Vec::with_capacity(max_pos * d / 2);
+    for p in 0..max_pos {
+        for f in &inv {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (max_pos, d / 2), device)?,
+        Tensor::from_vec(sin, (max_pos, d / 2), device)?,
+    ))
+}
+
+/// Differentiable rotate-half rope; `cos`/`sin` are `(t, d/2)` or `(b, t, d/2)`.
+fn rope_diff(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+    let (cos, sin) = if cos.rank() == 2 {
+        (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
+    } else {
+        (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
+    };
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
+}
+
+fn softmax(x: &Tensor, training: bool) -> Result<Tensor> {
+    Ok(if training { candle_nn::ops::softmax(x, D::Minus1)? } else { candle_nn::ops::softmax_last_dim(x)? })
+}
+
+impl Model {
+    pub(crate) fn load(src: &mut dyn WeightSource, cfg: ModelConfig, device: &Device, format: &'static str) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (embed_tokens, embed_stored) = src.embedding(cfg.vocab_size, h)?;
+        let lm_head = match src.lm_head(cfg.vocab_size, h)? {
+            Some(w) => Linear::new(w),
+            None if cfg.tie_word_embeddings || format == "gguf" => Linear::new(embed_stored),
+            None => {
+                return Err(ModelError::MissingTensor { path: src.path().into(), tensor: "lm_head.weight".into() });
+            }
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut lin = |n: &str, o: usize, inp: usize| -> Result<Linear> { Ok(Linear::new(src.linear(&format!("{p}.{n}"), o, inp)?)) };
+            let self_attn = Attention {
+                q_proj: lin("self_attn.q_proj", cfg.q_dim(), h)?,
+                k_proj: lin("self_attn.k_proj", cfg.kv_dim(), h)?,
+                v_proj: lin("self_attn.v_proj", cfg.kv_dim(), h)?,
+                o_proj: lin("self_attn.o_proj", h, cfg.q_dim())?,
+            };
+            let f = cfg.intermediate_size;
+            let ffn = match &cfg.moe {
+                None => FeedForward::Dense {
+                    gate_proj: lin("mlp.gate_proj", f, h)?,
+                    up_proj: lin("mlp.up_proj", f, h)?,
+                    down_proj: lin("mlp.down_proj", h, f)?,
+                },
+                Some(moe) => {
+                    let gate = lin("block_sparse_moe.gate", moe.num_experts, h)?;
+                    let mut experts = Vec::with_capacity(moe.num_experts);
+                    for e in 0..moe.num_experts {
+                        let pe = format!("block_sparse_moe.experts.{e}");
+                        experts.push(Expert {
+                            w1: lin(&format!("{pe}.w1"), f, h)?,
+                            w2: lin(&format!("{pe}.w2"), h, f)?,
+                            w3: lin(&format!("{pe}.w3"), f, h)?,
+                        });
+                    }
+                    FeedForward::Moe { gate, experts, top_k: moe.top_k }
+                }
+            };
+            let norm = |src: &mut dyn WeightSource, n: &str| -> Result<RmsNorm> {
+                Ok(RmsNorm { weight: src.vector(&format!("{p}.{n}"), h)?, eps: cfg.rms_norm_eps })
+            };
+            layers.push(Block {
+                input_layernorm: norm(src, "input_layernorm")?,
+                self_attn,
+                post_attention_layernorm: norm(src, "post_attention_layernorm")?,
+                ffn,
+            });
+        }
+        let norm = RmsNorm { weight: src.vector("model.norm", h)?, eps: cfg.rms_norm_eps };
+        let freqs = src.rope_freqs()?;
+        let (cos, sin) = rope_tables(&cfg, freqs.as_deref(), cfg.max_position_embeddings, device)?;
+        Ok(Model {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            dtype: src.dtype(),
+            device: device.clone(),
+            training: false,
+            source: ModelSource { path: src.path().into(), format },
+            cfg,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn context_length(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+    /// Training mode: differentiable ops everywhere and LoRA dropout on.
+    pub fn set_training(&mut self, on: bool) {
+        self.training = on;
+    }
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// Every projection with its HF module name (for attaching adapters).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, b) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut b.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            match &mut b.ffn {
+                FeedForward::Dense { gate_proj, up_proj, down_proj } => {
+                    out.push((format!("{p}.mlp.gate_proj"), gate_proj));
+                    out.push((format!("{p}.mlp.up_proj"), up_proj));
+                    out.push((format!("{p}.mlp.down_proj"), down_proj));
+                }
+                FeedForward::Moe { gate, experts, .. } => {
+                    out.push((format!("{p}.block_sparse_moe.gate"), gate));
+                    for (e, x) in experts.iter_mut().enumerate() {
+                        out.push((format!("{p}.block_sparse_moe.experts.{e}.w1"), &mut x.w1));
+                        out.push((format!("{p}.block_sparse_moe.experts.{e}.w2"), &mut x.w2));
+                        out.push((format!("{p}.block_sparse_moe.experts.{e}.w3"), &mut x.w3));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Parameter count and the storage types of the projection weights.
+    pub fn weight_summary(&self) -> (usize, std::collections::BTreeMap<String, usize>) {
+        let mut types = std::collections::BTreeMap::new();
+        let mut params = self.embed_tokens.elem_count() + self.norm.weight.elem_count();
+        let mut add = |l: &Linear| {
+            let (o, i) = l.base.dims();
+            *types.entry(l.base.type_name()).or_insert(0) += 1;
+            o * i
+        };
+        let tied = self.cfg.tie_word_embeddings;
+        let head = add(&self.lm_head);
+        if !tied {
+            params += head;
+        }
+        let mut me = self.clone();
+        for (_, l) in me.linears_mut() {
+            params += add(l);
+        }
+        for b in &self.layers {
+            params += b.input_layernorm.weight.elem_count() + b.post_attention_layernorm.weight.elem_count();
+        }
+        (params, types)
+    }
+
+    /// Run the decoder over `ids` `(batch, seq)`.
+    ///
+    /// With a cache, positions continue from what it holds and the new keys/values are appended;
+    /// without one, the sequence starts at position 0 and nothing is kept (training, scoring).
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut Cache>, which: Logits) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let (offset, pads) = match &cache {
+            Some(c) => {
+                if c.batch_size() != b {
+                    return Err(ModelError::Candle(candle_core::Error::Msg(format!(
+                        "cache holds {} rows but the input has {b}",
+                        c.batch_size()
+                    ))));
+                }
+                (c.len, c.pads.clone())
+            }
+            None => (0, vec![0; b]),
+        };
+        let needed = offset + t;
+        if needed > self.cfg.max_position_embeddings {
+            return Err(ModelError::ContextOverflow { needed, limit: self.cfg.max_position_embeddings });
+        }
+        let padded = pads.iter().any(|&p| p > 0);
+        let (cos, sin) = if padded {
+            let pos: Vec<u32> =
+                pads.iter().flat_map(|&p| (0..t).map(move |i| (offset + i).saturating_sub(p) as u32)).collect();
+            let pos = Tensor::from_vec(pos, b * t, &self.device)?;
+            let half = self.cfg.head_dim / 2;
+            (
+                self.cos.index_select(&pos, 0)?.reshape((b, t, half))?,
+                self.sin.index_select(&pos, 0)?.reshape((b, t, half))?,
+            )
+        } else {
+            (self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?)
+        };
+        let mask = if t > 1 || padded { Some(self.mask(b, t, offset, &pads)?) } else { None };
+
+        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        let mut cache = cache;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| &mut c.kv[i]);
+            let h = layer.input_layernorm.forward(&x, self.training)?;
+            let h = self.attention(&layer.self_attn, &h, &cos, &sin, mask.as_ref(), kv)?;
+            x = (x + h)?;
+            let h = layer.post_attention_layernorm.forward(&x, self.training)?;
+            let h = self.feed_forward(&layer.ffn, &h)?;
+            x = (x + h)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        let x = match which {
+            Logits::Last => x.i((.., t - 1..t, ..))?,
+            Logits::All => x,
+        };
+        let x = self.norm.forward(&x, self.training)?;
+        let logits = self.lm_head.forward(&x, self.training)?.to_dtype(DType::F32)?;
+        Ok(match which {
+            Logits::Last => logits.squeeze(1)?,
+            Logits::All => logits,
+        })
+    }
+
+    /// Additive mask `(b, 1, 1, t, kv)`: causal, and no attention to left padding. A padding
+    /// query may see itself, so no softmax row is empty.
+    fn mask(&self, b: usize, t: usize, offset: usize, pads: &[usize]) -> Result<Tensor> {
+        let kv = offset + t;
+        let mut m = vec![0f32; b * t * kv];
+        for (row, &pad) in pads.iter().enumerate() {
+            for i in 0..t {
+                let qpos = offset + i;
+                for j in 0..kv {
+                    let blocked = j > qpos || (j < pad && j != qpos);
+                    if blocked {
+                        m[(row * t + i) * kv + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (b, 1, 1, t, kv), &self.device)?)
+    }
+
+    fn attention(
+        &self,
+        a: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let tr = self.training;
+        let q = a.q_proj.forward(x, tr)?.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?;
+        let k = a.k_proj.forward(x, tr)?.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+        let v = a.v_proj.forward(x, tr)?.reshape((b, t, nkv, d))?.transpose(1, 2)?;
+        let (q, k) = if tr {
+            (rope_diff(&q, cos, sin)?, rope_diff(&k, cos, sin)?)
+        } else {
+            let (c, s) = (cos.to_dtype(q.dtype())?, sin.to_dtype(q.dtype())?);
+            (candle_nn::rotary_emb::rope(&q, &c, &s)?, candle_nn::rotary_emb::rope(&k, &c, &s)?)
+        };
+        let (k, v) = match kv {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v.contiguous()?),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v.contiguous()?),
+        };
+        let kv_len = k.dim(2)?;
+        // Grouped-query attention without copying keys: fold the query heads that share a
+        // key/value head into the row dimension.
+        let rep = nh / nkv;
+        let qg = q.reshape((b, nkv, rep * t, d))?;
+        let scores = (qg.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv_len))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let p = softmax(&scores, tr)?.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv_len))?;
+        let y = p.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+        a.o_proj.forward(&y, tr)
+    }
+
+    fn feed_forward(&self, f: &FeedForward, x: &Tensor) -> Result<Tensor> {
+        let tr = self.training;
+        match f {
+            FeedForward::Dense { gate_proj, up_proj, down_proj } => {
+                let g = candle_nn::ops::silu(&gate_proj.forward(x, tr)?)?;
+                down_proj.forward(&(g * up_proj.forward(x, tr)?)?, tr)
+            }
+            FeedForward::Moe { gate, experts, top_k } => self.moe(gate, experts, *top_k, x),
+        }
+    }
+
+    /// Mixtral routing as Hugging Face does it: softmax over the router logits (in f32), top-k,
+    /// renormalise the kept weights to sum to one. The weights stay tensors so gradients reach
+    /// the router input.
+    fn moe(&self, gate: &Linear, experts: &[Expert], top_k: usize, x: &Tensor) -> Result<Tensor> {
+        let tr = self.training;
+        let (b, t, h) = x.dims3()?;
+        let n = b * t;
+        let xs = x.reshape((n, h))?;
+        let logits = gate.forward(&xs, tr)?.to_dtype(DType::F32)?;
+        let probs = softmax(&logits, tr)?;
+        let rows = probs.to_vec2::<f32>()?;
+        let mut top_idx = Vec::with_capacity(n * top_k);
+        let mut per_expert: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); experts.len()];
+        for (r, p) in rows.iter().enumerate() {
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            // Stable sort: equal weights keep the lower expert first, as torch.topk does.
+            order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));
+            for (slot, &e) in order.iter().take(top_k).enumerate() {
+                top_idx.push(e as u32);
+                per_expert[e].0.push(r as u32);
+                per_expert[e].1.push((r * top_k + slot) as u32);
+            }
+        }
+        let idx = Tensor::from_vec(top_idx, (n, top_k), &self.device)?;
+        let w = probs.gather(&idx, 1)?;
+        let w = w.broadcast_div(&w.sum_keepdim(1)?)?.flatten_all()?;
+        let mut out = xs.zeros_like()?;
+        for (e, (rows_e, slots_e)) in per_expert.into_iter().enumerate() {
+            if rows_e.is_empty() {
+                continue;
+            }
+            let m = rows_e.len();
+            let rows_t = Tensor::from_vec(rows_e, m, &self.device)?;
+            let slots_t = Tensor::from_vec(slots_e, m, &self.device)?;
+            let xe = xs.index_select(&rows_t, 0)?;
+            let ex = &experts[e];
+            let g = candle_nn::ops::silu(&ex.w1.forward(&xe, tr)?)?;
+            let ye = ex.w2.forward(&(g * ex.w3.forward(&xe, tr)?)?, tr)?;
+            let we = w.index_select(&slots_t, 0)?.to_dtype(ye.dtype())?.unsqueeze(1)?;
+            out = out.index_add(&rows_t, &ye.broadcast_mul(&we)?, 0)?;
+        }
+        Ok(out.reshape((b, t, h))?)
+    }
+}
+
+impl Arch {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mixtral => "mixtral",
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Model>();
+    let _ = BaseWeight::Dense;
+}

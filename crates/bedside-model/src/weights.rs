@@ -1,0 +1,421 @@
+//! Reading weights from GGUF files and HF safetensors checkpoints behind one interface.
+//!
+//! The architecture asks for tensors by their HF module names and gets them in HF layout; the GGUF
+//! reader maps names, slices stacked experts and undoes llama.cpp's q/k row permutation on the raw
+//! quantized blocks (rows are whole blocks, so no requantization is needed).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::{io_err, ModelError, Result};
+use crate::linear::BaseWeight;
+
+/// What the architecture needs from a checkpoint.
+pub(crate) trait WeightSource {
+    fn path(&self) -> &Path;
+    /// A projection `[out, in]` by HF module name, e.g. `model.layers.0.self_attn.q_proj`.
+    fn linear(&mut self, name: &str, out: usize, inp: usize) -> Result<BaseWeight>;
+    /// A 1-D tensor (norm weights) by HF module name, in f32.
+    fn vector(&mut self, name: &str, len: usize) -> Result<Tensor>;
+    /// The token embedding as a dense lookup table, plus the stored weight itself for a tied head.
+    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Tensor, BaseWeight)>;
+    /// `lm_head`, or `None` when the checkpoint ties it to the embedding.
+    fn lm_head(&mut self, vocab: usize, hidden: usize) -> Result<Option<BaseWeight>>;
+    /// Precomputed per-frequency rope divisors (Llama 3.1 GGUFs), if present.
+    fn rope_freqs(&mut self) -> Result<Option<Vec<f32>>>;
+    /// dtype of activations and dense weights.
+    fn dtype(&self) -> DType;
+}
+
+/// GGUF → HF q/k row order (inverse of llama.cpp's `permute`): HF row `h·d + t·d/2 + j` is GGUF
+/// row `h·d + 2j + t`. Works on raw row bytes, whatever the quantization.
+pub fn unpermute_rows_gguf_to_hf(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+    permute_rows(raw, rows, n_head, |h, d, t, j| (h * d + t * (d / 2) + j, h * d + 2 * j + t))
+}
+
+/// HF → GGUF q/k row order (what llama.cpp's converter does).
+pub fn permute_rows_hf_to_gguf(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+    permute_rows(raw, rows, n_head, |h, d, t, j| (h * d + 2 * j + t, h * d + t * (d / 2) + j))
+}
+
+fn permute_rows(
+    raw: &[u8],
+    rows: usize,
+    n_head: usize,
+    map: impl Fn(usize, usize, usize, usize) -> (usize, usize),
+) -> Vec<u8> {
+    let row_bytes = raw.len() / rows;
+    let d = rows / n_head;
+    let mut out = vec![0u8; raw.len()];
+    for h in 0..n_head {
+        for t in 0..2 {
+            for j in 0..d / 2 {
+                let (dst, src) = map(h, d, t, j);
+                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&raw[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+/// Same permutation on a dense `[rows, cols]` tensor.
+pub fn permute_tensor_rows(w: &Tensor, n_head: usize, to_hf: bool) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let d = rows / n_head;
+    let t = if to_hf {
+        w.reshape((n_head, d / 2, 2, cols))?.transpose(1, 2)?
+    } else {
+        w.reshape((n_head, 2, d / 2, cols))?.transpose(1, 2)?
+    };
+    Ok(t.contiguous()?.reshape((rows, cols))?)
+}
+
+pub(crate) fn supported_ggml(dtype: GgmlDType) -> bool {
+    use GgmlDType::*;
+    matches!(dtype, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K | Q8K)
+}
+
+pub(crate) struct GgufSource {
+    path: PathBuf,
+    file: File,
+    pub content: gguf_file::Content,
+    device: Device,
+    /// Dequantize every weight to this dtype (the f32 reference path, or training on a float base).
+    dequantize: Option<DType>,
+    n_head: usize,
+    n_kv_head: usize,
+}
+
+impl GgufSource {
+    pub fn open(path: &Path, device: &Device, dequantize: Option<DType>) -> Result<(Self, ModelConfig)> {
+        let mut file = File::open(path).map_err(io_err(path))?;
+        let file_len = file.metadata().map_err(io_err(path))?.len();
+        let content = read_gguf_content(path, &mut file)?;
+        // Check every tensor's extent before reading any, so a truncated download is reported
+        // as such (naming the first tensor that runs off the end) instead of as a read error.
+        let mut infos: Vec<_> = content.tensor_infos.iter().collect();
+        infos.sort_by_key(|(_, i)| i.offset);
+        for (name, info) in infos {
+            if !supported_ggml(info.ggml_dtype) {
+                return Err(ModelError::UnsupportedDType {
+                    path: path.into(),
+                    tensor: name.clone(),
+                    dtype: format!("{:?}", info.ggml_dtype),
+                });
+            }
+            let start = content.tensor_data_offset + info.offset;
+            let end = start + tensor_bytes(info) as u64;
+            if end > file_len {
+                return Err(ModelError::Truncated { path: path.into(), tensor: name.clone(), start, end, file_len });
+            }
+        }
+        let cfg = ModelConfig::from_gguf(path, &content)?;
+        let src = GgufSource {
+            path: path.into(),
+            file,
+            content,
+            device: device.clone(),
+            dequantize,
+            n_head: cfg.num_heads,
+            n_kv_head: cfg.num_kv_heads,
+        };
+        Ok((src, cfg))
+    }
+
+    fn info(&self, name: &str) -> Result<&gguf_file::TensorInfo> {
+        self.content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: name.into() })
+    }
+
+    fn read_raw(&mut self, name: &str, byte_range: Option<(usize, usize)>) -> Result<(GgmlDType, Vec<u8>)> {
+        let info = self.info(name)?;
+        let dtype = info.ggml_dtype;
+        let total = tensor_bytes(info);
+        let (off, len) = byte_range.unwrap_or((0, total));
+        let start = self.content.tensor_data_offset + info.offset + off as u64;
+        let mut buf = vec![0u8; len];
+        self.file.seek(SeekFrom::Start(start)).map_err(io_err(&self.path))?;
+        self.file.read_exact(&mut buf).map_err(io_err(&self.path))?;
+        Ok((dtype, buf))
+    }
+
+    /// A 2-D matrix `[out, in]` (ggml `ne = [in, out]`), optionally one expert of a stacked
+    /// `[n_expert, out, in]` tensor, with q/k rows put in HF order.
+    fn matrix(&mut self, gname: &str, expert: Option<usize>, out: usize, inp: usize, unpermute: Option<usize>) -> Result<QTensor> {
+        let info = self.info(gname)?;
+        let dims = info.shape.dims().to_vec();
+        let (expected, range) = match expert {
+            None => (vec![out, inp], None),
+            Some(e) => {
+                let n_exp = dims.first().copied().unwrap_or(0);
+                let expected = vec![n_exp, out, inp];
+                if dims.len() == 3 && dims[1..] == [out, inp] && e < n_exp {
+                    let per = tensor_bytes(info) / n_exp;
+                    (expected, Some((e * per, per)))
+                } else {
+                    (expected, None)
+                }
+            }
+        };
+        if dims != expected {
+            return Err(ModelError::Shape { path: self.path.clone(), tensor: gname.into(), expected, got: dims });
+        }
+        let (dtype, raw) = self.read_raw(gname, range)?;
+        let raw = match unpermute {
+            Some(n) => {
+                if out % n != 0 || (out / n) % 2 != 0 {
+                    return Err(ModelError::Shape { path: self.path.clone(), tensor: gname.into(), expected: vec![out, inp], got: vec![out, inp] });
+                }
+                unpermute_rows_gguf_to_hf(&raw, out, n)
+            }
+            None => raw,
+        };
+        qtensor_from_ggml(dtype, &raw, vec![out, inp], &self.device).map_err(|e| ModelError::Gguf {
+            path: self.path.clone(),
+            msg: format!("tensor '{gname}': {e}"),
+        })
+    }
+
+    fn to_weight(&self, q: QTensor) -> Result<BaseWeight> {
+        match self.dequantize {
+            Some(dt) => Ok(BaseWeight::Dense(q.dequantize(&self.device)?.to_dtype(dt)?)),
+            None => BaseWeight::quantized(q),
+        }
+    }
+}
+
+fn tensor_bytes(info: &gguf_file::TensorInfo) -> usize {
+    info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
+}
+
+/// Parse the GGUF header with errors that say which file is broken and how.
+pub fn read_gguf_content(path: &Path, file: &mut File) -> Result<gguf_file::Content> {
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic).map_err(io_err(path))?;
+    if n < 4 {
+        return Err(ModelError::Gguf { path: path.into(), msg: format!("file is only {n} bytes long") });
+    }
+    if &magic != b"GGUF" {
+        return Err(ModelError::Gguf {
+            path: path.into(),
+            msg: format!("wrong magic {:?} (expected \"GGUF\")", String::from_utf8_lossy(&magic)),
+        });
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    let mut reader = std::io::BufReader::new(file);
+    gguf_file::Content::read(&mut reader).map_err(|e| ModelError::Gguf {
+        path: path.into(),
+        msg: format!("header is truncated or corrupt: {e}"),
+    })
+}
+
+/// HF module name → GGUF tensor name, expert index and whether it holds permuted q/k rows.
+fn gguf_name(name: &str) -> Option<(String, Option<usize>, Option<&'static str>)> {
+    if name == "model.embed_tokens" {
+        return Some(("token_embd.weight".into(), None, None));
+    }
+    if name == "model.norm" {
+        return Some(("output_norm.weight".into(), None, None));
+    }
+    if name == "lm_head" {
+        return Some(("output.weight".into(), None, None));
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let i: usize = layer.parse().ok()?;
+    let simple = |s: &str| Some((format!("blk.{i}.{s}.weight"), None, None));
+    match rest {
+        "input_layernorm" => simple("attn_norm"),
+        "post_attention_layernorm" => simple("ffn_norm"),
+        "self_attn.q_proj" => Some((format!("blk.{i}.attn_q.weight"), None, Some("q"))),
+        "self_attn.k_proj" => Some((format!("blk.{i}.attn_k.weight"), None, Some("k"))),
+        "self_attn.v_proj" => simple("attn_v"),
+        "self_attn.o_proj" => simple("attn_output"),
+        "mlp.gate_proj" => simple("ffn_gate"),
+        "mlp.up_proj" => simple("ffn_up"),
+        "mlp.down_proj" => simple("ffn_down"),
+        "block_sparse_moe.gate" => simple("ffn_gate_inp"),
+        _ => {
+            let rest = rest.strip_prefix("block_sparse_moe.experts.")?;
+            let (e, w) = rest.split_once('.')?;
+            let e: usize = e.parse().ok()?;
+            let base = match w {
+                "w1" => "ffn_gate_exps",
+                "w3" => "ffn_up_exps",
+                "w2" => "ffn_down_exps",
+                _ => return None,
+            };
+            Some((format!("blk.{i}.{base}.weight"), Some(e), None))
+        }
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn dtype(&self) -> DType {
+        self.dequantize.unwrap_or(DType::F32)
+    }
+
+    fn linear(&mut self, name: &str, out: usize, inp: usize) -> Result<BaseWeight> {
+        let (gname, expert, perm) = gguf_name(name).ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
+        let unpermute = match perm {
+            Some("q") => Some(self.n_head),
+            Some(_) => Some(self.n_kv_head),
+            None => None,
+        };
+        let q = match expert {
+            // Older Mixtral GGUFs store one tensor per expert: blk.N.ffn_gate.E.weight.
+            Some(e) if !self.content.tensor_infos.contains_key(&gname) => {
+                let legacy = gname.replace("_exps.weight", &format!(".{e}.weight"));
+                self.matrix(&legacy, None, out, inp, None)?
+            }
+            _ => self.matrix(&gname, expert, out, inp, unpermute)?,
+        };
+        self.to_weight(q)
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
+        let (gname, _, _) = gguf_name(name).ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
+        let info = self.info(&gname)?;
+        let dims = info.shape.dims().to_vec();
+        if dims != [len] {
+            return Err(ModelError::Shape { path: self.path.clone(), tensor: gname, expected: vec![len], got: dims });
+        }
+        let (dtype, raw) = self.read_raw(&gname, None)?;
+        let q = qtensor_from_ggml(dtype, &raw, vec![len], &self.device)?;
+        Ok(q.dequantize(&self.device)?.to_dtype(self.dtype())?)
+    }
+
+    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Tensor, BaseWeight)> {
+        let q = self.matrix("token_embd.weight", None, vocab, hidden, None)?;
+        let table = q.dequantize(&self.device)?.to_dtype(self.dtype())?;
+        let stored = self.to_weight(q)?;
+        Ok((table, stored))
+    }
+
+    fn lm_head(&mut self, vocab: usize, hidden: usize) -> Result<Option<BaseWeight>> {
+        if !self.content.tensor_infos.contains_key("output.weight") {
+            return Ok(None);
+        }
+        let q = self.matrix("output.weight", None, vocab, hidden, None)?;
+        Ok(Some(self.to_weight(q)?))
+    }
+
+    fn rope_freqs(&mut self) -> Result<Option<Vec<f32>>> {
+        let Some(info) = self.content.tensor_infos.get("rope_freqs.weight") else { return Ok(None) };
+        let dims = info.shape.dims().to_vec();
+        let (dtype, raw) = self.read_raw("rope_freqs.weight", None)?;
+        let q = qtensor_from_ggml(dtype, &raw, dims, &Device::Cpu)?;
+        Ok(Some(q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?))
+    }
+}
+
+/// An HF checkpoint: one or more safetensors files, memory-mapped.
+pub(crate) struct SafetensorsSource {
+    dir: PathBuf,
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    index: HashMap<String, usize>,
+    device: Device,
+    dtype: DType,
+}
+
+impl SafetensorsSource {
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let paths: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(io_err(&index_path))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                path: index_path.clone(),
+                msg: format!("malformed JSON: {e}"),
+            })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Config {
+                path: index_path.clone(),
+                msg: "field 'weight_map' is missing or not an object".into(),
+            })?;
+            let mut shards: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(io_err(dir))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            all.sort();
+            all
+        };
+        if paths.is_empty() {
+            return Err(ModelError::Config { path: dir.into(), msg: "no *.safetensors weights in this directory".into() });
+        }
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (i, p) in paths.into_iter().enumerate() {
+            if !p.exists() {
+                return Err(ModelError::Io { path: p, source: std::io::Error::new(std::io::ErrorKind::NotFound, "shard listed in the index is missing") });
+            }
+            // Safety: the file is only read; bedside never writes checkpoints it has mapped.
+            let st = unsafe { MmapedSafetensors::new(&p) }
+                .map_err(|e| ModelError::Safetensors { path: p.clone(), msg: e.to_string() })?;
+            for (name, _) in st.tensors() {
+                index.insert(name, i);
+            }
+            files.push((p, st));
+        }
+        Ok(Self { dir: dir.into(), files, index, device: device.clone(), dtype })
+    }
+
+    fn tensor(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let &i = self.index.get(name).ok_or_else(|| ModelError::MissingTensor { path: self.dir.clone(), tensor: name.into() })?;
+        let (path, st) = &self.files[i];
+        let view = st.get(name).map_err(|e| ModelError::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        if view.shape() != expected {
+            return Err(ModelError::Shape { path: path.clone(), tensor: name.into(), expected: expected.to_vec(), got: view.shape().to_vec() });
+        }
+        let t = st
+            .load(name, &self.device)
+            .map_err(|e| ModelError::Safetensors { path: path.clone(), msg: format!("tensor '{name}': {e}") })?;
+        Ok(t.to_dtype(self.dtype)?)
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn linear(&mut self, name: &str, out: usize, inp: usize) -> Result<BaseWeight> {
+        Ok(BaseWeight::Dense(self.tensor(&format!("{name}.weight"), &[out, inp])?))
+    }
+    fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
+        self.tensor(&format!("{name}.weight"), &[len])
+    }
+    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Tensor, BaseWeight)> {
+        let t = self.tensor("model.embed_tokens.weight", &[vocab, hidden])?;
+        Ok((t.clone(), BaseWeight::Dense(t)))
+    }
+    fn lm_head(&mut self, vocab: usize, hidden: usize) -> Result<Option<BaseWeight>> {
+        if !self.index.contains_key("lm_head.weight") {
+            return Ok(None);
+        }
+        Ok(Some(BaseWeight::Dense(self.tensor("lm_head.weight", &[vocab, hidden])?)))
+    }
+    fn rope_freqs(&mut self) -> Result<Option<Vec<f32>>> {
+        Ok(None)
+    }
+}
