@@ -6,8 +6,8 @@ use std::path::PathBuf;
 /// hospital admin looking at a log line knows which download is broken without a debugger.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: not a valid GGUF file: {msg}")]
     Gguf { path: PathBuf, msg: String },
     #[error("{path}: truncated or corrupt: tensor '{tensor}' needs bytes {start}..{end} but the file has {file_len} bytes")]
@@ -39,5 +39,5 @@ pub enum ModelError {
 pub type Result<T> = std::result::Result<T, ModelError>;
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io { path: path.to_path_buf(), source }
+    move |err| ModelError::Io { path: path.to_path_buf(), err }
 }

@@ -67,7 +67,7 @@ pub fn resolve(spec: &str, offline: bool) -> Result<ModelLocation> {
         Some(id) => resolve_hub(&id, offline || offline_from_env()),
         None => Err(ModelError::Io {
             path: p.into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory (and not a hub id of the form org/name[@revision])"),
+            err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory (and not a hub id of the form org/name[@revision])"),
         }),
     }
 }

@@ -22,7 +22,7 @@ use candle_core::{DType, Device};
 pub use config::{Arch, ModelConfig, MoeConfig, RopeScaling};
 pub use device::{device_name, parse_device};
 pub use error::{ModelError, Result};
-pub use hub::{resolve, ModelLocation};
+pub use hub::{offline_from_env, resolve, ModelLocation};
 pub use inspect::{inspect, ModelInfo};
 pub use linear::{BaseWeight, Linear, LoraBranch};
 pub use model::{Cache, Logits, Model};

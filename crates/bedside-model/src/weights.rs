@@ -365,7 +365,7 @@ impl SafetensorsSource {
         let mut index = HashMap::new();
         for (i, p) in paths.into_iter().enumerate() {
             if !p.exists() {
-                return Err(ModelError::Io { path: p, source: std::io::Error::new(std::io::ErrorKind::NotFound, "shard listed in the index is missing") });
+                return Err(ModelError::Io { path: p, err: std::io::Error::new(std::io::ErrorKind::NotFound, "shard listed in the index is missing") });
             }
             // Safety: the file is only read; bedside never writes checkpoints it has mapped.
             let st = unsafe { MmapedSafetensors::new(&p) }
