@@ -1,0 +1,191 @@
+//! Tokenizers and chat templates for bedside's models.
+//!
+//! A GGUF file carries its vocabulary as metadata, not as a `tokenizer.json`. candle's
+//! `TokenizerFromGguf` rebuilds it wrongly for SmolLM2 and Llama 3 (a ByteLevel pre-tokenizer
+//! that prepends a space) and not at all for SentencePiece vocabularies, so this crate rebuilds
+//! the `tokenizers` pipeline itself, following llama.cpp, and refuses `pre` values it cannot
+//! reproduce instead of guessing. It also loads HF `tokenizer.json` directories, decodes token
+//! streams without splitting multi-byte characters ([`TokenStream`]), and renders Jinja chat
+//! templates the way `transformers` does ([`ChatTemplate`]). Tests compare all of this with
+//! fixtures produced by HF transformers and llama.cpp.
+
+mod error;
+mod gguf;
+mod hf;
+mod stream;
+mod template;
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Content;
+
+pub use error::{Result, TokenizerError};
+pub use stream::TokenStream;
+pub use template::{ChatMessage, ChatTemplate};
+
+/// Where a [`ModelTokenizer`] came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// A `tokenizer.json` (from a model directory, or embedded in a GGUF).
+    HfJson,
+    /// Rebuilt from GGUF `tokenizer.ggml.model = gpt2`, with this `tokenizer.ggml.pre`.
+    GgufByteLevelBpe { pre: String },
+    /// Rebuilt from GGUF `tokenizer.ggml.model = llama` (SentencePiece BPE, byte fallback).
+    GgufSentencePiece,
+}
+
+/// Turn terminators that llama.cpp also treats as end of generation when they are special
+/// tokens of the vocabulary, whatever the metadata names as EOS.
+const KNOWN_TERMINATORS: [&str; 9] = [
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "<end_of_utterance>",
+];
+
+/// What the GGUF and HF loaders produce; [`ModelTokenizer::from_parts`] finishes the job.
+pub(crate) struct Parts {
+    inner: tokenizers::Tokenizer,
+    kind: TokenizerKind,
+    vocab_size: usize,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    /// Further configured end ids: EOT, EOM, `generation_config.json`'s list (may repeat EOS).
+    end_ids: Vec<u32>,
+    add_bos: bool,
+}
+
+/// A model's tokenizer plus the special-token facts generation needs.
+#[derive(Clone, Debug)]
+pub struct ModelTokenizer {
+    inner: tokenizers::Tokenizer,
+    kind: TokenizerKind,
+    vocab_size: usize,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    eog_ids: Vec<u32>,
+    add_bos: bool,
+}
+
+impl ModelTokenizer {
+    /// Rebuild from GGUF metadata (`path` only for error messages).
+    pub fn from_gguf(path: &Path, content: &Content) -> Result<Self> {
+        Ok(Self::from_parts(gguf::parts_from_gguf(path, content)?))
+    }
+
+    /// From an HF model directory: `tokenizer.json`, plus `tokenizer_config.json`,
+    /// `generation_config.json` and `config.json` (when present) for special tokens and EOS ids.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        Ok(Self::from_parts(hf::parts_from_hf_dir(dir)?))
+    }
+
+    fn from_parts(p: Parts) -> Self {
+        let mut eog_ids: Vec<u32> = Vec::new();
+        for id in p.eos_id.into_iter().chain(p.end_ids.iter().copied()) {
+            if !eog_ids.contains(&id) {
+                eog_ids.push(id);
+            }
+        }
+        let mut extra: Vec<u32> = p
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(id, t)| {
+                t.special
+                    && KNOWN_TERMINATORS.contains(&t.content.as_str())
+                    && !eog_ids.contains(id)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        extra.sort_unstable();
+        eog_ids.extend(extra);
+        Self {
+            eos_id: p.eos_id,
+            inner: p.inner,
+            kind: p.kind,
+            vocab_size: p.vocab_size,
+            bos_token: p.bos_token,
+            eos_token: p.eos_token,
+            bos_id: p.bos_id,
+            eog_ids,
+            add_bos: p.add_bos,
+        }
+    }
+
+    pub fn kind(&self) -> &TokenizerKind {
+        &self.kind
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Number of token ids: the GGUF vocabulary length, or `tokenizer.json`'s vocabulary with
+    /// its added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Encode text. `add_special` adds BOS etc. as the model's post-processor says; pass false
+    /// for chat-rendered text, which already starts with BOS.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, add_special)
+            .map(|enc| enc.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// Decode ids; `skip_special` drops special tokens (BOS, `<|im_end|>`, …).
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(TokenizerError::IdOutOfRange {
+                id,
+                vocab_size: self.vocab_size,
+            });
+        }
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Decode(e.to_string()))
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// The EOS id named by the metadata or configs (also the first of [`Self::eog_ids`]).
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+
+    /// End-of-generation ids, deduplicated: EOS, EOT and EOM from the metadata/configs, then
+    /// known turn terminators (`<|eot_id|>`, `<|im_end|>`, …) that are special tokens.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog_ids
+    }
+
+    pub fn token_to_id(&self, s: &str) -> Option<u32> {
+        self.inner.token_to_id(s)
+    }
+
+    /// Whether plain text (no chat template) should start with BOS; `encode(_, true)` does so.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+}
