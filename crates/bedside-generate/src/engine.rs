@@ -1,0 +1,251 @@
+//! A model ready to answer: weights, tokenizer and chat template loaded from the same source.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bedside_model::{Cache, LoadOptions, Logits, Model, ModelLocation};
+use bedside_tokenizer::{ChatMessage, ChatTemplate, ModelTokenizer, TokenStream};
+use candle_core::Tensor;
+
+use crate::sampling::{Sampler, SamplingParams};
+use crate::stop::StopMatcher;
+use crate::{GenerateError, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    pub load: LoadOptions,
+    /// Never touch the network; read hub ids from the local cache only.
+    pub offline: bool,
+    /// Use this Jinja file instead of the model's own chat template.
+    pub chat_template: Option<PathBuf>,
+}
+
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: ModelTokenizer,
+    pub template: Option<ChatTemplate>,
+    pub location: ModelLocation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    Eos,
+    /// A stop string appeared.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The model's context window is full.
+    Context,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub finish_reason: FinishReason,
+    /// Prompt processing time (for a batch, shared by every row).
+    pub prompt_secs: f64,
+    pub decode_secs: f64,
+}
+
+impl Engine {
+    /// Load from a `--model` spec: a GGUF file, an HF directory or a hub id.
+    pub fn load(spec: &str, opts: &EngineOptions) -> Result<Self> {
+        let loc = bedside_model::resolve(spec, opts.offline)?;
+        Self::from_location(loc, opts)
+    }
+
+    pub fn from_location(location: ModelLocation, opts: &EngineOptions) -> Result<Self> {
+        let loaded = bedside_model::load(&location, &opts.load)?;
+        let (tokenizer, template_src) = match (&location, &loaded.gguf) {
+            (ModelLocation::Gguf(p), Some(content)) => {
+                (ModelTokenizer::from_gguf(p, content)?, ChatTemplate::from_gguf(content))
+            }
+            (loc, _) => {
+                let dir = loc.path();
+                (ModelTokenizer::from_hf_dir(dir)?, ChatTemplate::from_hf_dir(dir)?)
+            }
+        };
+        let template_src = match &opts.chat_template {
+            Some(f) => Some(read_template(f)?),
+            None => template_src,
+        };
+        let template = template_src
+            .map(|s| ChatTemplate::new(s, tokenizer.bos_token().map(String::from), tokenizer.eos_token().map(String::from)))
+            .transpose()?;
+        Ok(Self { model: loaded.model, tokenizer, template, location })
+    }
+
+    /// Render messages with the chat template (with the assistant generation prompt).
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let t = self.template.as_ref().ok_or_else(|| {
+            GenerateError::Invalid(format!(
+                "{}: the model has no chat template; pass --chat-template FILE (a Jinja template) or use a plain --prompt",
+                self.location.path().display()
+            ))
+        })?;
+        Ok(t.render(messages, add_generation_prompt)?)
+    }
+
+    /// Token ids of a chat prompt. The template already writes BOS where the model wants it.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.render_chat(messages, true)?;
+        Ok(self.tokenizer.encode(&text, false)?)
+    }
+
+    /// Token ids of a raw prompt (BOS added if the model expects it).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text, self.tokenizer.add_bos())?)
+    }
+
+    /// Generate one answer, streaming text through `on_text` as it becomes safe to show.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<Generation> {
+        let mut cb = |_: usize, s: &str| on_text(s);
+        let mut out = self.run(&[prompt.to_vec()], std::slice::from_ref(params), Some(&mut cb))?;
+        Ok(out.remove(0))
+    }
+
+    /// Generate answers for many prompts at once (left-padded into one batch). Each prompt has its
+    /// own sampling parameters and seed, so a row's output does not depend on its neighbours
+    /// beyond floating-point noise.
+    pub fn generate_batch(&self, prompts: &[Vec<u32>], params: &[SamplingParams]) -> Result<Vec<Generation>> {
+        if prompts.len() != params.len() {
+            return Err(GenerateError::Invalid(format!("{} prompts but {} parameter sets", prompts.len(), params.len())));
+        }
+        self.run(prompts, params, None)
+    }
+
+    fn run(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &[SamplingParams],
+        mut on_text: Option<&mut dyn FnMut(usize, &str) -> Result<()>>,
+    ) -> Result<Vec<Generation>> {
+        let ctx = self.model.context_length();
+        for (i, (p, sp)) in prompts.iter().zip(params).enumerate() {
+            sp.validate().map_err(|e| GenerateError::Invalid(format!("prompt {i}: {e}")))?;
+            if p.is_empty() {
+                return Err(GenerateError::Invalid(format!("prompt {i} is empty")));
+            }
+            if p.len() >= ctx {
+                return Err(bedside_model::ModelError::ContextOverflow { needed: p.len() + 1, limit: ctx }.into());
+            }
+        }
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let device = self.model.device().clone();
+        let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let pads: Vec<usize> = prompts.iter().map(|p| max_len - p.len()).collect();
+        let mut flat = Vec::with_capacity(prompts.len() * max_len);
+        for (p, &pad) in prompts.iter().zip(&pads) {
+            flat.extend(std::iter::repeat_n(0u32, pad));
+            flat.extend_from_slice(p);
+        }
+        let eog = self.tokenizer.eog_ids().to_vec();
+
+        struct Row<'a> {
+            index: usize,
+            sampler: Sampler,
+            history: Vec<u32>,
+            out: Vec<u32>,
+            stream: TokenStream<'a>,
+            stop: StopMatcher,
+            done: Option<FinishReason>,
+        }
+        let mut rows: Vec<Row> = prompts
+            .iter()
+            .zip(params)
+            .enumerate()
+            .map(|(index, (p, sp))| Row {
+                index,
+                sampler: Sampler::new(sp.clone()),
+                history: p.clone(),
+                out: Vec::new(),
+                stream: TokenStream::new(&self.tokenizer),
+                stop: StopMatcher::new(&sp.stop),
+                done: None,
+            })
+            .collect();
+
+        let start = Instant::now();
+        let mut cache = Cache::with_padding(&self.model, pads);
+        let ids = Tensor::from_vec(flat, (prompts.len(), max_len), &device)?;
+        let mut logits = self.model.forward(&ids, Some(&mut cache), Logits::Last)?.to_vec2::<f32>()?;
+        let prompt_secs = start.elapsed().as_secs_f64();
+        let decode_start = Instant::now();
+        let mut active: Vec<usize> = (0..rows.len()).collect();
+        loop {
+            let mut next = Vec::with_capacity(active.len());
+            for (slot, &r) in active.iter().enumerate() {
+                let row = &mut rows[r];
+                let tok = row.sampler.sample(&mut logits[slot], &row.history);
+                if eog.contains(&tok) {
+                    row.done = Some(FinishReason::Eos);
+                } else {
+                    row.out.push(tok);
+                    row.history.push(tok);
+                    if let Some(piece) = row.stream.push(tok)? {
+                        let shown = row.stop.push(&piece);
+                        if let (Some(cb), false) = (on_text.as_deref_mut(), shown.is_empty()) {
+                            cb(row.index, &shown)?;
+                        }
+                    }
+                    if row.stop.stopped() {
+                        row.done = Some(FinishReason::Stop);
+                    } else if row.out.len() >= row.sampler.params().max_tokens {
+                        row.done = Some(FinishReason::Length);
+                    } else if cache.len() + 1 > ctx {
+                        row.done = Some(FinishReason::Context);
+                    }
+                }
+                if row.done.is_some() {
+                    if let Some(rest) = row.stream.finish()? {
+                        row.stop.push(&rest);
+                    }
+                    let tail = row.stop.finish();
+                    if let (Some(cb), false) = (on_text.as_deref_mut(), tail.is_empty()) {
+                        cb(row.index, &tail)?;
+                    }
+                } else {
+                    next.push((slot, tok));
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            if next.len() < active.len() {
+                cache.retain_rows(&next.iter().map(|(s, _)| *s).collect::<Vec<_>>())?;
+                active = next.iter().map(|(s, _)| active[*s]).collect();
+            }
+            let toks: Vec<u32> = next.iter().map(|(_, t)| *t).collect();
+            let ids = Tensor::from_vec(toks, (active.len(), 1), &device)?;
+            logits = self.model.forward(&ids, Some(&mut cache), Logits::Last)?.to_vec2::<f32>()?;
+        }
+        let decode_secs = decode_start.elapsed().as_secs_f64();
+        Ok(rows
+            .into_iter()
+            .map(|r| Generation {
+                text: r.stop.text().to_string(),
+                prompt_tokens: prompts[r.index].len(),
+                tokens: r.out,
+                finish_reason: r.done.unwrap_or(FinishReason::Length),
+                prompt_secs,
+                decode_secs,
+            })
+            .collect())
+    }
+}
+
+fn read_template(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| GenerateError::Invalid(format!("{}: cannot read chat template: {e}", path.display())))
+}

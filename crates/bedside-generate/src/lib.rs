@@ -1,0 +1,25 @@
+//! Generation for bedside: a loaded [`Engine`] (model + tokenizer + chat template), seeded
+//! [`sampling`], stop strings, UTF-8-safe streaming, and batched generation of many prompts.
+
+pub mod engine;
+pub mod sampling;
+pub mod stop;
+
+pub use engine::{Engine, EngineOptions, FinishReason, Generation};
+pub use sampling::{Sampler, SamplingParams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Model(#[from] bedside_model::ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] bedside_tokenizer::TokenizerError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Callback(String),
+}
+
+pub type Result<T> = std::result::Result<T, GenerateError>;
