@@ -1,0 +1,198 @@
+//! Prompt-processing and decode speed, and peak memory, measured the way llama.cpp's
+//! llama-bench reports them: a synthetic prompt of N tokens, then M greedy decode steps that do
+//! not stop at end-of-generation, several runs, the median reported.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+
+use crate::args::ModelArgs;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum BenchEngine {
+    /// bedside's own model code.
+    Bedside,
+    /// candle-transformers' quantized_llama, driven like candle's `quantized` example
+    /// (GGUF only), as a side-by-side baseline on the same machine.
+    CandleExample,
+}
+
+#[derive(Args)]
+#[command(
+    about = "Measure prompt processing and decode tokens/s (median of several runs) and peak memory",
+    after_help = "Examples:\n  bedside bench\n  bedside bench --prompt-tokens 512 --gen-tokens 128 --runs 5 --json\n  bedside bench --engine candle-example     # candle's quantized example, same machine\n  bedside bench -m path/to/model.gguf --device cuda"
+)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Decode steps per run.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Measured runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Unmeasured warm-up runs.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, value_enum, default_value_t = BenchEngine::Bedside)]
+    pub engine: BenchEngine,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A deterministic prompt of `n` tokens cycling through real text.
+fn synthetic_prompt(tok: &bedside_tokenizer::ModelTokenizer, n: usize) -> Result<Vec<u32>> {
+    let text = "A patient writes that her chest has felt tight for three days, worse on the stairs, and she is frightened it is her heart. \
+                She takes a statin and her father had a heart attack at 58. What should she watch for, and when should she call emergency services? ";
+    let piece = tok.encode(text, false)?;
+    if piece.is_empty() {
+        bail!("tokenizer produced no tokens");
+    }
+    Ok(piece.iter().copied().cycle().take(n).collect())
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+trait Runner {
+    /// Process the prompt; return the first greedy token.
+    fn prefill(&mut self, ids: &[u32]) -> Result<u32>;
+    /// One decode step at absolute position `pos`.
+    fn step(&mut self, tok: u32, pos: usize) -> Result<u32>;
+}
+
+struct BedsideRunner<'a> {
+    model: &'a bedside_model::Model,
+    cache: Option<bedside_model::Cache>,
+}
+
+impl Runner for BedsideRunner<'_> {
+    fn prefill(&mut self, ids: &[u32]) -> Result<u32> {
+        let mut cache = bedside_model::Cache::new(self.model);
+        let t = Tensor::new(ids, self.model.device())?.unsqueeze(0)?;
+        let logits = self.model.forward(&t, Some(&mut cache), bedside_model::Logits::Last)?;
+        self.cache = Some(cache);
+        Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?)
+    }
+    fn step(&mut self, tok: u32, _pos: usize) -> Result<u32> {
+        let cache = self.cache.as_mut().ok_or_else(|| anyhow::anyhow!("no cache"))?;
+        let t = Tensor::new(&[tok], self.model.device())?.unsqueeze(0)?;
+        let logits = self.model.forward(&t, Some(cache), bedside_model::Logits::Last)?;
+        Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?)
+    }
+}
+
+struct CandleRunner {
+    model: candle_transformers::models::quantized_llama::ModelWeights,
+    device: Device,
+}
+
+impl Runner for CandleRunner {
+    fn prefill(&mut self, ids: &[u32]) -> Result<u32> {
+        let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let logits = self.model.forward(&t, 0)?;
+        Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?)
+    }
+    fn step(&mut self, tok: u32, pos: usize) -> Result<u32> {
+        let t = Tensor::new(&[tok], &self.device)?.unsqueeze(0)?;
+        let logits = self.model.forward(&t, pos)?;
+        Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?)
+    }
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.runs == 0 || a.prompt_tokens == 0 {
+        bail!("--runs and --prompt-tokens must be at least 1");
+    }
+    let engine = a.model.load()?;
+    let prompt = synthetic_prompt(&engine.tokenizer, a.prompt_tokens)?;
+    if a.prompt_tokens + a.gen_tokens > engine.model.context_length() {
+        bail!("--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}", a.prompt_tokens + a.gen_tokens, engine.model.context_length());
+    }
+    let load_rss = peak_rss_bytes();
+    let mut runner: Box<dyn Runner + '_> = match a.engine {
+        BenchEngine::Bedside => Box::new(BedsideRunner { model: &engine.model, cache: None }),
+        BenchEngine::CandleExample => {
+            let bedside_model::ModelLocation::Gguf(path) = &engine.location else {
+                bail!("--engine candle-example needs a GGUF model");
+            };
+            let device = engine.model.device().clone();
+            let mut f = std::fs::File::open(path)?;
+            let content = candle_core::quantized::gguf_file::Content::read(&mut f)?;
+            let model = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut f, &device)?;
+            Box::new(CandleRunner { model, device })
+        }
+    };
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for run in 0..a.warmup + a.runs {
+        let t0 = Instant::now();
+        let mut tok = runner.prefill(&prompt)?;
+        let pp_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for i in 0..a.gen_tokens {
+            tok = runner.step(tok, a.prompt_tokens + i)?;
+        }
+        let tg_secs = t1.elapsed().as_secs_f64();
+        if run >= a.warmup {
+            pp.push(a.prompt_tokens as f64 / pp_secs);
+            if a.gen_tokens > 0 {
+                tg.push(a.gen_tokens as f64 / tg_secs);
+            }
+        }
+    }
+    let pp_med = median(&mut pp);
+    let tg_med = if tg.is_empty() { 0.0 } else { median(&mut tg) };
+    let peak = peak_rss_bytes();
+    let engine_name = match a.engine {
+        BenchEngine::Bedside => "bedside",
+        BenchEngine::CandleExample => "candle-quantized-example",
+    };
+    if a.json {
+        let v = serde_json::json!({
+            "engine": engine_name,
+            "model": a.model.model,
+            "device": bedside_model::device_name(engine.model.device()),
+            "threads": candle_core::utils::get_num_threads(),
+            "prompt_tokens": a.prompt_tokens,
+            "gen_tokens": a.gen_tokens,
+            "runs": a.runs,
+            "prompt_tokens_per_sec": pp_med,
+            "decode_tokens_per_sec": tg_med,
+            "prompt_runs": pp,
+            "decode_runs": tg,
+            "rss_after_load_bytes": load_rss,
+            "peak_rss_bytes": peak,
+        });
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("engine   {engine_name} on {} ({} threads)", bedside_model::device_name(engine.model.device()), candle_core::utils::get_num_threads());
+        println!("model    {}", a.model.model);
+        println!("prompt   {:>8.1} tok/s  (pp{}, median of {})", pp_med, a.prompt_tokens, a.runs);
+        println!("decode   {:>8.1} tok/s  (tg{}, median of {})", tg_med, a.gen_tokens, a.runs);
+        if let Some(p) = peak {
+            println!("peak RSS {:>8.1} MB", p as f64 / 1e6);
+        }
+    }
+    Ok(())
+}

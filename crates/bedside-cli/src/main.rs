@@ -1,0 +1,57 @@
+//! `bedside`: run, fine-tune and evaluate open LLMs that answer patients with comfort and
+//! correct medical knowledge. Everything works offline; nothing writes patient text to logs.
+
+mod args;
+mod bench;
+mod chat;
+mod data;
+mod generate;
+mod info;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bedside",
+    version,
+    about = "Run, fine-tune and evaluate open LLMs for empathetic, accurate answers to patients",
+    after_help = "Examples:\n  bedside info models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n  bedside generate --user \"I'm scared about my chest pain. What should I do?\"\n  bedside chat --system \"You are a caring clinician.\"\n  bedside bench --prompt-tokens 512 --gen-tokens 128\n\nLogs go to stderr (RUST_LOG or -v to raise the level); answers go to stdout."
+)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug). Logs never contain prompt or answer text.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Info(info::InfoArgs),
+    Generate(generate::GenerateArgs),
+    Chat(chat::ChatArgs),
+    Bench(bench::BenchArgs),
+    Data(data::DataArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Data(a) => data::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
