@@ -48,6 +48,29 @@ pub struct ModelArgs {
     /// A Jinja chat template to use instead of the model's own.
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory to apply, optionally with a weight (DIR:0.5; default 1.0).
+    /// Repeatable: several adapters add up.
+    #[arg(long = "adapter", value_name = "DIR[:WEIGHT]", value_parser = parse_adapter)]
+    pub adapters: Vec<(PathBuf, f64)>,
+}
+
+/// `DIR[:WEIGHT]`: a trailing `:NUMBER` is the weight; anything else is part of the path.
+pub fn parse_adapter(s: &str) -> std::result::Result<(PathBuf, f64), String> {
+    if s.is_empty() {
+        return Err("expected an adapter directory, DIR or DIR:WEIGHT".into());
+    }
+    if let Some((dir, w)) = s.rsplit_once(':') {
+        if let Ok(weight) = w.parse::<f64>() {
+            if !weight.is_finite() {
+                return Err(format!("adapter weight '{w}' must be a finite number"));
+            }
+            if dir.is_empty() {
+                return Err(format!("'{s}': the adapter directory is missing before ':'"));
+            }
+            return Ok((PathBuf::from(dir), weight));
+        }
+    }
+    Ok((PathBuf::from(s), 1.0))
 }
 
 impl ModelArgs {
@@ -60,6 +83,7 @@ impl ModelArgs {
             },
             offline: self.offline,
             chat_template: self.chat_template.clone(),
+            adapters: self.adapters.clone(),
         })
     }
 

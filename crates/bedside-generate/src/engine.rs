@@ -18,6 +18,9 @@ pub struct EngineOptions {
     pub offline: bool,
     /// Use this Jinja file instead of the model's own chat template.
     pub chat_template: Option<PathBuf>,
+    /// PEFT LoRA adapter directories to attach after loading, each with a multiplier on its
+    /// scaling (1.0 = as trained). Several adapters add up.
+    pub adapters: Vec<(PathBuf, f64)>,
 }
 
 pub struct Engine {
@@ -59,7 +62,12 @@ impl Engine {
     }
 
     pub fn from_location(location: ModelLocation, opts: &EngineOptions) -> Result<Self> {
-        let loaded = bedside_model::load(&location, &opts.load)?;
+        let mut loaded = bedside_model::load(&location, &opts.load)?;
+        for (dir, weight) in &opts.adapters {
+            let adapter = bedside_lora::load_peft(dir, loaded.model.device())?;
+            bedside_lora::attach(&mut loaded.model, &adapter, *weight)?;
+            tracing::info!(adapter = %dir.display(), weight, modules = adapter.pairs().len(), "attached LoRA adapter");
+        }
         let (tokenizer, template_src) = match (&location, &loaded.gguf) {
             (ModelLocation::Gguf(p), Some(content)) => {
                 (ModelTokenizer::from_gguf(p, content)?, ChatTemplate::from_gguf(content))

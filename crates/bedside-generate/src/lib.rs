@@ -16,6 +16,8 @@ pub enum GenerateError {
     Tokenizer(#[from] bedside_tokenizer::TokenizerError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Lora(#[from] bedside_lora::LoraError),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]

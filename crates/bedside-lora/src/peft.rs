@@ -1,0 +1,444 @@
+//! PEFT adapter directories: `adapter_config.json` + `adapter_model.safetensors`, read and written
+//! exactly as PEFT does, and attached to a [`Model`]'s projections.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bedside_model::{LoraBranch, Model};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+
+use crate::config::LoraConfig;
+use crate::error::{io_err, LoraError, Result};
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// PeftModel → LoraModel → HF model: every saved key starts with this.
+pub const KEY_PREFIX: &str = "base_model.model.";
+
+/// Which factor of a LoRA pair a tensor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Factor {
+    /// `lora_A.weight`, `[r, in]`.
+    A,
+    /// `lora_B.weight`, `[out, r]`.
+    B,
+}
+
+/// The PEFT key of one factor of `module`'s LoRA pair, e.g.
+/// `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
+pub fn peft_key(module: &str, f: Factor) -> String {
+    let ab = match f {
+        Factor::A => "A",
+        Factor::B => "B",
+    };
+    format!("{KEY_PREFIX}{module}.lora_{ab}.weight")
+}
+
+/// Split a saved key into (HF module name, factor). Accepts keys with or without
+/// `base_model.model.` and with or without a `.default` adapter-name segment, as mistral.rs does;
+/// anything else (biases, DoRA magnitudes, embedding LoRA, full weights) is an error naming it.
+pub fn parse_key(key: &str) -> std::result::Result<(String, Factor), String> {
+    let k = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
+    let k = k.strip_suffix(".weight").ok_or_else(|| unsupported(key))?;
+    let k = k.strip_suffix(".default").unwrap_or(k);
+    let (module, f) = if let Some(m) = k.strip_suffix(".lora_A") {
+        (m, Factor::A)
+    } else if let Some(m) = k.strip_suffix(".lora_B") {
+        (m, Factor::B)
+    } else {
+        return Err(unsupported(key));
+    };
+    if module.is_empty() {
+        return Err(unsupported(key));
+    }
+    Ok((module.to_string(), f))
+}
+
+fn unsupported(key: &str) -> String {
+    let what = if key.contains("lora_magnitude_vector") {
+        " (DoRA is not supported)"
+    } else if key.contains("lora_embedding") {
+        " (embedding LoRA is not supported)"
+    } else if key.ends_with(".bias") {
+        " (bias tensors are not supported; train with bias=\"none\")"
+    } else {
+        " (only <module>.lora_A.weight / <module>.lora_B.weight are supported; no modules_to_save)"
+    };
+    format!("tensor '{key}' is not a LoRA factor{what}")
+}
+
+/// A PEFT adapter read from disk. `tensors` are keyed by canonical PEFT key
+/// (`base_model.model.<module>.lora_{A,B}.weight`) in the dtype they were stored in.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub config: LoraConfig,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+/// One module's pair of factors.
+#[derive(Debug, Clone)]
+pub struct LoraPair<'a> {
+    pub module: String,
+    /// `[r, in]`
+    pub a: &'a Tensor,
+    /// `[out, r]`
+    pub b: &'a Tensor,
+}
+
+impl LoraPair<'_> {
+    pub fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+}
+
+impl Adapter {
+    /// Module pairs in key order (checked complete by [`load_peft`]).
+    pub fn pairs(&self) -> Vec<LoraPair<'_>> {
+        let mut out = Vec::new();
+        for (k, a) in &self.tensors {
+            if let Ok((module, Factor::A)) = parse_key(k) {
+                if let Some(b) = self.tensors.get(&peft_key(&module, Factor::B)) {
+                    out.push(LoraPair { module, a, b });
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of trainable parameters (every element of every factor).
+    pub fn param_count(&self) -> usize {
+        self.tensors.values().map(|t| t.elem_count()).sum()
+    }
+
+    /// `scale · B·A`, `[out, in]` in f32: what merging adds to `module`'s weight.
+    pub fn delta(&self, module: &str) -> Result<Option<Tensor>> {
+        let (Some(a), Some(b)) = (self.tensors.get(&peft_key(module, Factor::A)), self.tensors.get(&peft_key(module, Factor::B))) else {
+            return Ok(None);
+        };
+        let d = b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)?;
+        Ok(Some((d * self.config.scale_for(module))?))
+    }
+}
+
+/// Read a PEFT adapter directory, checking every key, pairing and rank.
+pub fn load_peft(dir: &Path, device: &Device) -> Result<Adapter> {
+    if !dir.is_dir() {
+        let msg = if dir.exists() {
+            "is not a directory; pass the adapter directory (holding adapter_config.json and adapter_model.safetensors)"
+        } else {
+            "adapter directory does not exist"
+        };
+        return Err(LoraError::Invalid { path: dir.into(), msg: msg.into() });
+    }
+    let cfg_path = dir.join(CONFIG_FILE);
+    if !cfg_path.is_file() {
+        return Err(LoraError::Invalid {
+            path: cfg_path,
+            msg: "missing: a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors".into(),
+        });
+    }
+    let config = LoraConfig::from_file(&cfg_path)?;
+    let w_path = dir.join(WEIGHTS_FILE);
+    if !w_path.is_file() {
+        let msg = if dir.join("adapter_model.bin").exists() {
+            "missing; the directory has only adapter_model.bin (a Python pickle, which bedside never loads): re-save it with safe_serialization=True"
+        } else {
+            "missing: a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors"
+        };
+        return Err(LoraError::Invalid { path: w_path, msg: msg.into() });
+    }
+    let bytes = std::fs::read(&w_path).map_err(io_err(&w_path))?;
+    let raw = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| LoraError::Invalid { path: w_path.clone(), msg: format!("not a valid safetensors file: {e}") })?;
+    let tensors = check_tensors(&w_path, &config, raw)?;
+    Ok(Adapter { config, tensors })
+}
+
+fn check_tensors(path: &Path, config: &LoraConfig, raw: HashMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+    let err = |msg: String| LoraError::Invalid { path: path.into(), msg };
+    if raw.is_empty() {
+        return Err(err("holds no tensors".into()));
+    }
+    let mut tensors = BTreeMap::new();
+    for (key, t) in raw {
+        let (module, f) = parse_key(&key).map_err(err)?;
+        if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+            return Err(err(format!("tensor '{key}' has dtype {:?}; LoRA factors must be F32, F16 or BF16", t.dtype())));
+        }
+        if t.rank() != 2 {
+            return Err(err(format!("tensor '{key}' has shape {:?}; LoRA factors are 2-D", t.dims())));
+        }
+        let canon = peft_key(&module, f);
+        if tensors.insert(canon.clone(), t).is_some() {
+            return Err(err(format!("tensor '{key}' appears twice (as '{canon}' under another spelling)")));
+        }
+    }
+    for (key, t) in &tensors {
+        let (module, f) = parse_key(key).map_err(err)?;
+        let other = match f {
+            Factor::A => Factor::B,
+            Factor::B => Factor::A,
+        };
+        let other_key = peft_key(&module, other);
+        let Some(o) = tensors.get(&other_key) else {
+            return Err(err(format!("tensor '{key}' has no partner '{other_key}'")));
+        };
+        if f == Factor::A {
+            let r = t.dims()[0];
+            if o.dims()[1] != r {
+                return Err(err(format!(
+                    "tensor '{other_key}' has shape {:?} but '{key}' has shape {:?}: lora_B's columns must equal lora_A's rows (the rank)",
+                    o.dims(),
+                    t.dims()
+                )));
+            }
+            let want = config.rank_for(&module);
+            if r != want {
+                return Err(err(format!(
+                    "tensor '{key}' has rank {r} but adapter_config.json gives module '{module}' rank {want}"
+                )));
+            }
+        }
+    }
+    Ok(tensors)
+}
+
+/// Check an adapter against a model without changing it: every pair must name a projection the
+/// model has, with matching in/out features.
+fn plan(model: &mut Model, adapter: &Adapter) -> Result<Vec<(String, Tensor, Tensor, f64)>> {
+    let dims: HashMap<String, (usize, usize)> =
+        model.linears_mut().into_iter().map(|(n, l)| (n, (l.out_dim(), l.in_dim()))).collect();
+    let mut out = Vec::new();
+    for p in adapter.pairs() {
+        let key_a = peft_key(&p.module, Factor::A);
+        let key_b = peft_key(&p.module, Factor::B);
+        let Some(&(o, i)) = dims.get(&p.module) else {
+            let hint = if p.module.contains("embed_tokens") || p.module.ends_with("lm_head") {
+                " (adapters on embeddings or the LM head are not supported)"
+            } else {
+                ""
+            };
+            return Err(LoraError::Mismatch(format!(
+                "adapter tensor '{key_a}' is for module '{}', which this model ({} layers, {}) does not have{hint}",
+                p.module,
+                model.cfg.num_layers,
+                model.cfg.arch.name()
+            )));
+        };
+        let r = p.rank();
+        if p.a.dims() != [r, i] {
+            return Err(LoraError::Mismatch(format!(
+                "adapter tensor '{key_a}' has shape {:?} but module '{}' takes {i} inputs, so it must be [{r}, {i}]",
+                p.a.dims(),
+                p.module
+            )));
+        }
+        if p.b.dims() != [o, r] {
+            return Err(LoraError::Mismatch(format!(
+                "adapter tensor '{key_b}' has shape {:?} but module '{}' has {o} outputs, so it must be [{o}, {r}]",
+                p.b.dims(),
+                p.module
+            )));
+        }
+        out.push((p.module.clone(), p.a.clone(), p.b.clone(), adapter.config.scale_for(&p.module)));
+    }
+    Ok(out)
+}
+
+/// Attach a loaded adapter for inference, its PEFT scaling multiplied by `weight`. Several
+/// adapters may be attached; each adds its own branch. Nothing is changed if any key does not fit.
+pub fn attach(model: &mut Model, adapter: &Adapter, weight: f64) -> Result<()> {
+    if !weight.is_finite() {
+        return Err(LoraError::Mismatch(format!("adapter weight must be a finite number, found {weight}")));
+    }
+    let plan = plan(model, adapter)?;
+    let (dtype, device) = (model.dtype(), model.device().clone());
+    let mut branches: HashMap<String, LoraBranch> = HashMap::new();
+    for (module, a, b, scale) in plan {
+        let a = a.to_device(&device)?.to_dtype(dtype)?;
+        let b = b.to_device(&device)?.to_dtype(dtype)?;
+        branches.insert(module, LoraBranch { a, b, scale: scale * weight, dropout: 0.0 });
+    }
+    for (name, lin) in model.linears_mut() {
+        if let Some(br) = branches.remove(&name) {
+            lin.lora.push(br);
+        }
+    }
+    Ok(())
+}
+
+/// Remove every LoRA branch from the model (back to the base).
+pub fn detach_all(model: &mut Model) {
+    for (_, lin) in model.linears_mut() {
+        lin.lora.clear();
+    }
+}
+
+/// Attach fresh trainable LoRA branches to every projection `cfg` targets (never the LM head;
+/// the MoE router only when targeted). A ~ U(−1/√in, 1/√in) — PEFT's `kaiming_uniform_(a=√5)` —
+/// and B = 0, so the untrained adapter is an exact no-op. Draws come from a ChaCha RNG seeded
+/// with `seed`, in model order (layer by layer, q k v o then the MLP / router / experts), A before
+/// B. Returns the variables keyed by PEFT key, in that order; the model's branches hold the same
+/// tensors, so gradients and `Var::set` updates reach the forward pass.
+pub fn attach_trainable(model: &mut Model, cfg: &LoraConfig, seed: u64, dtype: DType) -> Result<Vec<(String, Var)>> {
+    cfg.validate().map_err(|m| LoraError::Mismatch(format!("LoRA config: {m}")))?;
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(LoraError::Mismatch(format!("LoRA parameters must be f32, f16 or bf16, not {dtype:?}")));
+    }
+    let device = model.device().clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut vars = Vec::new();
+    let mut names = Vec::new();
+    for (name, lin) in model.linears_mut() {
+        if names.len() < 3 {
+            names.push(name.clone());
+        }
+        if !cfg.matches(&name) {
+            continue;
+        }
+        let r = cfg.rank_for(&name);
+        let (o, i) = (lin.out_dim(), lin.in_dim());
+        let bound = 1.0 / (i as f64).sqrt();
+        let vals: Vec<f32> = (0..r * i).map(|_| rng.random_range(-bound..bound) as f32).collect();
+        let a = Var::from_tensor(&Tensor::from_vec(vals, (r, i), &device)?.to_dtype(dtype)?)?;
+        let b = Var::zeros((o, r), dtype, &device)?;
+        lin.lora.push(LoraBranch {
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale: cfg.scale_for(&name),
+            dropout: cfg.lora_dropout,
+        });
+        vars.push((peft_key(&name, Factor::A), a));
+        vars.push((peft_key(&name, Factor::B), b));
+    }
+    if vars.is_empty() {
+        return Err(LoraError::Mismatch(format!(
+            "target_modules {:?} match no projection of this model (its projections are named like {})",
+            cfg.target_modules,
+            names.join(", ")
+        )));
+    }
+    Ok(vars)
+}
+
+/// Save trainable variables exactly as PEFT does (see [`save_peft_tensors`]).
+pub fn save_peft(dir: &Path, cfg: &LoraConfig, vars: &[(String, Var)]) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    save_peft_tensors(dir, cfg, &tensors)
+}
+
+/// Write `dir/adapter_model.safetensors` (PEFT keys, header metadata `{"format": "pt"}`) and
+/// `dir/adapter_config.json`, each atomically (temp file, fsync, rename).
+pub fn save_peft_tensors(dir: &Path, cfg: &LoraConfig, tensors: &[(String, Tensor)]) -> Result<()> {
+    cfg.validate().map_err(|m| LoraError::Mismatch(format!("LoRA config: {m}")))?;
+    let mut named = BTreeMap::new();
+    for (k, t) in tensors {
+        let (module, f) = parse_key(k).map_err(LoraError::Mismatch)?;
+        let canon = peft_key(&module, f);
+        if named.insert(canon.clone(), t.clone()).is_some() {
+            return Err(LoraError::Mismatch(format!("tensor '{canon}' given twice")));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors_bytes(&named, &meta)?;
+    atomic_write(&dir.join(WEIGHTS_FILE), &bytes)?;
+    atomic_write(&dir.join(CONFIG_FILE), cfg.to_json_string().as_bytes())?;
+    Ok(())
+}
+
+/// Serialize tensors to the safetensors format (keys sorted, header padded to 8 bytes as the
+/// reference implementation does). F32, F16 and BF16 only.
+pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let mut header: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::json!(metadata));
+    }
+    let mut data: Vec<u8> = Vec::new();
+    for (name, t) in tensors {
+        let start = data.len();
+        let flat = t.to_device(&Device::Cpu)?.flatten_all()?;
+        let dt = match t.dtype() {
+            DType::F32 => {
+                flat.to_vec1::<f32>()?.iter().for_each(|x| data.extend_from_slice(&x.to_le_bytes()));
+                "F32"
+            }
+            DType::F16 => {
+                flat.to_vec1::<half::f16>()?.iter().for_each(|x| data.extend_from_slice(&x.to_bits().to_le_bytes()));
+                "F16"
+            }
+            DType::BF16 => {
+                flat.to_vec1::<half::bf16>()?.iter().for_each(|x| data.extend_from_slice(&x.to_bits().to_le_bytes()));
+                "BF16"
+            }
+            other => return Err(LoraError::Mismatch(format!("tensor '{name}': cannot save dtype {other:?}"))),
+        };
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dt, "shape": t.dims(), "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = serde_json::to_vec(&header).map_err(|e| LoraError::Mismatch(e.to_string()))?;
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + data.len());
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
+/// Write a file atomically: a temp file beside it, fsync, rename over the target, fsync the
+/// directory. A crash leaves either the old file or the new one, never half of one.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        LoraError::Io { path: path.into(), err: e }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_in_every_spelling() {
+        let m = "model.layers.0.self_attn.q_proj";
+        for k in [
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+            "model.layers.0.self_attn.q_proj.lora_A.weight",
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight",
+        ] {
+            assert_eq!(parse_key(k).unwrap(), (m.to_string(), Factor::A));
+        }
+        assert_eq!(peft_key(m, Factor::B), "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
+        for bad in [
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias",
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
+            "base_model.model.model.embed_tokens.lora_embedding_A",
+            "base_model.model.lm_head.weight",
+        ] {
+            assert!(parse_key(bad).is_err(), "{bad}");
+        }
+    }
+}
