@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
 use crate::error::Result;
 
@@ -61,6 +61,88 @@ impl BaseWeight {
             BaseWeight::Quantized(_, mm) => mm.forward(x)?,
         })
     }
+
+    /// As [`BaseWeight::forward`], but a quantized weight records a backward that gives the
+    /// input its gradient (candle's `QMatMul` records none, which silently cuts every path through
+    /// a quantized projection). The weight itself gets no gradient: it is frozen.
+    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            BaseWeight::Dense(w) => matmul_wt(x, w)?,
+            BaseWeight::Quantized(q, _) => qmatmul_train(x, q)?,
+        })
+    }
+}
+
+/// `x @ Wᵀ` with a ggml-quantized `W: [out, in]`, differentiable with respect to `x`.
+///
+/// The forward is candle's quantized matmul (the exact kernels inference uses). The backward
+/// computes `dL/dx = dL/dy · W`, dequantizing `W` for that one call only, so at most one layer's
+/// dense weight exists at a time and the frozen base stays quantized in memory.
+pub fn qmatmul_train(x: &Tensor, w: &Arc<QTensor>) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(QMatMulTrain(w.clone()))
+}
+
+struct QMatMulTrain(Arc<QTensor>);
+
+impl CustomOp1 for QMatMulTrain {
+    fn name(&self) -> &'static str {
+        "qmatmul-train"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        // Few rows: the quantized kernel. Many rows (training sequences): candle's CPU quantized
+        // kernels are row-by-row dot products that are far slower than a blocked f32 GEMM, so
+        // dequantize this one weight for the call (the same GGUF values; activations stay f32
+        // instead of being rounded to 8 bit) and drop it afterwards.
+        let (n, k) = self.0.shape().dims2()?;
+        let rows = layout.shape().elem_count() / k.max(1);
+        if rows < 16 || !layout.is_contiguous() {
+            return self.0.as_ref().cpu_fwd(storage, layout);
+        }
+        let x = match storage {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[layout.start_offset()..layout.start_offset() + rows * k], (rows, k), &candle_core::Device::Cpu)?,
+            CpuStorage::BF16(v) => Tensor::from_slice(&v[layout.start_offset()..layout.start_offset() + rows * k], (rows, k), &candle_core::Device::Cpu)?.to_dtype(DType::F32)?,
+            CpuStorage::F16(v) => Tensor::from_slice(&v[layout.start_offset()..layout.start_offset() + rows * k], (rows, k), &candle_core::Device::Cpu)?.to_dtype(DType::F32)?,
+            _ => return self.0.as_ref().cpu_fwd(storage, layout),
+        };
+        let w = self.0.dequantize(&candle_core::Device::Cpu)?;
+        let y = x.matmul(&w.t()?)?;
+        let mut dims = layout.shape().dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = n;
+        let y = y.flatten_all()?;
+        let out = match storage {
+            CpuStorage::BF16(_) => CpuStorage::BF16(y.to_dtype(DType::BF16)?.to_vec1()?),
+            CpuStorage::F16(_) => CpuStorage::F16(y.to_dtype(DType::F16)?.to_vec1()?),
+            _ => CpuStorage::F32(y.to_vec1()?),
+        };
+        Ok((out, Shape::from(dims)))
+    }
+
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.0.as_ref().cuda_fwd(storage, layout)
+    }
+
+    fn metal_fwd(
+        &self,
+        storage: &candle_core::MetalStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::MetalStorage, Shape)> {
+        self.0.as_ref().metal_fwd(storage, layout)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // Dequantized per call: freed as soon as this gradient is computed.
+        let w = self.0.dequantize(grad_res.device())?.to_dtype(grad_res.dtype())?;
+        let dims = grad_res.dims();
+        let out_dim = dims[dims.len() - 1];
+        let rows = grad_res.elem_count() / out_dim.max(1);
+        let g = grad_res.contiguous()?.reshape((rows, out_dim))?.matmul(&w)?;
+        Ok(Some(g.reshape(arg.dims())?.to_dtype(arg.dtype())?))
+    }
 }
 
 /// `x @ wᵀ` for `x` of any rank, `w` of shape `[out, in]`.
@@ -72,6 +154,54 @@ pub fn matmul_wt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
     y.reshape(out_dims)
+}
+
+thread_local! {
+    /// SplitMix64 state for LoRA dropout masks. candle's CPU `dropout` draws from an unseedable
+    /// thread RNG, so training runs could not be repeated or resumed exactly; this state is
+    /// seeded by the trainer and saved in its checkpoints.
+    static DROPOUT_RNG: std::cell::Cell<u64> = const { std::cell::Cell::new(0x853c_49e6_748f_ea9b) };
+}
+
+/// The dropout RNG state of this thread (to checkpoint a training run).
+pub fn dropout_rng_state() -> u64 {
+    DROPOUT_RNG.with(|c| c.get())
+}
+
+/// Set this thread's dropout RNG state (seed a run, or restore it from a checkpoint).
+pub fn set_dropout_rng_state(state: u64) {
+    DROPOUT_RNG.with(|c| c.set(state));
+}
+
+/// Inverted dropout with a mask drawn from [`DROPOUT_RNG`] on the CPU (same masks on any device).
+fn seeded_dropout(x: &Tensor, p: f32) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(candle_core::Error::Msg(format!("dropout probability must be in [0, 1), got {p}")).into());
+    }
+    let scale = 1.0 / (1.0 - p);
+    let n = x.elem_count();
+    let mask: Vec<f32> = DROPOUT_RNG.with(|c| {
+        let mut s = c.get();
+        let m = (0..n)
+            .map(|_| {
+                s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+                if u >= p {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        c.set(s);
+        m
+    });
+    let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
 }
 
 /// One low-rank update `scale · B(A(x))`, with `a: [r, in]` and `b: [out, r]` as PEFT stores them.
@@ -89,7 +219,7 @@ impl LoraBranch {
         self.a.dims()[0]
     }
     fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let x = if training && self.dropout > 0.0 { candle_nn::ops::dropout(x, self.dropout)? } else { x.clone() };
+        let x = if training && self.dropout > 0.0 { seeded_dropout(x, self.dropout)? } else { x.clone() };
         let x = x.to_dtype(self.a.dtype())?;
         let h = matmul_wt(&matmul_wt(&x, &self.a)?, &self.b)?;
         Ok((h * self.scale)?)
@@ -116,7 +246,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let mut y = self.base.forward(x)?;
+        let mut y = if training { self.base.forward_train(x)? } else { self.base.forward(x)? };
         for l in &self.lora {
             let d = l.forward(x, training)?.to_dtype(y.dtype())?;
             y = (y + d)?;
@@ -132,5 +262,134 @@ impl Linear {
             w = (w + delta)?;
         }
         Ok(w.to_dtype(dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::{Device, Var};
+
+    /// Deterministic values in [-1, 1) (a fixed LCG, so failures reproduce).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The input gradient through a quantized weight equals the one through its dequantized dense
+    /// copy (the straight-through gradient of the frozen weight), for a 3-d input like the model's.
+    fn check(dtype: GgmlDType) {
+        let dev = Device::Cpu;
+        let (out, inp) = (48, 64);
+        let w = Tensor::from_vec(values(out * inp, 1), (out, inp), &dev).unwrap();
+        let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
+        let wd = q.dequantize(&dev).unwrap();
+        let x = Var::from_tensor(&Tensor::from_vec(values(2 * 5 * inp, 2), (2, 5, inp), &dev).unwrap()).unwrap();
+        let r = Tensor::from_vec(values(2 * 5 * out, 3), (2, 5, out), &dev).unwrap();
+
+        let y = qmatmul_train(x.as_tensor(), &q).unwrap();
+        let loss = (&y * &r).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap().get(x.as_tensor()).cloned().expect("input has a gradient");
+
+        let yd = matmul_wt(x.as_tensor(), &wd).unwrap();
+        let loss_d = (&yd * &r).unwrap().sum_all().unwrap();
+        let gd = loss_d.backward().unwrap().get(x.as_tensor()).cloned().unwrap();
+        let rel = max_abs(&(&g - &gd).unwrap()) / max_abs(&gd);
+        assert!(rel < 1e-5, "{dtype:?}: gradient differs from the dense path by {rel} (relative)");
+        assert!(max_abs(&g) > 0.1, "{dtype:?}: gradient is (near) zero");
+
+        // The forward is the quantized kernel (activations rounded to 8 bit), close to dense.
+        let fwd = max_abs(&(&y - &yd).unwrap()) / max_abs(&yd);
+        assert!(fwd < 0.02, "{dtype:?}: quantized forward differs from dense by {fwd}");
+        // Many rows take the dequantize-per-call GEMM: equal to the dense path.
+        let xl = Tensor::from_vec(values(40 * inp, 9), (2, 20, inp), &dev).unwrap();
+        let yl = qmatmul_train(&xl, &q).unwrap();
+        let yld = matmul_wt(&xl, &wd).unwrap();
+        assert_eq!(yl.dims(), &[2, 20, out]);
+        assert!(max_abs(&(&yl - &yld).unwrap()) < 1e-5 * max_abs(&yld));
+
+        // Central finite differences of the dense loss agree with the analytic gradient.
+        let xv = x.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gv = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let loss_at = |v: &[f32]| -> f64 {
+            let xt = Tensor::from_vec(v.to_vec(), (2, 5, inp), &dev).unwrap();
+            let y = matmul_wt(&xt.to_dtype(DType::F64).unwrap(), &wd.to_dtype(DType::F64).unwrap()).unwrap();
+            (&y * &r.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        for i in [0usize, 17, 63, 64, 300, 639] {
+            let eps = 1e-2f32;
+            let mut p = xv.clone();
+            p[i] += eps;
+            let mut m = xv.clone();
+            m[i] -= eps;
+            let fd = (loss_at(&p) - loss_at(&m)) / (2.0 * eps as f64);
+            assert!((fd - gv[i] as f64).abs() < 1e-3 * (1.0 + fd.abs()), "{dtype:?} x[{i}]: fd {fd} vs grad {}", gv[i]);
+        }
+    }
+
+    #[test]
+    fn quantized_matmul_backward_q8_0() {
+        check(GgmlDType::Q8_0);
+    }
+
+    #[test]
+    fn quantized_matmul_backward_q4_1() {
+        check(GgmlDType::Q4_1);
+    }
+
+    #[test]
+    fn quantized_matmul_backward_q4k() {
+        // K-quants have 256-wide blocks.
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec(values(32 * 256, 4), (32, 256), &dev).unwrap();
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q4K).unwrap());
+        let x = Var::from_tensor(&Tensor::from_vec(values(3 * 256, 5), (3, 256), &dev).unwrap()).unwrap();
+        let y = qmatmul_train(x.as_tensor(), &q).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap().get(x.as_tensor()).cloned().unwrap();
+        let want = Tensor::ones((3, 32), DType::F32, &dev).unwrap().matmul(&q.dequantize(&dev).unwrap()).unwrap();
+        assert!(max_abs(&(&g - &want).unwrap()) < 1e-4 * max_abs(&want));
+    }
+
+    /// LoRA dropout masks come from a seedable state: same state, same mask; the kept fraction
+    /// is about 1 - p and kept values are scaled by 1 / (1 - p) (PyTorch's inverted dropout).
+    #[test]
+    fn seeded_dropout_repeats() {
+        let x = Tensor::ones((64, 64), DType::F32, &Device::Cpu).unwrap();
+        set_dropout_rng_state(123);
+        let a = seeded_dropout(&x, 0.25).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let after = dropout_rng_state();
+        set_dropout_rng_state(123);
+        let b = seeded_dropout(&x, 0.25).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(after, dropout_rng_state());
+        let c = seeded_dropout(&x, 0.25).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(a, c);
+        let kept = a.iter().filter(|&&v| v != 0.0).count() as f64 / a.len() as f64;
+        assert!((kept - 0.75).abs() < 0.03, "kept {kept}");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+    }
+
+    /// Why the op exists: candle's own quantized matmul records no backward at all.
+    #[test]
+    fn plain_qmatmul_cuts_the_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec(values(32 * 64, 6), (32, 64), &dev).unwrap();
+        let base = BaseWeight::quantized(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
+        assert!(matches!(base, BaseWeight::Quantized(..)));
+        let x = Var::from_tensor(&Tensor::from_vec(values(4 * 64, 7), (1, 4, 64), &dev).unwrap()).unwrap();
+        let eval = base.forward(x.as_tensor()).unwrap().sum_all().unwrap();
+        assert!(eval.backward().unwrap().get(x.as_tensor()).is_none());
+        let train = base.forward_train(x.as_tensor()).unwrap().sum_all().unwrap();
+        assert!(train.backward().unwrap().get(x.as_tensor()).is_some());
     }
 }

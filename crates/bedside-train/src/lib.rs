@@ -1,0 +1,25 @@
+//! LoRA supervised fine-tuning for bedside models.
+//!
+//! - [`config`]: every hyperparameter in one TOML file ([`TrainConfig`]), with overrides.
+//! - [`data`]: dialogues → chat-template token ids with a loss mask on the assistant's answer.
+//! - [`loss`]: HF's shifted, masked cross-entropy and the zero-gradient guard.
+//! - [`optim`]: AdamW (PyTorch's decoupled weight decay), warmup + cosine/linear decay, clipping.
+//! - [`checkpoint`]: atomic, resumable checkpoints.
+//! - [`trainer`]: the loop, validation, `metrics.jsonl` and the loss-curve SVG.
+//!
+//! The base stays frozen, quantized or not: a quantized GGUF base trains through
+//! `bedside_model::linear::qmatmul_train`, whose backward dequantizes one weight at a time.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod loss;
+pub mod optim;
+pub mod svg;
+pub mod trainer;
+
+pub use config::{BaseMode, Schedule, TrainConfig};
+pub use error::{Result, TrainError};
+pub use trainer::{attach_adapter_trainable, load_engine, train, RunOptions, RunSummary};
