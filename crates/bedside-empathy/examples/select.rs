@@ -1,0 +1,101 @@
+//! Model selection record: for each feature set, choose λ per mechanism by 5-fold CV on the
+//! authored labelled set, train on all of it, and report out-of-fold macro-F1 and — when the
+//! EPITOME directory is given — the aggregate agreement with EPITOME's human labels.
+//! Nothing is fitted on EPITOME; looking at its aggregates to pick a feature set is model
+//! selection on the validation data, and data/empathy/README.md says so.
+//!
+//! cargo run -p bedside-empathy --example select -- [EPITOME_DIR]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Result;
+use bedside_empathy::data::{labelled_parts, read_epitome, read_labelled};
+use bedside_empathy::metrics::agreement;
+use bedside_empathy::train::train_with_cv;
+use bedside_empathy::{EmpathyScores, FeatureSet};
+use bedside_embed::Embedder;
+use candle_core::Device;
+
+fn embed_all(e: &Embedder, texts: &[&str], cache: &Path) -> Result<HashMap<String, Vec<f32>>> {
+    let mut map: HashMap<String, Vec<f32>> = match std::fs::read(cache) {
+        Ok(b) => serde_json::from_slice(&b)?,
+        Err(_) => HashMap::new(),
+    };
+    let missing: Vec<&str> = {
+        let mut v: Vec<&str> = texts.iter().copied().filter(|t| !map.contains_key(*t)).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    eprintln!("embedding {} new texts", missing.len());
+    for (i, c) in missing.chunks(256).enumerate() {
+        for (t, v) in c.iter().zip(e.embed(c)?) {
+            map.insert(t.to_string(), v);
+        }
+        eprintln!("  {}/{}", (i + 1) * 256, missing.len());
+    }
+    std::fs::write(cache, serde_json::to_vec(&map)?)?;
+    Ok(map)
+}
+
+fn main() -> Result<()> {
+    let epi_dir = std::env::args().nth(1);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let (pairs, _) = read_labelled(&labelled_parts(&root)?)?;
+    let e = Embedder::load(&Embedder::default_dir(), &Device::Cpu)?;
+    let cache_dir = std::env::temp_dir().join("bedside-empathy-select");
+    std::fs::create_dir_all(&cache_dir)?;
+    let texts: Vec<&str> = pairs.iter().flat_map(|p| [p.context.as_str(), p.response.as_str()]).collect();
+    let emb = embed_all(&e, &texts, &cache_dir.join("labelled.json"))?;
+    let epi = match &epi_dir {
+        Some(d) => {
+            let f = read_epitome(Path::new(d))?;
+            let t: Vec<&str> = f.iter().flatten().flat_map(|r| [r.seeker_post.as_str(), r.response_post.as_str()]).collect();
+            let em = embed_all(&e, &t, &cache_dir.join("epitome.json"))?;
+            Some((f, em))
+        }
+        None => None,
+    };
+    let only: Option<String> = std::env::var("SELECT_FEATURES").ok();
+    for set in FeatureSet::ALL {
+        if only.as_deref().is_some_and(|o| o != set.name()) {
+            continue;
+        }
+        let x: Vec<Vec<f32>> = pairs.iter().map(|p| set.assemble(&p.context, &p.response, &emb[&p.context], &emb[&p.response])).collect();
+        let (heads, rep) = train_with_cv(&pairs, &x, e.dim(), set, None, |_, _| {})?;
+        println!("== {}  lambda {:?}  CV macro-F1 ER {:.3} IP {:.3} EX {:.3}", set.name(), rep.lambda, rep.cv_macro_f1[0], rep.cv_macro_f1[1], rep.cv_macro_f1[2]);
+        if std::env::var("SELECT_WEIGHTS").is_ok() {
+            let names = set.names(e.dim());
+            for (m, h) in heads.heads.iter().enumerate() {
+                let d = heads.width();
+                let mut w: Vec<(f32, &str)> = (0..bedside_empathy::features::LEXICAL_NAMES.len() + 1)
+                    .map(|i| (h.weight[2 * d + i] - h.weight[i], names[i].as_str()))
+                    .collect();
+                w.sort_by(|a, b| b.0.abs().partial_cmp(&a.0.abs()).unwrap());
+                println!("   {} w2-w0: {:?}", bedside_empathy::heads::SHORT[m], &w[..12]);
+            }
+        }
+        for p in &rep.cv {
+            println!("   cv λ={:<6} ER {:.3} IP {:.3} EX {:.3}", p.lambda, p.agreement[0].macro_f1, p.agreement[1].macro_f1, p.agreement[2].macro_f1);
+        }
+        if let Some((files, em)) = &epi {
+            for (m, rows) in files.iter().enumerate() {
+                let truth: Vec<u8> = rows.iter().map(|r| r.level).collect();
+                let pred: Vec<u8> = rows
+                    .iter()
+                    .map(|r| {
+                        let f = set.assemble(&r.seeker_post, &r.response_post, &em[&r.seeker_post], &em[&r.response_post]);
+                        EmpathyScores::from_probs(heads.predict(&f)).levels()[m]
+                    })
+                    .collect();
+                let a = agreement(&truth, &pred);
+                println!(
+                    "   EPITOME {}: acc {:.3} macro-F1 {:.3} (F1 {:.2}/{:.2}/{:.2}) kappa {:.3} confusion {:?}",
+                    bedside_empathy::heads::SHORT[m], a.accuracy, a.macro_f1, a.f1[0], a.f1[1], a.f1[2], a.quadratic_kappa, a.confusion
+                );
+            }
+        }
+    }
+    Ok(())
+}
