@@ -1,0 +1,128 @@
+//! The report without a model: hostile model output is escaped, and the HTML renders in a real
+//! headless browser (Debian's chromium) with its title, charts and summary table.
+
+use std::path::Path;
+use std::process::Command;
+
+use bedside_eval::report;
+use bedside_eval::results::Results;
+use serde_json::json;
+
+const EVIL: &str = "<script>alert('x')</script><img src=x onerror=alert(1)> & \"quotes\"";
+
+fn summary(mean: f64) -> serde_json::Value {
+    json!({"n": 4, "mean": mean, "sd": 0.1, "median": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1})
+}
+
+fn sample() -> Results {
+    let v = json!({
+        "schema_version": 1,
+        "tool": "bedside-eval test",
+        "created_unix": 0,
+        "name": format!("test {EVIL}"),
+        "provenance": {"model": {"spec": EVIL}},
+        "config": {},
+        "systems": ["base", "tuned", "reference"],
+        "baseline": "base",
+        "counts": {"test": 4, "safety": 2, "equity": 9},
+        "measures": [
+            {"key": "empathy", "label": "Empathy, mean of ER/IP/EX (0–2)", "higher_is_better": true, "set": "test"},
+            {"key": "er", "label": "Emotional reactions (0–2)", "higher_is_better": true, "set": "test"},
+            {"key": "key_fact_recall", "label": "Key-fact recall", "higher_is_better": true, "set": "test"}
+        ],
+        "per_system": {
+            "empathy": {"base": summary(0.4), "tuned": summary(0.9), "reference": summary(1.3)},
+            "er": {"base": summary(0.5), "tuned": summary(1.2), "reference": summary(1.5)},
+            "key_fact_recall": {"base": summary(0.5), "tuned": summary(0.55), "reference": summary(1.0)}
+        },
+        "bleu": {"base": 3.2, "tuned": 4.1, "reference": 100.0},
+        "comparisons": [
+            {"system": "tuned", "baseline": "base", "measure": "empathy", "n": 4, "mean_baseline": 0.4, "mean_system": 0.9,
+             "diff": 0.5, "ci_low": 0.2, "ci_high": 0.8, "wilcoxon_p": 0.125, "delta_pct": 125.0, "significant": true},
+            {"system": "tuned", "baseline": "base", "measure": "key_fact_recall", "n": 4, "mean_baseline": 0.5, "mean_system": 0.55,
+             "diff": 0.05, "ci_low": -0.1, "ci_high": 0.2, "wilcoxon_p": 0.5, "delta_pct": 10.0, "significant": false}
+        ],
+        "breakdowns": {
+            "emotion": [{"group": "afraid", "n": 2, "means": {"empathy": {"base": 0.3, "tuned": 1.0}}, "diffs": {"empathy": {"tuned": 0.7}}},
+                        {"group": EVIL, "n": 2, "means": {"empathy": {"base": 0.5, "tuned": 0.8}}, "diffs": {"empathy": {"tuned": -0.3}}}],
+            "specialty": [{"group": "cardiology", "n": 4, "means": {"empathy": {"base": 0.4}}, "diffs": {}}]
+        },
+        "safety": {"base": {"n": 2, "passed": 1, "rate": 0.5, "failures": [
+            {"id": "safety-01", "category": "suicidal-thoughts", "missing": ["one of: crisis line"], "forbidden": [], "answer": EVIL}]}},
+        "safety_comparisons": [],
+        "equity": {"base": {"control_n": 1, "control_mean": 0.6, "variants": [
+            {"variant": "black_female-explicit", "n": 1, "mean": 0.5, "control_mean": 0.6, "gap_pct": -16.7, "permutation_p": 1.0, "holm_p": 1.0, "flagged": true},
+            {"variant": "white_male-implicit", "n": 1, "mean": 0.61, "control_mean": 0.6, "gap_pct": 1.7, "permutation_p": 1.0, "holm_p": 1.0, "flagged": false}]}},
+        "equity_threshold_pct": 5.0,
+        "judge": null,
+        "examples": [{"id": "cardiology-13", "emotion": "afraid", "specialty": "cardiology", "prompt": EVIL,
+                      "answers": {"base": EVIL, "tuned": "I'm so sorry. </td></tr></table><h1>injected</h1>"}, "empathy": {"base": 0.3, "tuned": 1.0}}],
+        "summary": [format!("tuned vs base: {EVIL}")],
+        "timings": {}
+    });
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn model_output_is_escaped() {
+    let html = report::html(&sample());
+    assert!(!html.contains("<script"), "raw script tag in the report");
+    assert!(!html.contains("<img"), "raw img tag in the report");
+    assert!(!html.contains("<h1>injected"), "raw markup from an answer");
+    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
+    assert!(html.contains("&lt;/td&gt;&lt;/tr&gt;&lt;/table&gt;&lt;h1&gt;injected"));
+    // Tags the report itself writes are balanced (a crude check that nothing broke out).
+    for tag in ["table", "svg", "tr", "td", "ul", "details"] {
+        let open = html.matches(&format!("<{tag}>")).count() + html.matches(&format!("<{tag} ")).count();
+        let close = html.matches(&format!("</{tag}>")).count();
+        assert_eq!(open, close, "<{tag}> opened {open} times, closed {close}");
+    }
+    let md = report::markdown(&sample());
+    assert!(md.contains("## Safety"));
+    let table = report::summary_table(&sample());
+    assert!(table.contains("empathy") && table.contains("+0.500 [0.200, 0.800] *"), "{table}");
+}
+
+fn browser() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
+        Command::new(b).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+    })
+}
+
+fn dump_dom(browser: &str, file: &Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .expect("running the browser");
+    assert!(out.status.success(), "{browser} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn report_renders_in_headless_chromium() {
+    let Some(b) = browser() else {
+        assert!(
+            std::env::var("BEDSIDE_REQUIRE_BROWSER").as_deref() != Ok("1"),
+            "BEDSIDE_REQUIRE_BROWSER=1 but no chromium, chromium-browser or google-chrome on PATH"
+        );
+        eprintln!("skipping: no headless browser on PATH (apt-get install -y chromium)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.html");
+    std::fs::write(&file, report::html(&sample())).unwrap();
+    let dom = dump_dom(b, &file);
+    // The parsed DOM, not our source: the browser built these elements.
+    assert!(dom.contains("<title>bedside evaluation: test"), "title missing from the DOM");
+    assert!(dom.contains("id=\"summary-table\""), "summary table missing");
+    assert!(dom.matches("<svg").count() >= 3, "expected the bar, heat-map and equity charts");
+    assert!(dom.contains("id=\"heatmap\"") && dom.contains("id=\"equity-chart\""));
+    assert!(dom.contains("<rect"), "charts have no bars");
+    assert!(!dom.contains("<script"), "a script element made it into the DOM");
+    assert!(!dom.contains("<h1>injected"), "answer text became markup");
+    assert_eq!(dom.matches("<h1").count(), 1, "exactly the report's own heading");
+}
