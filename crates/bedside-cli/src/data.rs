@@ -1,5 +1,6 @@
-//! `bedside data …`: import, export, validate, split and inspect the dialogue corpus, and
-//! generate the equity probes. The work is done by the `bedside-data` crate; this is the CLI.
+//! `bedside data …`: import, export, validate, split and inspect the dialogue corpus, generate
+//! the equity probes, and rewrite neutral dialogues with a model. The work is done by the
+//! `bedside-data` and `bedside-rewrite` crates; this is the CLI.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,14 +13,17 @@ use bedside_data::validate::ValidateOptions;
 use bedside_data::{DataError, Dialogue};
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::args::{ModelArgs, SamplingArgs};
+
 const DEFAULT_CORPUS: &str = "data/dialogues";
 const DEFAULT_EQUITY_BASE: &str = "data/eval/equity-base.jsonl";
 const DEFAULT_EQUITY_PROBES: &str = "data/eval/equity-probes.jsonl";
+const DEFAULT_PROMPTS: &str = "configs/prompts/rewrite-v1";
 
 #[derive(Args)]
 #[command(
     about = "Import, export, validate, split and inspect the dialogue corpus (schema v1, see data/README.md)",
-    after_help = "Examples:\n  bedside data validate\n  bedside data stats --json\n  bedside data import --format healthcaremagic HealthCareMagic-100k.json --out data/imported/hcm.jsonl\n  bedside data export --format openai --split train --out train.openai.jsonl\n  bedside data split data/imported/hcm.jsonl --out data/imported/hcm.split.jsonl --seed 7\n  bedside data equity-probes"
+    after_help = "Examples:\n  bedside data validate\n  bedside data stats --json\n  bedside data import --format healthcaremagic HealthCareMagic-100k.json --out data/imported/hcm.jsonl\n  bedside data export --format openai --split train --out train.openai.jsonl\n  bedside data split data/imported/hcm.jsonl --out data/imported/hcm.split.jsonl --seed 7\n  bedside data equity-probes\n  bedside data rewrite --input data/imported/hcm.jsonl --output data/rewritten/hcm.jsonl --limit 50"
 )]
 pub struct DataArgs {
     #[command(subcommand)]
@@ -34,6 +38,7 @@ enum DataCommand {
     Stats(StatsArgs),
     Split(SplitArgs),
     EquityProbes(EquityArgs),
+    Rewrite(RewriteArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -215,6 +220,85 @@ struct EquityArgs {
     out: PathBuf,
 }
 
+#[derive(Args)]
+#[command(
+    about = "Rewrite neutral dialogues into emotional patient turns and comforting answers with a local model",
+    long_about = "Rewrite neutral dialogues (schema v1 with patient_neutral and answer_neutral, e.g. from `bedside data import`) \
+into emotional patient turns and comforting answers with any model bedside can load.\n\n\
+Each record gets a target emotion (balanced round-robin over a seeded order, or --emotion-weights), the prompt templates \
+of --prompts are rendered (their version is recorded in every output record), the model writes the patient turn and then \
+the answer, and the pair is accepted only if every check passes: the answer keeps the neutral answer's numbers, key facts \
+(or, without key facts, its salient content; MiniLM similarity can rescue paraphrases) and red flags; the patient turn \
+keeps every number and question and expresses the target emotion; the answer scores higher than the neutral one on the \
+empathy scorer (or the comfort heuristic, see --comfort); both turns stay within 0.8x-2.5x the neutral word counts. Failed attempts go to the rejects file with \
+their reasons and are retried with a new seed, up to --max-retries times.\n\n\
+Resumable: a rerun skips ids already in the output (or finally rejected) and repairs a line cut off by a crash. \
+Deterministic for a --seed. Each turn's token limit is the smaller of --max-tokens and the length bound \
+(2.5x the neutral words x 1.7 tokens per word + 16).",
+    after_help = "Examples:\n  bedside data rewrite --input data/imported/hcm.jsonl --output data/rewritten/hcm.jsonl --dry-run\n  bedside data rewrite --input data/imported/hcm.jsonl --output data/rewritten/hcm.jsonl --limit 20 --seed 7\n  bedside data rewrite -m meta-llama/Meta-Llama-3-70B-Instruct --device cuda --dtype bf16 --input in.jsonl --output out.jsonl --max-retries 3 --max-tokens 600\n  bedside data rewrite --input in.jsonl --output out.jsonl --emotions afraid,anxious,sad,lonely\n  bedside data rewrite --input in.jsonl --output out.jsonl --emotion-weights weights.toml   # afraid = 2, sad = 1\n\nOutput and rejects are appended to; rerun the same command to resume."
+)]
+struct RewriteArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Neutral dialogues (schema-v1 JSONL).
+    #[arg(short, long)]
+    input: PathBuf,
+    /// Accepted rewrites are appended here (JSONL).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Failed attempts with their reasons; default: <output stem>.rejects.jsonl beside the output.
+    #[arg(long, value_name = "FILE")]
+    rejects: Option<PathBuf>,
+    /// Target emotions, balanced (default: the 12 of the shipped corpus).
+    #[arg(long, value_delimiter = ',', conflicts_with = "emotion_weights")]
+    emotions: Vec<String>,
+    /// Emotion weights: a TOML file of `emotion = weight` lines or a JSON object.
+    #[arg(long, value_name = "FILE")]
+    emotion_weights: Option<PathBuf>,
+    /// Keep a record's own `emotion` when it is set, instead of assigning one.
+    #[arg(long)]
+    keep_emotion: bool,
+    /// Retries per record after a rejected attempt, each with a new seed.
+    #[arg(long, default_value_t = 2)]
+    max_retries: usize,
+    /// Print the rendered prompts of the first records (--limit, default 3) without loading a model.
+    #[arg(long)]
+    dry_run: bool,
+    /// Rewrite at most N not-yet-finished records in this run.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// The prompt template directory (meta.toml, patient.jinja, answer.jinja).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PROMPTS)]
+    prompts: PathBuf,
+    /// MiniLM cosine at or above which a paraphrased fact or question counts as kept.
+    #[arg(long, default_value_t = 0.8)]
+    fact_similarity: f32,
+    /// Let MiniLM similarity rescue `key_facts` too (such records then fail `data validate`'s lexical key-fact rule).
+    #[arg(long)]
+    semantic_key_facts: bool,
+    /// The MiniLM embedder directory (default: models/all-minilm-l6-v2 or $BEDSIDE_EMBEDDER).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_embedder")]
+    embedder: Option<PathBuf>,
+    /// Lexical fact and question checks only (no MiniLM).
+    #[arg(long)]
+    no_embedder: bool,
+    /// How "more comforting than the neutral answer" is judged.
+    #[arg(long, value_enum, default_value = "auto")]
+    comfort: ComfortArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ComfortArg {
+    /// The empathy scorer when its heads file and MiniLM load, else the heuristic (with a warning).
+    Auto,
+    /// The project's empathy scorer (EPITOME expected levels, data/empathy/heads-v1.safetensors).
+    Empathy,
+    /// Validation phrases + naming a feeling + asking a question (data/README.md).
+    Heuristic,
+}
+
 pub fn run(a: DataArgs) -> Result<()> {
     match a.cmd {
         DataCommand::Import(a) => import(a),
@@ -223,6 +307,7 @@ pub fn run(a: DataArgs) -> Result<()> {
         DataCommand::Stats(a) => stats(a),
         DataCommand::Split(a) => split(a),
         DataCommand::EquityProbes(a) => equity(a),
+        DataCommand::Rewrite(a) => rewrite(a),
     }
 }
 
@@ -384,5 +469,86 @@ fn equity(a: EquityArgs) -> Result<()> {
     let probes = bedside_data::equity::generate_probes(&bases);
     bedside_data::write_jsonl_atomic(&a.out, &probes)?;
     eprintln!("wrote {} probes for {} base questions to {}", probes.len(), bases.len(), a.out.display());
+    Ok(())
+}
+
+fn rewrite(a: RewriteArgs) -> Result<()> {
+    use bedside_rewrite::emotions::{self, EmotionPlan};
+    use bedside_rewrite::pipeline::{self, RewriteConfig};
+
+    let prompts = bedside_rewrite::PromptSet::load(&a.prompts)?;
+    let plan = match (&a.emotion_weights, a.emotions.is_empty()) {
+        (Some(f), _) => emotions::read_weights(f)?,
+        (None, true) => EmotionPlan::Balanced(emotions::DEFAULT_EMOTIONS.iter().map(|e| e.to_string()).collect()),
+        (None, false) => EmotionPlan::Balanced(a.emotions.iter().map(|e| e.trim().to_lowercase()).collect()),
+    };
+    plan.validate().context("--emotions")?;
+    if !(a.fact_similarity > 0.0 && a.fact_similarity <= 1.0) {
+        bail!("--fact-similarity must be in (0, 1], got {}", a.fact_similarity);
+    }
+    let params = a.sampling.params()?;
+    let records = pipeline::read_input(&a.input)?;
+    let cfg = RewriteConfig {
+        prompts,
+        plan,
+        keep_emotion: a.keep_emotion,
+        seed: params.seed,
+        max_retries: a.max_retries,
+        limit: a.limit,
+        max_tokens: params.max_tokens,
+        progress: true,
+    };
+    if a.dry_run {
+        let mut out = std::io::stdout().lock();
+        pipeline::dry_run(&records, &cfg, a.limit.unwrap_or(3), &mut out)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let rejects = a.rejects.clone().unwrap_or_else(|| pipeline::default_rejects_path(&a.output));
+    let opts = bedside_rewrite::AcceptOptions {
+        fact_similarity: a.fact_similarity,
+        semantic_key_facts: a.semantic_key_facts,
+        ..Default::default()
+    };
+    let similarity: Option<Box<dyn bedside_rewrite::Similarity>> = if a.no_embedder {
+        None
+    } else {
+        let dir = a.embedder.clone().unwrap_or_else(bedside_embed::Embedder::default_dir);
+        match bedside_rewrite::MiniLmSimilarity::load(&dir) {
+            Ok(s) => Some(Box::new(s)),
+            // An explicit --embedder must load; the default may be absent on a fresh clone.
+            Err(e) if a.embedder.is_some() => return Err(e),
+            Err(e) => {
+                eprintln!("warning: {e:#}; fact and question checks are lexical only (--no-embedder silences this)");
+                None
+            }
+        }
+    };
+    let comfort: Box<dyn bedside_rewrite::ComfortScorer> = match a.comfort {
+        ComfortArg::Heuristic => Box::new(bedside_rewrite::HeuristicComfort),
+        ComfortArg::Empathy => Box::new(bedside_rewrite::EmpathyComfort::load_default().context("--comfort empathy")?),
+        ComfortArg::Auto => match bedside_rewrite::EmpathyComfort::load_default() {
+            Ok(e) => Box::new(e),
+            Err(e) => {
+                eprintln!("warning: empathy scorer unavailable ({e:#}); judging comfort with the heuristic");
+                Box::new(bedside_rewrite::HeuristicComfort)
+            }
+        },
+    };
+    let checker = bedside_rewrite::Checker { opts, similarity, comfort };
+    let engine = a.model.load()?;
+    let mut generator = bedside_rewrite::EngineGenerator { engine, params, spec: a.model.model.clone() };
+    let s = pipeline::run(&records, &mut generator, &checker, &cfg, &a.output, &rejects)?;
+    eprintln!(
+        "rewrite: {} accepted, {} rejected after {} attempts; {} already done, {} left{}; output {}, rejects {}",
+        s.accepted,
+        s.rejected,
+        s.attempts,
+        s.skipped,
+        s.remaining,
+        if s.remaining > 0 { " (--limit)" } else { "" },
+        a.output.display(),
+        rejects.display()
+    );
     Ok(())
 }
