@@ -1,12 +1,16 @@
 //! `bedside`: run, fine-tune and evaluate open LLMs that answer patients with comfort and
 //! correct medical knowledge. Everything works offline; nothing writes patient text to logs.
 
+mod adapter;
 mod args;
 mod bench;
 mod chat;
 mod data;
+mod eval;
+mod eval_scorer;
 mod generate;
 mod info;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -31,7 +35,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     Chat(chat::ChatArgs),
     Bench(bench::BenchArgs),
+    Adapter(adapter::AdapterArgs),
     Data(data::DataArgs),
+    Eval(eval::EvalArgs),
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -48,7 +55,10 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Adapter(a) => adapter::run(a),
         Command::Data(a) => data::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Train(a) => train::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
