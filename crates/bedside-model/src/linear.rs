@@ -58,6 +58,10 @@ impl BaseWeight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             BaseWeight::Dense(w) => matmul_wt(x, w)?,
+            // Prompt processing on CPU: many rows go through the dequantize-and-GEMM path of
+            // `qmatmul_train` (several times faster than candle's row-by-row quantized kernels);
+            // decoding (a few rows) keeps the quantized kernels.
+            BaseWeight::Quantized(q, _) if x.device().is_cpu() && dense_prefill_enabled() => qmatmul_train(x, q)?,
             BaseWeight::Quantized(_, mm) => mm.forward(x)?,
         })
     }
@@ -72,6 +76,25 @@ impl BaseWeight {
         })
     }
 }
+
+thread_local! {
+    static DENSE_PREFILL: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether inference on CPU, on this thread, multiplies calls of at least [`DENSE_ROWS`] rows by
+/// a quantized weight through a per-call dequantized f32 GEMM (default: yes). Off, every quantized
+/// matmul uses ggml's kernels with 8-bit activations, as llama.cpp computes; tests comparing with
+/// those kernels turn it off (per thread, so parallel tests do not see it).
+pub fn set_dense_prefill(on: bool) {
+    DENSE_PREFILL.with(|c| c.set(on));
+}
+
+fn dense_prefill_enabled() -> bool {
+    DENSE_PREFILL.with(|c| c.get())
+}
+
+/// Row count from which a CPU quantized matmul dequantizes the weight and runs an f32 GEMM.
+pub const DENSE_ROWS: usize = 16;
 
 /// `x @ Wᵀ` with a ggml-quantized `W: [out, in]`, differentiable with respect to `x`.
 ///
@@ -96,7 +119,7 @@ impl CustomOp1 for QMatMulTrain {
         // instead of being rounded to 8 bit) and drop it afterwards.
         let (n, k) = self.0.shape().dims2()?;
         let rows = layout.shape().elem_count() / k.max(1);
-        if rows < 16 || !layout.is_contiguous() {
+        if rows < DENSE_ROWS || !layout.is_contiguous() {
             return self.0.as_ref().cpu_fwd(storage, layout);
         }
         let x = match storage {

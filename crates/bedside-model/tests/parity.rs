@@ -198,6 +198,8 @@ fn smollm2_answer_nll_matches_transformers() {
 #[test]
 fn smollm2_quantized_matches_llamacpp() {
     let Some(path) = bedside_testutil::smollm2_gguf() else { return };
+    // ggml's kernels for every row count, as llama.cpp runs them (this thread only).
+    bedside_model::linear::set_dense_prefill(false);
     let Some(dir) = bedside_testutil::fixture("smollm2") else { return };
     let (model, _) = load_gguf(&path, &LoadOptions::default()).unwrap();
     assert!(matches!(model.layers[0].self_attn.q_proj.base, bedside_model::BaseWeight::Quantized(..)));
@@ -231,4 +233,30 @@ fn smollm2_quantized_matches_llamacpp() {
         let want: Vec<u32> = greedy_cpp[p]["ids"].as_array().unwrap().iter().take(n).map(|x| x.as_u64().unwrap() as u32).collect();
         assert_eq!(greedy(&model, &ids, n, None), want, "prompt {p}: first {n} greedy tokens vs llama.cpp Q4_1");
     }
+}
+
+/// The default CPU prompt path of a quantized model (dequantize each weight for the call, f32
+/// GEMM) computes what the dequantized f32 model computes, and switching it off gives ggml's
+/// 8-bit-activation kernels again (a different, measurably non-zero result).
+#[test]
+fn smollm2_quantized_prefill_equals_dequantized_model() {
+    let Some(path) = bedside_testutil::smollm2_gguf() else { return };
+    let Some(dir) = bedside_testutil::fixture("smollm2") else { return };
+    let (q, _) = load_gguf(&path, &LoadOptions::default()).unwrap();
+    let (f, _) = load_gguf(&path, &LoadOptions { dequantize: true, ..Default::default() }).unwrap();
+    let f32r = refs(&dir.join("logits_f32.safetensors"));
+    let ids = ids_u32(&f32r["prompt0.input_ids"]);
+    assert!(ids.len() >= bedside_model::linear::DENSE_ROWS, "the prompt must take the dense path");
+    let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    // Logits::All so the output projection (tied embedding) also sees many rows.
+    let last = |m: &bedside_model::Model| m.forward(&t, None, Logits::All).unwrap().squeeze(0).unwrap().i(ids.len() - 1).unwrap();
+    let dense = last(&q);
+    let want = last(&f);
+    let d = max_abs_diff(&dense, &want);
+    assert!(d < 1e-3, "dense prefill vs dequantized model: max |dlogit| {d}");
+    bedside_model::linear::set_dense_prefill(false);
+    let kernels = last(&q);
+    bedside_model::linear::set_dense_prefill(true);
+    let dk = max_abs_diff(&kernels, &want);
+    assert!(dk > 1e-2, "ggml kernels should differ from f32 activations ({dk})");
 }
