@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
-# bedside's main job on the embedded default model (SmolLM2-135M-Instruct, GGUF Q4_1):
-# fetch the models if missing, build, and stream an answer to a frightened patient.
-# Later stages (a short LoRA run and a base-vs-tuned evaluation) join this script as they land.
+# bedside's main job on the embedded default model (SmolLM2-135M-Instruct, GGUF Q4_1), CPU:
+#   1. fetch the default models if missing (scripts/setup.sh) and build bedside;
+#   2. fine-tune a LoRA adapter on the shipped emotion-rewritten corpus, directly on the
+#      quantized GGUF (configs/train-smollm2-cpu.toml);
+#   3. evaluate base vs tuned on the held-out test split, the safety set and the equity probes
+#      (configs/eval-smollm2.toml): empathy, knowledge, safety, equity, statistics;
+#   4. print the summary table and where the report is.
+# About 15 minutes on 2 cores after the build. Rerunning reuses the adapter and cached answers;
+# delete runs/demo to start over. Extra arguments go to `bedside eval run` (e.g. --limit 5).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/setup.sh
 cargo build --release --locked -p bedside-cli
 bin=target/release/bedside
-echo "demo: asking the default model a frightened patient's question" >&2
-"$bin" generate --max-tokens 160 \
-  --user "I'm really scared. My chest has felt tight since this morning and my left arm aches. Should I just wait and see?"
-echo >&2
+run=runs/demo
+
+if [ -f "$run/train/adapter/adapter_model.safetensors" ]; then
+  echo "demo: reusing the adapter in $run/train/adapter (delete $run to retrain)" >&2
+else
+  echo "demo: fine-tuning a LoRA adapter on the shipped corpus ($run/train)" >&2
+  "$bin" train --config configs/train-smollm2-cpu.toml --output-dir "$run/train"
+fi
+
+echo "demo: evaluating base vs tuned ($run/eval)" >&2
+"$bin" eval run --config configs/eval-smollm2-demo.toml --adapter "tuned=$run/train/adapter" \
+  --output-dir "$run/eval" "$@"
+echo "demo: training curve $run/train/loss.svg; open the report in a browser (it is self-contained)" >&2

@@ -13,7 +13,7 @@ use crate::eval_scorer;
 #[derive(Args)]
 #[command(
     about = "Evaluate base vs tuned models: empathy, knowledge, safety, equity, statistics and an HTML report",
-    after_help = "Examples:\n  bedside eval run --config configs/eval-smollm2.toml --adapter runs/lora-smollm2/adapter\n  bedside eval run --config configs/eval-smollm2.toml --limit 5 --output-dir runs/eval-quick\n  bedside eval compare runs/eval-a runs/eval-b\n  bedside eval score --input pairs.jsonl --output scores.jsonl\n  bedside eval validate-scorer\n  bedside eval train-scorer --output my-heads.safetensors"
+    after_help = "Examples:\n  bedside eval run --config configs/eval-smollm2.toml --adapter runs/smollm2-cpu/adapter\n  bedside eval run --config configs/eval-smollm2.toml --limit 5 --output-dir runs/eval-quick\n  bedside eval compare runs/eval-a runs/eval-b\n  bedside eval score --input pairs.jsonl --output scores.jsonl\n  bedside eval validate-scorer\n  bedside eval train-scorer --output my-heads.safetensors"
 )]
 pub struct EvalArgs {
     #[command(subcommand)]
@@ -37,7 +37,7 @@ enum EvalCommand {
 ROUGE-L, BLEU, MiniLM similarity, perplexity, length, reading grade, safety, equity; optionally an LLM judge), and write \
 generations.jsonl, scores.jsonl, results.json, report.md and report.html into the output directory. Answers are cached \
 in generations.jsonl: rerunning the same command resumes where it stopped.",
-    after_help = "Examples:\n  bedside eval run --config configs/eval-smollm2.toml --adapter runs/lora-smollm2/adapter\n  bedside eval run --config configs/eval-smollm2.toml --adapter kind=runs/a --adapter terse=runs/b\n  bedside eval run --config configs/eval-smollm2.toml --limit 3 --output-dir runs/eval-smoke\n\nThe config format is documented in configs/eval-smollm2.toml; --adapter NAME=DIR (or DIR, named tuned, tuned2, …) replaces the\nconfig's adapter systems and keeps its base system."
+    after_help = "Examples:\n  bedside eval run --config configs/eval-smollm2.toml --adapter runs/smollm2-cpu/adapter\n  bedside eval run --config configs/eval-smollm2.toml --adapter kind=runs/a --adapter terse=runs/b\n  bedside eval run --config configs/eval-smollm2.toml --limit 3 --output-dir runs/eval-smoke\n\nThe config format is documented in configs/eval-smollm2.toml; --adapter NAME=DIR (or DIR, named tuned, tuned2, …) replaces the\nconfig's adapter systems and keeps its base system."
 )]
 pub struct RunArgs {
     /// The run configuration (TOML).
