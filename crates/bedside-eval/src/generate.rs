@@ -169,7 +169,7 @@ impl Systems {
     pub fn load(cfg: &EvalConfig) -> Result<Self> {
         let device = bedside_model::parse_device(&cfg.device)?;
         let opts = EngineOptions {
-            load: LoadOptions { device, dtype: None, dequantize: false },
+            load: LoadOptions { device, dtype: None, dequantize: cfg.dequantize },
             offline: cfg.offline,
             chat_template: None,
             adapters: Vec::new(),
@@ -204,6 +204,7 @@ pub fn system_fingerprint(cfg: &EvalConfig, sys: &Systems, system: &SystemConfig
     let adapters: Vec<String> = system.adapters.iter().map(|a| path_hash(a)).collect::<Result<_>>()?;
     let v = serde_json::json!({
         "model": sys.model_hash,
+        "dequantize": cfg.dequantize,
         "template": sys.template_hash,
         "adapters": adapters,
         "adapter_weight": system.adapter_weight,

@@ -313,6 +313,8 @@ fn run_judge(
     dir: &Path,
     show: bool,
 ) -> Result<JudgeData> {
+    // The judge shares the generation engine when it is the same model on the same device (the
+    // engine's dequantize setting then applies to it too).
     let same = j.model == cfg.model && j.device == cfg.device;
     let own;
     let engine: &Engine = if same {
