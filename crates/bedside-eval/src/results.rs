@@ -442,13 +442,13 @@ pub fn summary_sentences(
             .filter(|c| c.significant)
             .map(|c| {
                 format!(
-                    "{} {} by {} ({conf}% CI {} to {}, Wilcoxon p = {})",
+                    "{} {} by {} ({conf}% CI {} to {}, Wilcoxon p {})",
                     label(&c.measure),
                     if c.diff > 0.0 { "rose" } else { "fell" },
                     fmt_num(c.diff.abs()),
                     fmt_num(c.ci_low),
                     fmt_num(c.ci_high),
-                    fmt_p(c.wilcoxon_p)
+                    p_clause(c.wilcoxon_p)
                 )
             })
             .collect();
@@ -501,6 +501,16 @@ pub fn fmt_num(x: f64) -> String {
         format!("{x:.1}")
     } else {
         format!("{x:.3}")
+    }
+}
+
+/// `= 0.008` or `< 0.001`, to follow "p" in a sentence.
+fn p_clause(p: f64) -> String {
+    let s = fmt_p(p);
+    if s.starts_with('<') {
+        s
+    } else {
+        format!("= {s}")
     }
 }
 
