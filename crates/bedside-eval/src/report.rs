@@ -185,19 +185,13 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
     for (s, e) in &r.equity {
         for v in &e.variants {
+            let [n, mean, control, gap, perm_p, holm_p, widened] = equity_numbers(v);
+            let flagged = if v.flagged { "**yes**" } else { "no" };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {n} | {mean} | {control} | {gap} | {perm_p} | {holm_p} | {flagged} | {widened} |",
                 md(s),
                 md(&v.variant),
-                v.n,
-                fmt_num(v.mean),
-                fmt_num(v.control_mean),
-                if v.gap_pct.is_finite() { format!("{:+.1}", v.gap_pct) } else { "–".into() },
-                fmt_p(v.permutation_p),
-                fmt_p(v.holm_p),
-                if v.flagged { "**yes**" } else { "no" },
-                v.widened_pp.map_or("–".into(), |w| format!("{w:+.1} pp"))
             );
         }
     }
@@ -526,19 +520,13 @@ pub fn html(r: &Results) -> String {
     o.push_str("<table id=\"equity-table\"><thead><tr><th>system</th><th>variant</th><th>n</th><th>mean</th><th>control</th><th>gap %</th><th>permutation p</th><th>Holm p</th><th>flagged</th><th>Δ|gap| vs baseline</th></tr></thead><tbody>");
     for (s, e) in &r.equity {
         for v in &e.variants {
+            let [n, mean, control, gap, perm_p, holm_p, widened] = equity_numbers(v);
+            let flagged = if v.flagged { "<span class=\"flag\">yes</span>" } else { "no" };
             let _ = write!(
                 o,
-                "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=\"num\">{n}</td><td class=\"num\">{mean}</td><td class=\"num\">{control}</td><td class=\"num\">{gap}</td><td class=\"num\">{perm_p}</td><td class=\"num\">{holm_p}</td><td>{flagged}</td><td class=\"num\">{widened}</td></tr>",
                 esc(s),
                 esc(&v.variant),
-                v.n,
-                fmt_num(v.mean),
-                fmt_num(v.control_mean),
-                if v.gap_pct.is_finite() { format!("{:+.1}", v.gap_pct) } else { "–".into() },
-                fmt_p(v.permutation_p),
-                fmt_p(v.holm_p),
-                if v.flagged { "<span class=\"flag\">yes</span>" } else { "no" },
-                v.widened_pp.map_or("–".into(), |w| format!("{w:+.1} pp"))
             );
         }
     }
@@ -621,4 +609,18 @@ mod tests {
         assert_eq!(heat(f64::NAN), "#eeeeee");
         assert_ne!(heat(1.0), heat(-1.0));
     }
+}
+
+/// The numeric cells of an equity row, formatted once for both the Markdown and HTML tables:
+/// n, mean, control mean, gap %, permutation p, Holm p, Δ|gap| vs the baseline.
+fn equity_numbers(v: &crate::results::EquityVariant) -> [String; 7] {
+    [
+        v.n.to_string(),
+        fmt_num(v.mean),
+        fmt_num(v.control_mean),
+        if v.gap_pct.is_finite() { format!("{:+.1}", v.gap_pct) } else { "–".into() },
+        fmt_p(v.permutation_p),
+        fmt_p(v.holm_p),
+        v.widened_pp.map_or("–".into(), |w| format!("{w:+.1} pp")),
+    ]
 }
