@@ -22,7 +22,7 @@ pub enum BenchEngine {
 #[derive(Args)]
 #[command(
     about = "Measure prompt processing and decode tokens/s (median of several runs) and peak memory",
-    after_help = "Examples:\n  bedside bench\n  bedside bench --prompt-tokens 512 --gen-tokens 128 --runs 5 --json\n  bedside bench --engine candle-example     # candle's quantized example, same machine\n  bedside bench -m path/to/model.gguf --device cuda"
+    after_help = "Examples:\n  bedside bench\n  bedside bench --prompt-tokens 512 --gen-tokens 128 --runs 5 --json\n  bedside bench --engine candle-example     # candle's quantized example, same machine\n  bedside bench --dequantize --batch 16 --prompt-tokens 160 --gen-tokens 160   # eval-style batched sampling\n  bedside bench -m path/to/model.gguf --device cuda"
 )]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -41,6 +41,11 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, value_enum, default_value_t = BenchEngine::Bedside)]
     pub engine: BenchEngine,
+    /// Rows decoded together (bedside engine): batched prompt processing, then decode steps that
+    /// sample every row with top-k 40 / top-p 0.95 / min-p 0.05 / repeat penalty 1.1, as `eval run`
+    /// does. Tokens/s count all rows.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -103,6 +108,61 @@ impl Runner for BedsideRunner<'_> {
     }
 }
 
+/// `batch` copies of the prompt decoded together, each row with its own seeded sampler.
+struct BatchRunner<'a> {
+    model: &'a bedside_model::Model,
+    batch: usize,
+    cache: Option<bedside_model::Cache>,
+    samplers: Vec<bedside_generate::Sampler>,
+    history: Vec<Vec<u32>>,
+    last: Vec<u32>,
+    sampling_secs: f64,
+}
+
+impl BatchRunner<'_> {
+    fn sample(&mut self, logits: &Tensor) -> Result<Vec<u32>> {
+        let t0 = Instant::now();
+        let mut rows = logits.to_vec2::<f32>()?;
+        let mut out = Vec::with_capacity(self.batch);
+        for (i, row) in rows.iter_mut().enumerate() {
+            let tok = self.samplers[i].sample(row, &self.history[i]);
+            self.history[i].push(tok);
+            out.push(tok);
+        }
+        self.sampling_secs += t0.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    fn prefill(&mut self, ids: &[u32]) -> Result<()> {
+        let params = |seed| bedside_generate::SamplingParams {
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.1,
+            seed,
+            ..Default::default()
+        };
+        self.samplers = (0..self.batch as u64).map(|s| bedside_generate::Sampler::new(params(s))).collect();
+        self.history = vec![ids.to_vec(); self.batch];
+        let mut cache = bedside_model::Cache::with_padding(self.model, vec![0; self.batch]);
+        let flat: Vec<u32> = (0..self.batch).flat_map(|_| ids.iter().copied()).collect();
+        let t = Tensor::from_vec(flat, (self.batch, ids.len()), self.model.device())?;
+        let logits = self.model.forward(&t, Some(&mut cache), bedside_model::Logits::Last)?;
+        self.cache = Some(cache);
+        self.last = self.sample(&logits)?;
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let cache = self.cache.as_mut().ok_or_else(|| anyhow::anyhow!("no cache"))?;
+        let t = Tensor::from_vec(self.last.clone(), (self.batch, 1), self.model.device())?;
+        let logits = self.model.forward(&t, Some(cache), bedside_model::Logits::Last)?;
+        self.last = self.sample(&logits)?;
+        Ok(())
+    }
+}
+
 struct CandleRunner {
     model: candle_transformers::models::quantized_llama::ModelWeights,
     device: Device,
@@ -122,8 +182,11 @@ impl Runner for CandleRunner {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.runs == 0 || a.prompt_tokens == 0 {
-        bail!("--runs and --prompt-tokens must be at least 1");
+    if a.runs == 0 || a.prompt_tokens == 0 || a.batch == 0 {
+        bail!("--runs, --prompt-tokens and --batch must be at least 1");
+    }
+    if a.batch > 1 && a.engine != BenchEngine::Bedside {
+        bail!("--batch is measured on the bedside engine only");
     }
     let engine = a.model.load()?;
     let prompt = synthetic_prompt(&engine.tokenizer, a.prompt_tokens)?;
@@ -131,6 +194,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}", a.prompt_tokens + a.gen_tokens, engine.model.context_length());
     }
     let load_rss = peak_rss_bytes();
+    if a.batch > 1 {
+        return run_batched(&a, &engine, &prompt, load_rss);
+    }
     let mut runner: Box<dyn Runner + '_> = match a.engine {
         BenchEngine::Bedside => Box::new(BedsideRunner { model: &engine.model, cache: None }),
         BenchEngine::CandleExample => {
@@ -190,6 +256,61 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("model    {}", a.model.model);
         println!("prompt   {:>8.1} tok/s  (pp{}, median of {})", pp_med, a.prompt_tokens, a.runs);
         println!("decode   {:>8.1} tok/s  (tg{}, median of {})", tg_med, a.gen_tokens, a.runs);
+        if let Some(p) = peak {
+            println!("peak RSS {:>8.1} MB", p as f64 / 1e6);
+        }
+    }
+    Ok(())
+}
+
+fn run_batched(a: &BenchArgs, engine: &bedside_generate::Engine, prompt: &[u32], load_rss: Option<u64>) -> Result<()> {
+    let mut r = BatchRunner { model: &engine.model, batch: a.batch, cache: None, samplers: Vec::new(), history: Vec::new(), last: Vec::new(), sampling_secs: 0.0 };
+    let (mut pp, mut tg, mut samp) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..a.warmup + a.runs {
+        r.sampling_secs = 0.0;
+        let t0 = Instant::now();
+        r.prefill(prompt)?;
+        let pp_secs = t0.elapsed().as_secs_f64();
+        r.sampling_secs = 0.0;
+        let t1 = Instant::now();
+        for _ in 0..a.gen_tokens {
+            r.step()?;
+        }
+        let tg_secs = t1.elapsed().as_secs_f64();
+        if run >= a.warmup {
+            pp.push((a.batch * a.prompt_tokens) as f64 / pp_secs);
+            if a.gen_tokens > 0 {
+                tg.push((a.batch * a.gen_tokens) as f64 / tg_secs);
+                samp.push(r.sampling_secs / tg_secs);
+            }
+        }
+    }
+    let pp_med = median(&mut pp);
+    let tg_med = if tg.is_empty() { 0.0 } else { median(&mut tg) };
+    let samp_med = if samp.is_empty() { 0.0 } else { median(&mut samp) };
+    let peak = peak_rss_bytes();
+    if a.json {
+        let v = serde_json::json!({
+            "engine": "bedside",
+            "model": a.model.model,
+            "device": bedside_model::device_name(engine.model.device()),
+            "threads": candle_core::utils::get_num_threads(),
+            "batch": a.batch,
+            "prompt_tokens": a.prompt_tokens,
+            "gen_tokens": a.gen_tokens,
+            "runs": a.runs,
+            "prompt_tokens_per_sec": pp_med,
+            "decode_tokens_per_sec": tg_med,
+            "decode_sampling_share": samp_med,
+            "rss_after_load_bytes": load_rss,
+            "peak_rss_bytes": peak,
+        });
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("engine   bedside on {} ({} threads), batch {}", bedside_model::device_name(engine.model.device()), candle_core::utils::get_num_threads(), a.batch);
+        println!("model    {}", a.model.model);
+        println!("prompt   {:>8.1} tok/s  (pp{} x {}, median of {})", pp_med, a.prompt_tokens, a.batch, a.runs);
+        println!("decode   {:>8.1} tok/s  (tg{} x {}, median of {}; sampling {:.0}% of decode time)", tg_med, a.gen_tokens, a.batch, a.runs, samp_med * 100.0);
         if let Some(p) = peak {
             println!("peak RSS {:>8.1} MB", p as f64 / 1e6);
         }
