@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bedside_generate::{Engine, EngineOptions, SamplingParams};
-use bedside_model::{LoadOptions, Logits};
+use bedside_model::{Cache, LoadOptions, Logits};
 use bedside_tokenizer::ChatMessage;
 use candle_core::{DType, Tensor, D};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -293,35 +293,54 @@ pub fn item_fingerprint(system_fp: &str, prompt: &str, seed: u64) -> String {
 /// number of scored tokens. Only the answer's tokens count (the end-of-turn marker the template
 /// writes after it included, as in the reference fixture); the prompt is context.
 pub fn answer_nll(engine: &Engine, messages: &[ChatMessage], answer: &str) -> Result<(usize, f64)> {
+    let mut out = answers_nll(engine, messages, &[answer])?;
+    Ok(out.remove(0))
+}
+
+/// [`answer_nll`] for several answers to the same `messages`: the prompt runs through the model
+/// once and each answer continues from a copy of its key/value cache.
+pub fn answers_nll(engine: &Engine, messages: &[ChatMessage], answers: &[&str]) -> Result<Vec<(usize, f64)>> {
     let prompt_text = engine.render_chat(messages, true)?;
-    let mut full = messages.to_vec();
-    full.push(ChatMessage::new("assistant", answer));
-    let full_text = engine.render_chat(&full, false)?;
     let prompt_ids = engine.tokenizer.encode(&prompt_text, false)?;
-    let mut ids = engine.tokenizer.encode(&full_text, false)?;
-    if !ids.starts_with(&prompt_ids) || ids.len() <= prompt_ids.len() {
-        // A template whose prompt is not a prefix of the full chat: score the bare answer.
-        ids = prompt_ids.clone();
-        ids.extend(engine.tokenizer.encode(answer, false)?);
-    }
     let ctx = engine.model.context_length();
-    ids.truncate(ctx);
-    let split = prompt_ids.len();
-    anyhow::ensure!(ids.len() > split, "the prompt fills the context window; nothing of the answer is left to score");
+    anyhow::ensure!(prompt_ids.len() < ctx, "the prompt fills the context window; nothing of the answer is left to score");
+    anyhow::ensure!(!prompt_ids.is_empty(), "the chat template rendered an empty prompt");
     let device = engine.model.device().clone();
-    let t = ids.len();
-    let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
-    let logits = engine.model.forward(&input, None, Logits::All)?.squeeze(0)?.to_dtype(DType::F32)?;
-    // Row i predicts token i + 1.
-    let pred = logits.narrow(0, split - 1, t - split)?;
-    let max = pred.max_keepdim(D::Minus1)?;
-    let lse = pred.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&max)?;
-    let targets = Tensor::new(&ids[split..], &device)?.unsqueeze(1)?;
-    let picked = pred.gather(&targets, 1)?;
-    let nll: Vec<f32> = (lse - picked)?.squeeze(1)?.to_vec1()?;
-    let n = nll.len();
-    let mean = nll.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-    Ok((n, mean))
+    let mut prompt_cache = Cache::new(&engine.model);
+    let input = Tensor::new(prompt_ids.as_slice(), &device)?.unsqueeze(0)?;
+    // The last prompt position predicts the answer's first token.
+    let first = engine.model.forward(&input, Some(&mut prompt_cache), Logits::Last)?.to_dtype(DType::F32)?;
+    let mut out = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let mut full = messages.to_vec();
+        full.push(ChatMessage::new("assistant", *answer));
+        let full_text = engine.render_chat(&full, false)?;
+        let mut ids = engine.tokenizer.encode(&full_text, false)?;
+        if !ids.starts_with(&prompt_ids) || ids.len() <= prompt_ids.len() {
+            // A template whose prompt is not a prefix of the full chat: score the bare answer.
+            ids = prompt_ids.clone();
+            ids.extend(engine.tokenizer.encode(answer, false)?);
+        }
+        ids.truncate(ctx);
+        let targets = &ids[prompt_ids.len()..];
+        anyhow::ensure!(!targets.is_empty(), "the answer has no tokens to score");
+        // Rows: the prompt's last position, then every answer position but the last.
+        let mut pred = first.clone();
+        if targets.len() > 1 {
+            let mut cache = prompt_cache.clone();
+            let x = Tensor::new(&targets[..targets.len() - 1], &device)?.unsqueeze(0)?;
+            let rest = engine.model.forward(&x, Some(&mut cache), Logits::All)?.squeeze(0)?.to_dtype(DType::F32)?;
+            pred = Tensor::cat(&[&pred, &rest], 0)?;
+        }
+        let max = pred.max_keepdim(D::Minus1)?;
+        let lse = pred.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&max)?;
+        let t = Tensor::new(targets, &device)?.unsqueeze(1)?;
+        let picked = pred.gather(&t, 1)?;
+        let nll: Vec<f32> = (lse - picked)?.squeeze(1)?.to_vec1()?;
+        let n = nll.len();
+        out.push((n, nll.iter().map(|&x| x as f64).sum::<f64>() / n as f64));
+    }
+    Ok(out)
 }
 
 /// NLL records for `(kind, system, item key, messages, answer)` jobs not yet cached.
@@ -339,12 +358,26 @@ pub fn nll_fingerprint(system_fp: &str, job: &NllJob) -> String {
 }
 
 pub fn run_nll(engine: &Engine, system_fp: &str, jobs: &[NllJob], cache: &mut JsonlCache<NllRecord>, pb: &ProgressBar) -> Result<usize> {
-    let mut done = 0;
+    // Jobs that share a prompt (one item's answers from several systems) share its forward pass.
+    let mut groups: Vec<(&[ChatMessage], Vec<(&NllJob, String)>)> = Vec::new();
     for job in jobs {
         let fp = nll_fingerprint(system_fp, job);
         let key = format!("{}|{}|{}", job.kind, job.system, job.key);
-        if !cache.contains(&key, &fp) {
-            let (tokens, mean) = answer_nll(engine, &job.messages, &job.answer).with_context(|| format!("perplexity of {}", job.key))?;
+        if cache.contains(&key, &fp) {
+            pb.inc(1);
+            continue;
+        }
+        match groups.iter_mut().find(|(m, _)| *m == job.messages.as_slice()) {
+            Some((_, g)) => g.push((job, fp)),
+            None => groups.push((&job.messages, vec![(job, fp)])),
+        }
+    }
+    let mut done = 0;
+    for (messages, group) in groups {
+        let answers: Vec<&str> = group.iter().map(|(j, _)| j.answer.as_str()).collect();
+        let keys: Vec<&str> = group.iter().map(|(j, _)| j.key.as_str()).collect();
+        let scored = answers_nll(engine, messages, &answers).with_context(|| format!("perplexity of {}", keys.join(", ")))?;
+        for ((job, fp), (tokens, mean)) in group.into_iter().zip(scored) {
             cache.put(NllRecord {
                 kind: job.kind.to_string(),
                 system: job.system.clone(),
@@ -355,8 +388,8 @@ pub fn run_nll(engine: &Engine, system_fp: &str, jobs: &[NllJob], cache: &mut Js
                 ppl: mean.exp(),
             })?;
             done += 1;
+            pb.inc(1);
         }
-        pb.inc(1);
     }
     Ok(done)
 }

@@ -283,7 +283,7 @@ fn bars_svg(r: &Results, measures: &[&str], max: f64, title: &str) -> String {
                 );
             }
         }
-        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" class=\"ax\" text-anchor=\"middle\">{}</text>", gx + bw * ns as f64 / 2.0, top + h + 16.0, esc(m));
+        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" class=\"ax\" text-anchor=\"middle\">{}</text>", gx + bw * ns as f64 / 2.0, top + h + 16.0, esc(axis_label(m)));
     }
     for (si, sys) in r.systems.iter().enumerate() {
         let x = left + si as f64 * 110.0;
@@ -291,6 +291,14 @@ fn bars_svg(r: &Results, measures: &[&str], max: f64, title: &str) -> String {
     }
     s.push_str("</svg>");
     s
+}
+
+/// A measure's name under its bar group, short enough for the group's width.
+fn axis_label(m: &str) -> &str {
+    match m {
+        "empathy_expected" => "E[empathy]",
+        _ => m,
+    }
 }
 
 fn fmt_axis(v: f64) -> String {
@@ -494,7 +502,7 @@ pub fn html(r: &Results) -> String {
     }
     o.push_str("</tbody></table><p class=\"note\">Bold green: the 95% paired-bootstrap CI of the difference excludes 0.</p>");
     o.push_str("<h2>Measures</h2>");
-    o.push_str(&bars_svg(r, &["empathy", "er", "ip", "ex"], 2.0, "Empathy (EPITOME levels 0–2), mean with 95% CI"));
+    o.push_str(&bars_svg(r, &["empathy", "empathy_expected", "er", "ip", "ex"], 2.0, "Empathy (EPITOME levels 0–2; expected = Σ p·level), mean with 95% CI"));
     o.push_str(&bars_svg(r, &["key_fact_recall", "rouge_l", "similarity"], 1.0, "Knowledge (0–1), mean with 95% CI"));
     o.push_str("<h2>Per patient emotion</h2>");
     o.push_str(&heatmap_svg(r, "empathy"));

@@ -217,6 +217,7 @@ pub fn measure_defs(with_judge: bool) -> Vec<MeasureDef> {
     let d = |k: &str, l: &str, h: Option<bool>| MeasureDef { key: k.into(), label: l.into(), higher_is_better: h, set: "test".into() };
     let mut v = vec![
         d("empathy", "Empathy, mean of ER/IP/EX (0–2)", Some(true)),
+        d("empathy_expected", "Empathy, expected level (Σ p·level), mean of ER/IP/EX (0–2)", Some(true)),
         d("er", "Emotional reactions (0–2)", Some(true)),
         d("ip", "Interpretations (0–2)", Some(true)),
         d("ex", "Explorations (0–2)", Some(true)),

@@ -75,6 +75,9 @@ pub fn score_answers(scorers: &Scorers, answers: &[Answer]) -> Result<Vec<ScoreR
         values.insert("ip".into(), levels[1] as f64);
         values.insert("ex".into(), levels[2] as f64);
         values.insert("empathy".into(), levels.iter().map(|&l| l as f64).sum::<f64>() / 3.0);
+        // The heads' expected level (sum of p * level): continuous, so a paired comparison of
+        // two systems is far less noisy than with the rounded levels.
+        values.insert("empathy_expected".into(), e.expected.iter().map(|&x| x as f64).sum::<f64>() / 3.0);
         values.insert("words".into(), a.text.split_whitespace().count() as f64);
         values.insert("grade".into(), measures_grade(a.text));
         if let Some(r) = &a.item.reference {
