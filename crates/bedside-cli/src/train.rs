@@ -19,7 +19,7 @@ pub enum BaseArg {
 #[derive(Args)]
 #[command(
     about = "Fine-tune a LoRA adapter on the dialogue corpus (or benchmark a training step)",
-    after_help = "Examples:\n  bedside train --config configs/train-smollm2-cpu.toml\n  bedside train --config configs/train-smollm2-cpu.toml --max-steps 2 --output-dir runs/t\n  bedside train --config configs/train-smollm2-cpu.toml --resume          # continue from the last checkpoint\n  bedside train --config configs/train-smollm2-cpu.toml --set optim.lr=1e-4 --set lora.r=16\n  bedside train --config configs/train-llama3-8b-q4km-cuda.toml --device cuda\n  bedside train --bench --base both                                       # tokens/s and peak memory, f32 vs quantized base\n\nEvery hyperparameter lives in the TOML file; --set SECTION.KEY=VALUE overrides any of them.\nThe run directory gets metrics.jsonl, loss.svg, checkpoints/step-N/ and the final adapter/ (PEFT format)."
+    after_help = "Examples:\n  bedside train --config configs/train-smollm2-cpu.toml\n  bedside train --config configs/train-smollm2-cpu.toml --max-steps 2 --output-dir runs/t\n  bedside train --config configs/train-smollm2-cpu.toml --resume          # continue from the last checkpoint\n  bedside train --config configs/train-smollm2-cpu.toml --set optim.lr=1e-4 --set lora.r=16\n  bedside train --config configs/train-llama3-8b-q4km-cuda.toml --device cuda\n  bedside train --bench --base both                                       # tokens/s and peak memory, f32 vs quantized base\n  bedside train --bench --base both --bench-checkpointing                 # the same with activation checkpointing\n  bedside train --config configs/train-smollm2-cpu.toml --set run.activation_checkpointing=true\n\nEvery hyperparameter lives in the TOML file; --set SECTION.KEY=VALUE overrides any of them.\nThe run directory gets metrics.jsonl, loss.svg, checkpoints/step-N/ and the final adapter/ (PEFT format)."
 )]
 pub struct TrainArgs {
     /// The run configuration (TOML).
@@ -64,6 +64,9 @@ pub struct TrainArgs {
     /// Bench: measured steps (median reported).
     #[arg(long, default_value_t = 5)]
     pub bench_steps: usize,
+    /// Bench: with activation checkpointing (training: `--set run.activation_checkpointing=true`).
+    #[arg(long)]
+    pub bench_checkpointing: bool,
 }
 
 fn base_name(b: BaseArg) -> &'static str {
@@ -153,6 +156,7 @@ fn bench(a: &TrainArgs) -> Result<()> {
             let out = std::process::Command::new(&exe)
                 .args(["train", "--bench", "--json", "--base", b, "--model", &model, "--device", &device])
                 .args(["--bench-seq", &a.bench_seq.to_string(), "--bench-steps", &a.bench_steps.to_string()])
+                .args(a.bench_checkpointing.then_some("--bench-checkpointing"))
                 .stderr(std::process::Stdio::inherit())
                 .output()
                 .with_context(|| format!("running {}", exe.display()))?;
@@ -167,11 +171,12 @@ fn bench(a: &TrainArgs) -> Result<()> {
         } else {
             for v in &rows {
                 println!(
-                    "base {:<9} {:>8.1} tok/s  {:>6.2} s/step  peak RSS {:>7.1} MiB",
+                    "base {:<9} {:>8.1} tok/s  {:>6.2} s/step  peak RSS {:>7.1} MiB{}",
                     v["base"].as_str().unwrap_or("?"),
                     v["tokens_per_sec"].as_f64().unwrap_or(f64::NAN),
                     v["secs_per_step"].as_f64().unwrap_or(f64::NAN),
-                    v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0
+                    v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
+                    if v["checkpointing"].as_bool() == Some(true) { "  (activation checkpointing)" } else { "" }
                 );
             }
         }
@@ -192,13 +197,15 @@ fn bench(a: &TrainArgs) -> Result<()> {
         r: 8,
         steps: a.bench_steps,
         warmup: 1,
+        checkpointing: a.bench_checkpointing,
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "base {:?}: {:.1} tok/s ({:.2} s/step, seq {}, r {}, {} trainable params), peak RSS {:.1} MiB",
+            "base {:?}{}: {:.1} tok/s ({:.2} s/step, seq {}, r {}, {} trainable params), peak RSS {:.1} MiB",
             r.base,
+            if r.checkpointing { " with activation checkpointing" } else { "" },
             r.tokens_per_sec,
             r.secs_per_step,
             r.seq_len,

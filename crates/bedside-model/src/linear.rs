@@ -71,7 +71,7 @@ impl BaseWeight {
     /// a quantized projection). The weight itself gets no gradient: it is frozen.
     pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            BaseWeight::Dense(w) => matmul_wt(x, w)?,
+            BaseWeight::Dense(w) => frozen_matmul_wt(x, w)?,
             BaseWeight::Quantized(q, _) => qmatmul_train(x, q)?,
         })
     }
@@ -165,6 +165,83 @@ impl CustomOp1 for QMatMulTrain {
         let rows = grad_res.elem_count() / out_dim.max(1);
         let g = grad_res.contiguous()?.reshape((rows, out_dim))?.matmul(&w)?;
         Ok(Some(g.reshape(arg.dims())?.to_dtype(arg.dtype())?))
+    }
+}
+
+/// `x @ wᵀ` for a frozen dense `w: [out, in]`, differentiable with respect to `x` only.
+///
+/// candle's matmul backward always computes the gradient of both operands, so a plain matmul
+/// with a frozen weight spends a third of its backward (and a weight-sized buffer per layer, kept
+/// to the end of the backward) on a gradient nobody uses. This op's backward returns only
+/// `dL/dx = dL/dy · W`.
+pub fn frozen_matmul_wt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.contiguous()?.reshape((rows, in_dim))?.apply_op1(FrozenMatMul(w.clone()))?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
+    y.reshape(out_dims)
+}
+
+struct FrozenMatMul(Tensor);
+
+impl FrozenMatMul {
+    /// `(rows, k) @ (n, k)ᵀ` on whatever backend holds both operands.
+    fn fwd<S: candle_core::backend::BackendStorage>(
+        &self,
+        x: &S,
+        xl: &Layout,
+        pick: impl Fn(&candle_core::Storage) -> Option<&S>,
+    ) -> candle_core::Result<(S, Shape)> {
+        let (rows, k) = xl.shape().dims2()?;
+        let (n, wk) = self.0.dims2()?;
+        if wk != k {
+            candle_core::bail!("frozen matmul: input has {k} features, weight expects {wk}");
+        }
+        let (ws, wl) = self.0.storage_and_layout();
+        let w = pick(&ws).ok_or_else(|| candle_core::Error::Msg("frozen matmul: weight and input are on different devices".into()))?;
+        let wt = wl.transpose(0, 1)?;
+        Ok((x.matmul(w, (1, rows, n, k), xl, &wt)?, Shape::from((rows, n))))
+    }
+}
+
+impl CustomOp1 for FrozenMatMul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.fwd(storage, layout, |s| match s {
+            candle_core::Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.fwd(storage, layout, |s| match s {
+            candle_core::Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn metal_fwd(
+        &self,
+        storage: &candle_core::MetalStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::MetalStorage, Shape)> {
+        self.fwd(storage, layout, |s| match s {
+            candle_core::Storage::Metal(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.0)?))
     }
 }
 

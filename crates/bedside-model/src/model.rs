@@ -73,6 +73,14 @@ pub enum Logits {
     All,
 }
 
+/// Rotary tables and attention mask for one forward call (see [`Model::positions`]).
+#[derive(Debug, Clone)]
+pub struct Positions {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
 /// Keys and values of earlier positions, for one batch of sequences.
 ///
 /// Batches of prompts of different lengths are left-padded: row `b` starts with `pads[b]`
@@ -362,6 +370,22 @@ impl Model {
         if needed > self.cfg.max_position_embeddings {
             return Err(ModelError::ContextOverflow { needed, limit: self.cfg.max_position_embeddings });
         }
+        let pos = self.positions(b, t, offset, &pads)?;
+        let mut x = self.embed(ids)?;
+        let mut cache = cache;
+        for i in 0..self.layers.len() {
+            let kv = cache.as_deref_mut().map(|c| &mut c.kv[i]);
+            x = self.block_forward(i, &x, &pos, kv)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        self.head(&x, which)
+    }
+
+    /// Rotary tables and attention mask for `b` rows of `t` new positions after `offset` cached
+    /// ones (`pads`: each row's left padding).
+    pub fn positions(&self, b: usize, t: usize, offset: usize, pads: &[usize]) -> Result<Positions> {
         let padded = pads.iter().any(|&p| p > 0);
         let (cos, sin) = if padded {
             let pos: Vec<u32> =
@@ -375,25 +399,35 @@ impl Model {
         } else {
             (self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?)
         };
-        let mask = if t > 1 || padded { Some(self.mask(b, t, offset, &pads)?) } else { None };
+        let mask = if t > 1 || padded { Some(self.mask(b, t, offset, pads)?) } else { None };
+        Ok(Positions { cos, sin, mask })
+    }
 
-        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
-        let mut cache = cache;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let kv = cache.as_deref_mut().map(|c| &mut c.kv[i]);
-            let h = layer.input_layernorm.forward(&x, self.training)?;
-            let h = self.attention(&layer.self_attn, &h, &cos, &sin, mask.as_ref(), kv)?;
-            x = (x + h)?;
-            let h = layer.post_attention_layernorm.forward(&x, self.training)?;
-            let h = self.feed_forward(&layer.ffn, &h)?;
-            x = (x + h)?;
-        }
-        if let Some(c) = cache {
-            c.len += t;
-        }
+    /// Token embeddings `(b, t, hidden)` of `ids` `(b, t)`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        Ok(self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// Decoder layer `i` over hidden states `x` `(b, t, hidden)`; with `kv`, keys and values are
+    /// appended to that layer's cache slot. Training code that recomputes activations layer by
+    /// layer (checkpointing) calls this directly.
+    pub fn block_forward(&self, i: usize, x: &Tensor, pos: &Positions, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let layer = self.layers.get(i).ok_or_else(|| ModelError::Candle(candle_core::Error::Msg(format!("no layer {i}"))))?;
+        let h = layer.input_layernorm.forward(x, self.training)?;
+        let h = self.attention(&layer.self_attn, &h, &pos.cos, &pos.sin, pos.mask.as_ref(), kv)?;
+        let x = (x + h)?;
+        let h = layer.post_attention_layernorm.forward(&x, self.training)?;
+        let h = self.feed_forward(&layer.ffn, &h)?;
+        Ok((x + h)?)
+    }
+
+    /// Final norm and the vocabulary projection of the last layer's output.
+    pub fn head(&self, x: &Tensor, which: Logits) -> Result<Tensor> {
+        let t = x.dim(1)?;
         let x = match which {
             Logits::Last => x.i((.., t - 1..t, ..))?,
-            Logits::All => x,
+            Logits::All => x.clone(),
         };
         let x = self.norm.forward(&x, self.training)?;
         let logits = self.lm_head.forward(&x, self.training)?.to_dtype(DType::F32)?;

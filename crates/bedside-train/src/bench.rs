@@ -21,6 +21,8 @@ pub struct BenchOptions {
     pub r: usize,
     pub steps: usize,
     pub warmup: usize,
+    /// Recompute each layer in the backward (see [`crate::checkpointing`]).
+    pub checkpointing: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -31,6 +33,7 @@ pub struct BenchResult {
     pub seq_len: usize,
     pub batch: usize,
     pub r: usize,
+    pub checkpointing: bool,
     pub trainable_params: usize,
     /// Median over the measured steps.
     pub secs_per_step: f64,
@@ -77,12 +80,15 @@ pub fn bench_step(o: &BenchOptions) -> Result<BenchResult> {
     let mut times = Vec::new();
     for i in 0..o.warmup + o.steps.max(1) {
         let t0 = Instant::now();
-        let logits = engine.model.forward(&x, None, Logits::All)?;
-        let (s, n) = causal_lm_loss_sum(&logits, &labels)?;
-        let loss = (s / n as f64)?;
-        let store = loss.backward()?;
-        let (mut g, _) = collect_grads(&vars, &store)?;
-        drop(store);
+        let n = labels.iter().map(|l| l.len() - 1).sum::<usize>() as f64;
+        let mut g = if o.checkpointing {
+            crate::checkpointing::loss_and_grads(&engine.model, &vars, &x, &labels, n)?.1
+        } else {
+            let logits = engine.model.forward(&x, None, Logits::All)?;
+            let (s, _) = causal_lm_loss_sum(&logits, &labels)?;
+            let store = (s / n)?.backward()?;
+            collect_grads(&vars, &store)?.0
+        };
         clip_grad_norm(&mut g, 1.0)?;
         opt.step(&vars, &g, 1e-4)?;
         engine.model.device().synchronize()?;
@@ -99,6 +105,7 @@ pub fn bench_step(o: &BenchOptions) -> Result<BenchResult> {
         seq_len: o.seq_len,
         batch: o.batch,
         r: o.r,
+        checkpointing: o.checkpointing,
         trainable_params: vars.iter().map(|(_, v)| v.elem_count()).sum(),
         secs_per_step: med,
         tokens_per_sec: (o.seq_len * o.batch) as f64 / med,

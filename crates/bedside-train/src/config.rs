@@ -130,6 +130,11 @@ pub struct RunSection {
     /// Checkpoint every N steps (0 = only the final adapter).
     #[serde(default)]
     pub save_every: usize,
+    /// Keep only each decoder layer's input during the forward pass and recompute the layer's
+    /// activations during the backward (activation checkpointing): much less memory on long
+    /// sequences and large models, for about one more forward pass of compute.
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //! - [`loss`]: HF's shifted, masked cross-entropy and the zero-gradient guard.
 //! - [`optim`]: AdamW (PyTorch's decoupled weight decay), warmup + cosine/linear decay, clipping.
 //! - [`checkpoint`]: atomic, resumable checkpoints.
+//! - [`checkpointing`]: activation checkpointing (recompute layers in the backward).
 //! - [`trainer`]: the loop, validation, `metrics.jsonl` and the loss-curve SVG.
 //!
 //! The base stays frozen, quantized or not: a quantized GGUF base trains through
@@ -12,6 +13,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod checkpointing;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -12,23 +12,37 @@ pub const IGNORE: i64 = -100;
 /// (a scalar tensor with a backward) and the number of tokens it covers; divide by the count (or
 /// a larger one, for gradient accumulation) to get HF's mean.
 pub fn causal_lm_loss_sum(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tensor, usize)> {
-    let (b, t, v) = logits.dims3()?;
+    let (b, t, _) = logits.dims3()?;
     if labels.len() != b || labels.iter().any(|l| l.len() != t) {
         return Err(TrainError::Invalid(format!("labels must be {b} rows of {t}, matching the logits")));
     }
+    aligned_lm_loss_sum(logits, &shift_labels(labels))
+}
+
+/// HF's causal shift: the target of position `i` is `labels[i + 1]`; the last position has none.
+pub fn shift_labels(labels: &[Vec<i64>]) -> Vec<Vec<i64>> {
+    labels.iter().map(|l| l.iter().skip(1).copied().chain(std::iter::once(IGNORE)).take(l.len()).collect()).collect()
+}
+
+/// Summed cross-entropy of `logits` `(b, t, vocab)` against `targets` already aligned with them
+/// (`targets[r][i]` is what position `i` should predict, or [`IGNORE`]).
+pub fn aligned_lm_loss_sum(logits: &Tensor, targets: &[Vec<i64>]) -> Result<(Tensor, usize)> {
+    let (b, t, v) = logits.dims3()?;
+    if targets.len() != b || targets.iter().any(|l| l.len() != t) {
+        return Err(TrainError::Invalid(format!("targets must be {b} rows of {t}, matching the logits")));
+    }
     let mut rows = Vec::new();
-    let mut targets = Vec::new();
-    for (r, l) in labels.iter().enumerate() {
-        for i in 0..t.saturating_sub(1) {
-            let y = l[i + 1];
+    let mut ys = Vec::new();
+    for (r, l) in targets.iter().enumerate() {
+        for (i, &y) in l.iter().enumerate() {
             if y == IGNORE {
                 continue;
             }
             if y < 0 || y as usize >= v {
-                return Err(TrainError::Invalid(format!("label {y} at row {r}, position {} is outside the vocabulary ({v})", i + 1)));
+                return Err(TrainError::Invalid(format!("label {y} predicted at row {r}, position {i} is outside the vocabulary ({v})")));
             }
             rows.push((r * t + i) as u32);
-            targets.push(y as u32);
+            ys.push(y as u32);
         }
     }
     let n = rows.len();
@@ -37,11 +51,11 @@ pub fn causal_lm_loss_sum(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tenso
     }
     let dev = logits.device();
     let rows = Tensor::from_vec(rows, n, dev)?;
-    let targets = Tensor::from_vec(targets, (n, 1), dev)?;
+    let ys = Tensor::from_vec(ys, (n, 1), dev)?;
     // Only the scored rows go through the (vocab-wide) log-softmax.
     let picked = logits.reshape((b * t, v))?.index_select(&rows, 0)?.to_dtype(DType::F32)?;
     let logp = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
-    let nll = logp.gather(&targets, 1)?.sum_all()?.neg()?;
+    let nll = logp.gather(&ys, 1)?.sum_all()?.neg()?;
     Ok((nll, n))
 }
 

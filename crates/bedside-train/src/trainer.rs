@@ -118,6 +118,7 @@ pub fn accumulate_step(
     vars: &[(String, Var)],
     micro: &[Vec<&Example>],
     pad: u32,
+    checkpointing: bool,
 ) -> Result<(Vec<Tensor>, f64, usize)> {
     let total: usize = micro
         .iter()
@@ -129,12 +130,18 @@ pub fn accumulate_step(
     for exs in micro {
         let (ids, labels, real) = batch_tensors(model, exs, pad)?;
         tokens += real;
-        let logits = model.forward(&ids, None, Logits::All)?;
-        let (s, _) = causal_lm_loss_sum(&logits, &labels)?;
-        let l = (s / total.max(1) as f64)?;
-        loss += l.to_scalar::<f32>()? as f64;
-        let store = l.backward()?;
-        let (g, _) = collect_grads(vars, &store)?;
+        let g = if checkpointing {
+            let (l, g) = crate::checkpointing::loss_and_grads(model, vars, &ids, &labels, total.max(1) as f64)?;
+            loss += l;
+            g
+        } else {
+            let logits = model.forward(&ids, None, Logits::All)?;
+            let (s, _) = causal_lm_loss_sum(&logits, &labels)?;
+            let l = (s / total.max(1) as f64)?;
+            loss += l.to_scalar::<f32>()? as f64;
+            let store = l.backward()?;
+            collect_grads(vars, &store)?.0
+        };
         grads = Some(match grads {
             None => g,
             Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
@@ -313,7 +320,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             micro.push(batches[state.batch_in_epoch].iter().map(|&i| &train_ex[i]).collect());
             state.batch_in_epoch += 1;
         }
-        let (mut grads, loss, tokens) = accumulate_step(&engine.model, &vars, &micro, pad)?;
+        let (mut grads, loss, tokens) = accumulate_step(&engine.model, &vars, &micro, pad, cfg.run.activation_checkpointing)?;
         let step_no = state.step + 1;
         if !loss.is_finite() {
             pb.abandon();

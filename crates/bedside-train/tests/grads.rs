@@ -193,3 +193,57 @@ fn guard_defers_a_while_b_is_zero() {
     let e = ZeroGradGuard::new(&vars).check(&vars, &[ones_b.clone().narrow(0, 0, 2).unwrap().narrow(1, 0, 2).unwrap().pad_with_zeros(1, 0, 1).unwrap(), ones_b.zeros_like().unwrap()]).unwrap_err().to_string();
     assert!(e.contains("m.lora_B.weight"), "{e}");
 }
+
+/// Activation checkpointing gives PEFT's loss and gradients, and with LoRA dropout on it gives
+/// exactly the ordinary backward's gradients: each layer's recompute replays its dropout masks.
+fn checkpointed_matches(name: &str, gguf: bool) {
+    use bedside_model::linear::{dropout_rng_state, set_dropout_rng_state};
+    let Some(fx) = bedside_testutil::fixture(name) else { return };
+    let ad = fx.join("lora");
+    let mut m = model(&fx, gguf);
+    let adapter = bedside_lora::load_peft(&ad, &Device::Cpu).unwrap();
+    let vars = attach_adapter_trainable(&mut m, &adapter).unwrap();
+    m.set_training(true);
+    let (ids, labels, ref_loss) = ids_labels(&ad);
+    let n = labels.iter().map(|l| l.iter().skip(1).filter(|&&y| y != bedside_train::loss::IGNORE).count()).sum::<usize>();
+    let (l, grads) = bedside_train::checkpointing::loss_and_grads(&m, &vars, &ids, &labels, n as f64).unwrap();
+    assert!((l as f32 - ref_loss).abs() <= 1e-4 * ref_loss.abs(), "{name} gguf={gguf}: checkpointed loss {l} vs PEFT {ref_loss}");
+    let reference = load_st(&ad.join("grads.safetensors"));
+    for ((k, _), g) in vars.iter().zip(&grads) {
+        let want = &reference[&format!("{k}.grad")];
+        let rel = max_abs(&(g - want).unwrap()) / max_abs(want);
+        assert!(rel < 1e-4, "{name} gguf={gguf}: checkpointed {k} differs from PEFT by {rel}");
+    }
+
+    for (_, lin) in m.linears_mut() {
+        for br in lin.lora.iter_mut() {
+            br.dropout = 0.3;
+        }
+    }
+    set_dropout_rng_state(0x5eed);
+    let store = loss_of(&m, &ids, &labels).backward().unwrap();
+    let (plain, _) = collect_grads(&vars, &store).unwrap();
+    let after_plain = dropout_rng_state();
+    set_dropout_rng_state(0x5eed);
+    let (_, ckpt) = bedside_train::checkpointing::loss_and_grads(&m, &vars, &ids, &labels, n as f64).unwrap();
+    assert_eq!(dropout_rng_state(), after_plain, "the RNG must end where an ordinary step leaves it");
+    let mut dropout_changed = false;
+    for (((k, _), p), (c, nodrop)) in vars.iter().zip(&plain).zip(ckpt.iter().zip(&grads)) {
+        let scale = max_abs(p).max(1e-12);
+        let rel = max_abs(&(p - c).unwrap()) / scale;
+        assert!(rel < 1e-5, "{name} gguf={gguf}: with dropout, checkpointed {k} differs from the plain backward by {rel}");
+        dropout_changed |= max_abs(&(p - nodrop).unwrap()) / scale > 1e-3;
+    }
+    assert!(dropout_changed, "dropout 0.3 should have changed the gradients");
+}
+
+#[test]
+fn checkpointed_grads_tiny_llama() {
+    checkpointed_matches("tiny-llama", false);
+    checkpointed_matches("tiny-llama", true);
+}
+
+#[test]
+fn checkpointed_grads_tiny_mixtral() {
+    checkpointed_matches("tiny-mixtral", false);
+}

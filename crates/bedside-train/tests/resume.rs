@@ -139,6 +139,29 @@ fn interrupted_and_resumed_run_matches_uninterrupted() {
     assert_ne!(va[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(), vd[k].flatten_all().unwrap().to_vec1::<f32>().unwrap());
 }
 
+/// A whole run with activation checkpointing (dropout, batches of 2, accumulation) ends with the
+/// adapter of the same run without it, up to float rounding.
+#[test]
+fn activation_checkpointing_run_matches_plain_run() {
+    let Some(fx) = bedside_testutil::fixture("tiny-llama") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(tmp.path());
+    let (a, b) = (tmp.path().join("plain"), tmp.path().join("ckpt"));
+    let plain = bedside_train::train(&config(&fx, &corpus, &a, ""), &RunOptions::default()).unwrap();
+    let cfg = config(&fx, &corpus, &b, "activation_checkpointing = true");
+    assert!(cfg.run.activation_checkpointing);
+    let ckpt = bedside_train::train(&cfg, &RunOptions::default()).unwrap();
+    let (la, lb) = (plain.val_loss_after.unwrap(), ckpt.val_loss_after.unwrap());
+    assert!((la - lb).abs() <= 1e-4 * la.abs(), "validation loss {la} vs {lb}");
+    let (va, vb) = (adapter(&a), adapter(&b));
+    assert_eq!(va.len(), vb.len());
+    for (k, t) in &va {
+        let d = (t - &vb[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let m = t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-4 * m.max(1e-6), "{k}: differs by {d} (max {m})");
+    }
+}
+
 /// A loss that overflows stops the run with a message naming the step and the last checkpoint.
 #[test]
 fn non_finite_loss_stops_with_a_clear_message() {

@@ -1,0 +1,99 @@
+//! Activation checkpointing: the forward pass keeps only each decoder layer's input; the
+//! backward recomputes one layer at a time from that input and pushes the output gradient
+//! through it. Memory then holds one layer's graph (plus the vocabulary head's) instead of all
+//! of them, for about one extra forward pass of compute.
+//!
+//! The vocabulary head and the loss run over chunks of positions, so the `(t, vocab)` logits
+//! never exist whole either. LoRA dropout masks are drawn from a per-thread RNG; each layer's recompute restarts that RNG
+//! where the first pass found it, so the masks, and therefore the gradients, are the ones an
+//! ordinary backward would give (a LoRA on the vocabulary head itself draws its masks per chunk,
+//! so its dropout differs from an unchunked step's, though it is just as random).
+
+use bedside_model::linear::{dropout_rng_state, set_dropout_rng_state};
+use bedside_model::{Logits, Model};
+use candle_core::{backprop::GradStore, Tensor, Var};
+
+use crate::error::{Result, TrainError};
+use crate::loss::{aligned_lm_loss_sum, shift_labels};
+
+/// Positions per chunk of the vocabulary head (64 × 49k vocabulary × 4 bytes = 12.6 MB a tensor).
+const HEAD_CHUNK: usize = 64;
+
+/// The summed loss over `labels` divided by `scale`, and its gradient for every variable in
+/// `vars` order (zeros where none flows), computed with activation checkpointing.
+pub fn loss_and_grads(model: &Model, vars: &[(String, Var)], ids: &Tensor, labels: &[Vec<i64>], scale: f64) -> Result<(f64, Vec<Tensor>)> {
+    let (b, t) = ids.dims2()?;
+    if labels.len() != b || labels.iter().any(|l| l.len() != t) {
+        return Err(TrainError::Invalid(format!("labels must be {b} rows of {t}, matching the input ids")));
+    }
+    let pos = model.positions(b, t, 0, &vec![0; b])?;
+    // 1. Forward without a graph, keeping each layer's input and the RNG state it started from.
+    let mut inputs = Vec::with_capacity(model.layers.len());
+    let mut x = model.embed(ids)?.detach();
+    for i in 0..model.layers.len() {
+        inputs.push((x.clone(), dropout_rng_state()));
+        x = model.block_forward(i, &x, &pos, None)?.detach();
+    }
+    // 2. The head and the loss, a chunk of positions at a time: only one chunk's
+    //    vocabulary-wide logits and their gradients exist at once.
+    let targets = shift_labels(labels);
+    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut loss = 0f64;
+    let mut parts = Vec::new();
+    for start in (0..t).step_by(HEAD_CHUNK) {
+        let len = HEAD_CHUNK.min(t - start);
+        let part = Var::from_tensor(&x.narrow(1, start, len)?.contiguous()?)?;
+        let tg: Vec<Vec<i64>> = targets.iter().map(|r| r[start..start + len].to_vec()).collect();
+        let logits = model.head(part.as_tensor(), Logits::All)?;
+        let (sum, n) = aligned_lm_loss_sum(&logits, &tg)?;
+        if n == 0 {
+            parts.push(part.as_tensor().zeros_like()?);
+            continue;
+        }
+        let l = (sum / scale)?;
+        loss += l.to_scalar::<f32>()? as f64;
+        let store = l.backward()?;
+        add_grads(vars, &store, &mut grads)?;
+        parts.push(match store.get(part.as_tensor()) {
+            Some(g) => g.detach(),
+            None => part.as_tensor().zeros_like()?,
+        });
+    }
+    let mut upstream = Some(Tensor::cat(&parts, 1)?);
+    drop(parts);
+    let after = dropout_rng_state();
+    // 3. Layers in reverse: recompute, then backpropagate the output gradient.
+    for (i, (input, rng)) in inputs.into_iter().enumerate().rev() {
+        let Some(g_out) = upstream.take() else { break };
+        set_dropout_rng_state(rng);
+        let xv = Var::from_tensor(&input)?;
+        let y = model.block_forward(i, xv.as_tensor(), &pos, None)?;
+        // d/dθ Σ(y ⊙ g_out) is the vector-Jacobian product g_outᵀ ∂y/∂θ.
+        let store = (y * g_out)?.sum_all()?.backward()?;
+        add_grads(vars, &store, &mut grads)?;
+        upstream = store.get(xv.as_tensor()).map(Tensor::detach);
+    }
+    set_dropout_rng_state(after);
+    let grads = grads
+        .into_iter()
+        .zip(vars)
+        .map(|(g, (_, v))| match g {
+            Some(g) => Ok(g),
+            None => v.as_tensor().zeros_like(),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok((loss, grads))
+}
+
+fn add_grads(vars: &[(String, Var)], store: &GradStore, acc: &mut [Option<Tensor>]) -> Result<()> {
+    for ((_, v), slot) in vars.iter().zip(acc.iter_mut()) {
+        if let Some(g) = store.get(v.as_tensor()) {
+            let g = g.detach();
+            *slot = Some(match slot.take() {
+                Some(a) => (a + g)?,
+                None => g,
+            });
+        }
+    }
+    Ok(())
+}
