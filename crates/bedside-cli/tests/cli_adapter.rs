@@ -107,6 +107,36 @@ fn export_gguf_writes_llama_cpp_adapter() {
     assert_eq!(c.tensor_infos.len(), 2 * 2 * 4);
 }
 
+/// llama.cpp's own GGUF reader (gguf-py) reads the exported file, and the update llama.cpp
+/// computes from it (alpha / r · B·A, q/k rows in its RoPE order) equals PEFT's update
+/// (`scripts/check_gguf_lora.py`). Needs python3 with `gguf` (scripts/reference-requirements.txt);
+/// CI installs it and sets BEDSIDE_REQUIRE_PYREF=1 so this cannot skip there.
+#[test]
+fn export_gguf_update_matches_peft_under_llama_cpp_reader() {
+    let Some(dir) = bedside_testutil::fixture("tiny-llama") else { return };
+    let has_gguf = Command::new("python3").args(["-c", "import gguf, numpy"]).output().is_ok_and(|o| o.status.success());
+    if !has_gguf {
+        assert!(std::env::var("BEDSIDE_REQUIRE_PYREF").as_deref() != Ok("1"), "BEDSIDE_REQUIRE_PYREF=1 but python3 lacks gguf (pip install -r scripts/reference-requirements.txt)");
+        eprintln!("skipping: python3 with gguf-py is not available");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_gguf_lora.py");
+    let tmp = tempfile::tempdir().unwrap();
+    for variant in ["lora", "rslora"] {
+        let out = tmp.path().join(format!("{variant}.gguf"));
+        let adapter = dir.join(variant);
+        let base = dir.join("model-f32.gguf");
+        let (ok, _, err) = bedside(&["adapter", "export-gguf", "--adapter", s(&adapter), "--model", s(&base), "--output", s(&out)]);
+        assert!(ok, "{err}");
+        let run = Command::new("python3").arg(&script).arg(&base).arg(&adapter).arg(&out).output().unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "{variant}: {stdout}{}", String::from_utf8_lossy(&run.stderr));
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["modules"], 14, "{variant}: {v}");
+        assert!(v["worst_relative_difference"].as_f64().unwrap() <= 1e-5, "{variant}: {v}");
+    }
+}
+
 #[test]
 fn generate_takes_adapters() {
     let Some(dir) = bedside_testutil::fixture("tiny-llama") else { return };
