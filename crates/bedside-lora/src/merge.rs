@@ -40,7 +40,7 @@ pub fn write_merged_safetensors(
     let cfg = model.cfg.clone();
     let h = cfg.hidden_size;
     // Cheap clones (shared storage), so the projections can be borrowed mutably below.
-    let embed = model.embed_tokens.clone();
+    let embed = model.embed_tokens.to_dense(model.dtype())?;
     let final_norm = model.norm.weight.clone();
     let lm_head = model.lm_head.clone();
     let norms: Vec<(Tensor, Tensor)> =

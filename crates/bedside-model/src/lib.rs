@@ -25,7 +25,7 @@ pub use error::{ModelError, Result};
 pub use hub::{offline_from_env, resolve, ModelLocation};
 pub use inspect::{inspect, ModelInfo};
 pub use linear::{BaseWeight, Linear, LoraBranch};
-pub use model::{Cache, Logits, Model, Positions};
+pub use model::{Cache, Embedding, Logits, Model, Positions};
 
 /// How to load weights.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::ModelConfig;
 use crate::error::{io_err, ModelError, Result};
 use crate::linear::BaseWeight;
+use crate::model::Embedding;
 
 /// What the architecture needs from a checkpoint.
 pub(crate) trait WeightSource {
@@ -25,7 +26,7 @@ pub(crate) trait WeightSource {
     /// A 1-D tensor (norm weights) by HF module name, in f32.
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor>;
     /// The token embedding as a dense lookup table, plus the stored weight itself for a tied head.
-    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Tensor, BaseWeight)>;
+    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Embedding, BaseWeight)>;
     /// `lm_head`, or `None` when the checkpoint ties it to the embedding.
     fn lm_head(&mut self, vocab: usize, hidden: usize) -> Result<Option<BaseWeight>>;
     /// Precomputed per-frequency rope divisors (Llama 3.1 GGUFs), if present.
@@ -297,10 +298,15 @@ impl WeightSource for GgufSource {
         Ok(q.dequantize(&self.device)?.to_dtype(self.dtype())?)
     }
 
-    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Tensor, BaseWeight)> {
+    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Embedding, BaseWeight)> {
         let q = self.matrix("token_embd.weight", None, vocab, hidden, None)?;
-        let table = q.dequantize(&self.device)?.to_dtype(self.dtype())?;
         let stored = self.to_weight(q)?;
+        // On the CPU a quantized table stays quantized and is shared with a tied head.
+        let table = match &stored {
+            BaseWeight::Quantized(q, _) if self.device.is_cpu() => Embedding::Quantized(q.clone()),
+            BaseWeight::Quantized(q, _) => Embedding::Dense(q.dequantize(&self.device)?.to_dtype(self.dtype())?),
+            BaseWeight::Dense(t) => Embedding::Dense(t.to_dtype(self.dtype())?),
+        };
         Ok((table, stored))
     }
 
@@ -405,9 +411,9 @@ impl WeightSource for SafetensorsSource {
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
         self.tensor(&format!("{name}.weight"), &[len])
     }
-    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Tensor, BaseWeight)> {
+    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Embedding, BaseWeight)> {
         let t = self.tensor("model.embed_tokens.weight", &[vocab, hidden])?;
-        Ok((t.clone(), BaseWeight::Dense(t)))
+        Ok((Embedding::Dense(t.clone()), BaseWeight::Dense(t)))
     }
     fn lm_head(&mut self, vocab: usize, hidden: usize) -> Result<Option<BaseWeight>> {
         if !self.index.contains_key("lm_head.weight") {
