@@ -155,6 +155,13 @@ fn full_small_run_then_resume() {
         assert_eq!(s["values"]["key_fact_recall"].as_f64().unwrap(), 1.0);
     }
 
+    // The continuous empathy measure is the mean of the heads' three expected levels.
+    for s in &scores {
+        let e: Vec<f64> = s["epitome_expected"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let got = s["values"]["empathy_expected"].as_f64().unwrap();
+        assert!((got - e.iter().sum::<f64>() / 3.0).abs() < 1e-6 && (0.0..=2.0).contains(&got), "{s}");
+    }
+
     let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(r["schema_version"], 1);
     assert_eq!(r["systems"], serde_json::json!(["base", "tuned", "reference"]));
@@ -165,6 +172,7 @@ fn full_small_run_then_resume() {
     assert_eq!(emp["n"], 3);
     assert!(emp["ci_low"].as_f64().unwrap() <= emp["diff"].as_f64().unwrap() + 1e-12);
     assert!(emp["diff"].as_f64().unwrap() <= emp["ci_high"].as_f64().unwrap() + 1e-12);
+    assert!(comps.iter().any(|c| c["system"] == "tuned" && c["measure"] == "empathy_expected" && c["n"] == 3));
     let ppl = r["per_system"]["ppl_neutral"]["base"]["mean"].as_f64().unwrap();
     assert!(ppl > 1.0 && ppl < 1000.0, "neutral-answer perplexity {ppl}");
     assert!(r["per_system"]["ppl_neutral"]["tuned"]["mean"].as_f64().unwrap() != ppl, "the adapter changes the model");
