@@ -54,10 +54,7 @@ def permute(w, n_head):
 
 def field(reader, key):
     f = reader.fields.get(key)
-    if f is None:
-        return None
-    v = f.contents()
-    return v
+    return None if f is None else f.contents()
 
 
 def main():
@@ -89,7 +86,6 @@ def main():
 
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     peft = read_safetensors(Path(adapter_dir) / "adapter_model.safetensors")
-    r_default = cfg["r"]
     compared = 0
     worst = 0.0
     for key, a in sorted(peft.items()):

@@ -80,31 +80,40 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// One engine under measurement. Runners keep their own last token(s).
 trait Runner {
-    /// Process the prompt; return the first greedy token.
-    fn prefill(&mut self, ids: &[u32]) -> Result<u32>;
+    /// Process the prompt and pick the first token(s).
+    fn prefill(&mut self, ids: &[u32]) -> Result<()>;
     /// One decode step at absolute position `pos`.
-    fn step(&mut self, tok: u32, pos: usize) -> Result<u32>;
+    fn step(&mut self, pos: usize) -> Result<()>;
+    /// Seconds spent sampling since the last call (batched runner only).
+    fn take_sampling_secs(&mut self) -> f64 {
+        0.0
+    }
 }
 
+/// bedside's model, one row, greedy (llama-bench style).
 struct BedsideRunner<'a> {
     model: &'a bedside_model::Model,
     cache: Option<bedside_model::Cache>,
+    last: u32,
 }
 
 impl Runner for BedsideRunner<'_> {
-    fn prefill(&mut self, ids: &[u32]) -> Result<u32> {
+    fn prefill(&mut self, ids: &[u32]) -> Result<()> {
         let mut cache = bedside_model::Cache::new(self.model);
         let t = Tensor::new(ids, self.model.device())?.unsqueeze(0)?;
         let logits = self.model.forward(&t, Some(&mut cache), bedside_model::Logits::Last)?;
         self.cache = Some(cache);
-        Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?)
+        self.last = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        Ok(())
     }
-    fn step(&mut self, tok: u32, _pos: usize) -> Result<u32> {
+    fn step(&mut self, _pos: usize) -> Result<()> {
         let cache = self.cache.as_mut().ok_or_else(|| anyhow::anyhow!("no cache"))?;
-        let t = Tensor::new(&[tok], self.model.device())?.unsqueeze(0)?;
+        let t = Tensor::new(&[self.last], self.model.device())?.unsqueeze(0)?;
         let logits = self.model.forward(&t, Some(cache), bedside_model::Logits::Last)?;
-        Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?)
+        self.last = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        Ok(())
     }
 }
 
@@ -120,19 +129,21 @@ struct BatchRunner<'a> {
 }
 
 impl BatchRunner<'_> {
-    fn sample(&mut self, logits: &Tensor) -> Result<Vec<u32>> {
+    fn sample(&mut self, logits: &Tensor) -> Result<()> {
         let t0 = Instant::now();
         let mut rows = logits.to_vec2::<f32>()?;
-        let mut out = Vec::with_capacity(self.batch);
+        self.last.clear();
         for (i, row) in rows.iter_mut().enumerate() {
             let tok = self.samplers[i].sample(row, &self.history[i]);
             self.history[i].push(tok);
-            out.push(tok);
+            self.last.push(tok);
         }
         self.sampling_secs += t0.elapsed().as_secs_f64();
-        Ok(out)
+        Ok(())
     }
+}
 
+impl Runner for BatchRunner<'_> {
     fn prefill(&mut self, ids: &[u32]) -> Result<()> {
         let params = |seed| bedside_generate::SamplingParams {
             temperature: 0.7,
@@ -150,34 +161,37 @@ impl BatchRunner<'_> {
         let t = Tensor::from_vec(flat, (self.batch, ids.len()), self.model.device())?;
         let logits = self.model.forward(&t, Some(&mut cache), bedside_model::Logits::Last)?;
         self.cache = Some(cache);
-        self.last = self.sample(&logits)?;
-        Ok(())
+        self.sample(&logits)
     }
-
-    fn step(&mut self) -> Result<()> {
+    fn step(&mut self, _pos: usize) -> Result<()> {
         let cache = self.cache.as_mut().ok_or_else(|| anyhow::anyhow!("no cache"))?;
         let t = Tensor::from_vec(self.last.clone(), (self.batch, 1), self.model.device())?;
         let logits = self.model.forward(&t, Some(cache), bedside_model::Logits::Last)?;
-        self.last = self.sample(&logits)?;
-        Ok(())
+        self.sample(&logits)
+    }
+    fn take_sampling_secs(&mut self) -> f64 {
+        std::mem::take(&mut self.sampling_secs)
     }
 }
 
 struct CandleRunner {
     model: candle_transformers::models::quantized_llama::ModelWeights,
     device: Device,
+    last: u32,
 }
 
 impl Runner for CandleRunner {
-    fn prefill(&mut self, ids: &[u32]) -> Result<u32> {
+    fn prefill(&mut self, ids: &[u32]) -> Result<()> {
         let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let logits = self.model.forward(&t, 0)?;
-        Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?)
+        self.last = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        Ok(())
     }
-    fn step(&mut self, tok: u32, pos: usize) -> Result<u32> {
-        let t = Tensor::new(&[tok], &self.device)?.unsqueeze(0)?;
+    fn step(&mut self, pos: usize) -> Result<()> {
+        let t = Tensor::new(&[self.last], &self.device)?.unsqueeze(0)?;
         let logits = self.model.forward(&t, pos)?;
-        Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?)
+        self.last = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        Ok(())
     }
 }
 
@@ -194,11 +208,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}", a.prompt_tokens + a.gen_tokens, engine.model.context_length());
     }
     let load_rss = peak_rss_bytes();
-    if a.batch > 1 {
-        return run_batched(&a, &engine, &prompt, load_rss);
-    }
     let mut runner: Box<dyn Runner + '_> = match a.engine {
-        BenchEngine::Bedside => Box::new(BedsideRunner { model: &engine.model, cache: None }),
+        BenchEngine::Bedside if a.batch > 1 => Box::new(BatchRunner {
+            model: &engine.model,
+            batch: a.batch,
+            cache: None,
+            samplers: Vec::new(),
+            history: Vec::new(),
+            last: Vec::new(),
+            sampling_secs: 0.0,
+        }),
+        BenchEngine::Bedside => Box::new(BedsideRunner { model: &engine.model, cache: None, last: 0 }),
         BenchEngine::CandleExample => {
             let bedside_model::ModelLocation::Gguf(path) = &engine.location else {
                 bail!("--engine candle-example needs a GGUF model");
@@ -207,81 +227,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let mut f = std::fs::File::open(path)?;
             let content = candle_core::quantized::gguf_file::Content::read(&mut f)?;
             let model = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut f, &device)?;
-            Box::new(CandleRunner { model, device })
+            Box::new(CandleRunner { model, device, last: 0 })
         }
     };
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    for run in 0..a.warmup + a.runs {
-        let t0 = Instant::now();
-        let mut tok = runner.prefill(&prompt)?;
-        let pp_secs = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        for i in 0..a.gen_tokens {
-            tok = runner.step(tok, a.prompt_tokens + i)?;
-        }
-        let tg_secs = t1.elapsed().as_secs_f64();
-        if run >= a.warmup {
-            pp.push(a.prompt_tokens as f64 / pp_secs);
-            if a.gen_tokens > 0 {
-                tg.push(a.gen_tokens as f64 / tg_secs);
-            }
-        }
-    }
-    let pp_med = median(&mut pp);
-    let tg_med = if tg.is_empty() { 0.0 } else { median(&mut tg) };
-    let peak = peak_rss_bytes();
-    let engine_name = match a.engine {
-        BenchEngine::Bedside => "bedside",
-        BenchEngine::CandleExample => "candle-quantized-example",
-    };
-    if a.json {
-        let v = serde_json::json!({
-            "engine": engine_name,
-            "model": a.model.model,
-            "device": bedside_model::device_name(engine.model.device()),
-            "threads": candle_core::utils::get_num_threads(),
-            "prompt_tokens": a.prompt_tokens,
-            "gen_tokens": a.gen_tokens,
-            "runs": a.runs,
-            "prompt_tokens_per_sec": pp_med,
-            "decode_tokens_per_sec": tg_med,
-            "prompt_runs": pp,
-            "decode_runs": tg,
-            "rss_after_load_bytes": load_rss,
-            "peak_rss_bytes": peak,
-        });
-        println!("{}", serde_json::to_string(&v)?);
-    } else {
-        println!("engine   {engine_name} on {} ({} threads)", bedside_model::device_name(engine.model.device()), candle_core::utils::get_num_threads());
-        println!("model    {}", a.model.model);
-        println!("prompt   {:>8.1} tok/s  (pp{}, median of {})", pp_med, a.prompt_tokens, a.runs);
-        println!("decode   {:>8.1} tok/s  (tg{}, median of {})", tg_med, a.gen_tokens, a.runs);
-        if let Some(p) = peak {
-            println!("peak RSS {:>8.1} MB", p as f64 / 1e6);
-        }
-    }
-    Ok(())
-}
-
-fn run_batched(a: &BenchArgs, engine: &bedside_generate::Engine, prompt: &[u32], load_rss: Option<u64>) -> Result<()> {
-    let mut r = BatchRunner { model: &engine.model, batch: a.batch, cache: None, samplers: Vec::new(), history: Vec::new(), last: Vec::new(), sampling_secs: 0.0 };
     let (mut pp, mut tg, mut samp) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..a.warmup + a.runs {
-        r.sampling_secs = 0.0;
         let t0 = Instant::now();
-        r.prefill(prompt)?;
+        runner.prefill(&prompt)?;
         let pp_secs = t0.elapsed().as_secs_f64();
-        r.sampling_secs = 0.0;
+        runner.take_sampling_secs();
         let t1 = Instant::now();
-        for _ in 0..a.gen_tokens {
-            r.step()?;
+        for i in 0..a.gen_tokens {
+            runner.step(a.prompt_tokens + i)?;
         }
         let tg_secs = t1.elapsed().as_secs_f64();
         if run >= a.warmup {
             pp.push((a.batch * a.prompt_tokens) as f64 / pp_secs);
             if a.gen_tokens > 0 {
                 tg.push((a.batch * a.gen_tokens) as f64 / tg_secs);
-                samp.push(r.sampling_secs / tg_secs);
+                samp.push(runner.take_sampling_secs() / tg_secs);
             }
         }
     }
@@ -289,9 +253,14 @@ fn run_batched(a: &BenchArgs, engine: &bedside_generate::Engine, prompt: &[u32],
     let tg_med = if tg.is_empty() { 0.0 } else { median(&mut tg) };
     let samp_med = if samp.is_empty() { 0.0 } else { median(&mut samp) };
     let peak = peak_rss_bytes();
+    let engine_name = match a.engine {
+        BenchEngine::Bedside => "bedside",
+        BenchEngine::CandleExample => "candle-quantized-example",
+    };
+    let rows = if a.batch > 1 { format!(" x {}", a.batch) } else { String::new() };
     if a.json {
         let v = serde_json::json!({
-            "engine": "bedside",
+            "engine": engine_name,
             "model": a.model.model,
             "device": bedside_model::device_name(engine.model.device()),
             "threads": candle_core::utils::get_num_threads(),
@@ -302,15 +271,18 @@ fn run_batched(a: &BenchArgs, engine: &bedside_generate::Engine, prompt: &[u32],
             "prompt_tokens_per_sec": pp_med,
             "decode_tokens_per_sec": tg_med,
             "decode_sampling_share": samp_med,
+            "prompt_runs": pp,
+            "decode_runs": tg,
             "rss_after_load_bytes": load_rss,
             "peak_rss_bytes": peak,
         });
         println!("{}", serde_json::to_string(&v)?);
     } else {
-        println!("engine   bedside on {} ({} threads), batch {}", bedside_model::device_name(engine.model.device()), candle_core::utils::get_num_threads(), a.batch);
+        println!("engine   {engine_name} on {} ({} threads)", bedside_model::device_name(engine.model.device()), candle_core::utils::get_num_threads());
         println!("model    {}", a.model.model);
-        println!("prompt   {:>8.1} tok/s  (pp{} x {}, median of {})", pp_med, a.prompt_tokens, a.batch, a.runs);
-        println!("decode   {:>8.1} tok/s  (tg{} x {}, median of {}; sampling {:.0}% of decode time)", tg_med, a.gen_tokens, a.batch, a.runs, samp_med * 100.0);
+        println!("prompt   {:>8.1} tok/s  (pp{}{rows}, median of {})", pp_med, a.prompt_tokens, a.runs);
+        let sampling = if a.batch > 1 { format!("; sampling {:.0}% of decode time", samp_med * 100.0) } else { String::new() };
+        println!("decode   {:>8.1} tok/s  (tg{}{rows}, median of {}{sampling})", tg_med, a.gen_tokens, a.runs);
         if let Some(p) = peak {
             println!("peak RSS {:>8.1} MB", p as f64 / 1e6);
         }

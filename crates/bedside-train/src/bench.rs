@@ -3,12 +3,11 @@
 
 use std::time::Instant;
 
-use bedside_model::{LoadOptions, Logits};
+use bedside_model::LoadOptions;
 use candle_core::{DType, Tensor};
 
 use crate::config::BaseMode;
 use crate::error::{Result, TrainError};
-use crate::loss::{causal_lm_loss_sum, collect_grads};
 use crate::optim::{clip_grad_norm, AdamW};
 
 #[derive(Debug, Clone)]
@@ -81,14 +80,7 @@ pub fn bench_step(o: &BenchOptions) -> Result<BenchResult> {
     for i in 0..o.warmup + o.steps.max(1) {
         let t0 = Instant::now();
         let n = labels.iter().map(|l| l.len() - 1).sum::<usize>() as f64;
-        let mut g = if o.checkpointing {
-            crate::checkpointing::loss_and_grads(&engine.model, &vars, &x, &labels, n)?.1
-        } else {
-            let logits = engine.model.forward(&x, None, Logits::All)?;
-            let (s, _) = causal_lm_loss_sum(&logits, &labels)?;
-            let store = (s / n)?.backward()?;
-            collect_grads(&vars, &store)?.0
-        };
+        let (_, mut g) = crate::trainer::loss_and_grads(&engine.model, &vars, &x, &labels, n, o.checkpointing)?;
         clip_grad_norm(&mut g, 1.0)?;
         opt.step(&vars, &g, 1e-4)?;
         engine.model.device().synchronize()?;

@@ -110,6 +110,27 @@ pub fn evaluate(model: &mut Model, examples: &[Example], batch: usize, pad: u32)
     res
 }
 
+/// The summed loss of one batch divided by `scale`, and the gradient of every variable (in
+/// `vars` order), with or without activation checkpointing.
+pub fn loss_and_grads(
+    model: &Model,
+    vars: &[(String, Var)],
+    ids: &Tensor,
+    labels: &[Vec<i64>],
+    scale: f64,
+    checkpointing: bool,
+) -> Result<(f64, Vec<Tensor>)> {
+    if checkpointing {
+        return crate::checkpointing::loss_and_grads(model, vars, ids, labels, scale);
+    }
+    let logits = model.forward(ids, None, Logits::All)?;
+    let (s, _) = causal_lm_loss_sum(&logits, labels)?;
+    let l = (s / scale)?;
+    let loss = l.to_scalar::<f32>()? as f64;
+    let store = l.backward()?;
+    Ok((loss, collect_grads(vars, &store)?.0))
+}
+
 /// One optimizer step's forward/backward over `micro` batches: the loss is the mean over every
 /// scored token of the step (so accumulation equals one big batch). Returns the gradients in
 /// `vars` order, the loss and the number of real tokens.
@@ -130,18 +151,8 @@ pub fn accumulate_step(
     for exs in micro {
         let (ids, labels, real) = batch_tensors(model, exs, pad)?;
         tokens += real;
-        let g = if checkpointing {
-            let (l, g) = crate::checkpointing::loss_and_grads(model, vars, &ids, &labels, total.max(1) as f64)?;
-            loss += l;
-            g
-        } else {
-            let logits = model.forward(&ids, None, Logits::All)?;
-            let (s, _) = causal_lm_loss_sum(&logits, &labels)?;
-            let l = (s / total.max(1) as f64)?;
-            loss += l.to_scalar::<f32>()? as f64;
-            let store = l.backward()?;
-            collect_grads(vars, &store)?.0
-        };
+        let (l, g) = loss_and_grads(model, vars, &ids, &labels, total.max(1) as f64, checkpointing)?;
+        loss += l;
         grads = Some(match grads {
             None => g,
             Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
