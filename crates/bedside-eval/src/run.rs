@@ -145,8 +145,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     // 3. Scores.
     let score_started = Instant::now();
     let mut scorers = Scorers::load().context("loading the offline scorers (run scripts/setup.sh for the embedder)")?;
+    tracing::info!(secs = score_started.elapsed().as_secs_f64(), "scorers loaded");
     if let Some(t) = &cfg.sets.test {
         scorers.calibrate(&crate::items::calibration_dialogues(t, 100)?)?;
+        tracing::info!(secs = score_started.elapsed().as_secs_f64(), "key-fact threshold calibrated");
     }
     let mut answers = Vec::new();
     let mut missing = 0;
@@ -169,6 +171,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         answers.push(Answer { system: s, item: it, text: t });
     }
     let mut scores = score_answers(&scorers, &answers)?;
+    tracing::info!(secs = score_started.elapsed().as_secs_f64(), answers = answers.len(), "answers scored");
     for s in scores.iter_mut().filter(|s| s.set == Set::Test) {
         if let Some(r) = nll.get_any(&format!("neutral|{}|{}", s.system, s.key)) {
             s.values.insert("ppl_neutral".into(), r.ppl);
@@ -215,6 +218,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let equity = crate::aggregate_extra::equity(cfg, &scored_systems, &scores);
     let judge_results = cfg.judge.as_ref().map(|j| crate::aggregate_extra::judge_results(cfg, j, &inp, &scores));
     let examples = crate::aggregate_extra::examples(cfg, &scored_systems, &scores, &texts);
+    tracing::info!(secs = score_started.elapsed().as_secs_f64(), "statistics done");
     let summary = results::summary_sentences(&base_name, &measures_defs, &comparisons, &safety_comparisons, judge_results.as_ref(), cfg.stats.alpha);
     let mut counts = BTreeMap::new();
     for set in [Set::Test, Set::Safety, Set::Equity] {

@@ -96,6 +96,35 @@ fn dense_prefill_enabled() -> bool {
 /// Row count from which a CPU quantized matmul dequantizes the weight and runs an f32 GEMM.
 pub const DENSE_ROWS: usize = 16;
 
+/// Quantized weights larger than this many elements (16 MB as f32) are dequantized a block of
+/// rows at a time in the dense CPU paths: SmolLM2's 49k × 576 tied head is 113 MB dense.
+const DEQUANT_BLOCK_ELEMS: usize = 1 << 22;
+
+/// `(start, len)` row ranges of an `[n, k]` weight, each at most `budget` elements (one row at
+/// least), covering all `n` rows in order.
+fn row_blocks(n: usize, k: usize, budget: usize) -> Vec<(usize, usize)> {
+    let per = (budget / k.max(1)).clamp(1, n.max(1));
+    (0..n).step_by(per).map(|s| (s, per.min(n - s))).collect()
+}
+
+/// Rows `start..start + len` of a quantized `[n, k]` weight, dequantized to f32 on the CPU (each
+/// row is a whole number of ggml blocks, so a row range is a byte range).
+fn dequantize_rows(q: &QTensor, start: usize, len: usize) -> candle_core::Result<Tensor> {
+    let cpu = candle_core::Device::Cpu;
+    let (n, k) = q.shape().dims2()?;
+    if start == 0 && len == n {
+        return q.dequantize(&cpu);
+    }
+    let gd = q.dtype();
+    let row_bytes = k / gd.block_size() * gd.type_size();
+    let data = q.data()?;
+    let bytes = data.get(start * row_bytes..(start + len) * row_bytes).ok_or_else(|| {
+        candle_core::Error::Msg(format!("rows {start}..{} of a {n}-row quantized weight", start + len))
+    })?;
+    let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &cpu, gd)?;
+    QTensor::new(storage, (len, k))?.dequantize(&cpu)
+}
+
 /// `x @ Wᵀ` with a ggml-quantized `W: [out, in]`, differentiable with respect to `x`.
 ///
 /// The forward is candle's quantized matmul (the exact kernels inference uses). The backward
@@ -128,15 +157,21 @@ impl CustomOp1 for QMatMulTrain {
             CpuStorage::F16(v) => Tensor::from_slice(&v[layout.start_offset()..layout.start_offset() + rows * k], (rows, k), &candle_core::Device::Cpu)?.to_dtype(DType::F32)?,
             _ => return self.0.as_ref().cpu_fwd(storage, layout),
         };
-        let w = self.0.dequantize(&candle_core::Device::Cpu)?;
-        let y = x.matmul(&w.t()?)?;
+        // A block of output columns at a time, so a vocabulary-sized weight is never dense whole.
+        let mut y = vec![0f32; rows * n];
+        for (start, len) in row_blocks(n, k, DEQUANT_BLOCK_ELEMS) {
+            let w = dequantize_rows(&self.0, start, len)?;
+            let part = x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            for (dst, src) in y.chunks_exact_mut(n).zip(part.chunks_exact(len)) {
+                dst[start..start + len].copy_from_slice(src);
+            }
+        }
         let mut dims = layout.shape().dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = n;
-        let y = y.flatten_all()?;
         let out = match storage {
-            CpuStorage::BF16(_) => CpuStorage::BF16(y.to_dtype(DType::BF16)?.to_vec1()?),
-            CpuStorage::F16(_) => CpuStorage::F16(y.to_dtype(DType::F16)?.to_vec1()?),
-            _ => CpuStorage::F32(y.to_vec1()?),
+            CpuStorage::BF16(_) => CpuStorage::BF16(y.into_iter().map(half::bf16::from_f32).collect()),
+            CpuStorage::F16(_) => CpuStorage::F16(y.into_iter().map(half::f16::from_f32).collect()),
+            _ => CpuStorage::F32(y),
         };
         Ok((out, Shape::from(dims)))
     }
@@ -158,12 +193,26 @@ impl CustomOp1 for QMatMulTrain {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // Dequantized per call: freed as soon as this gradient is computed.
-        let w = self.0.dequantize(grad_res.device())?.to_dtype(grad_res.dtype())?;
+        // Dequantized per call and freed as soon as this gradient is computed; on the CPU a block
+        // of rows at a time (dL/dx = Σ_blocks dL/dy[:, block] · W[block]), so a vocabulary-sized
+        // head adds one block, not a dense copy of itself, to the step's peak memory.
         let dims = grad_res.dims();
         let out_dim = dims[dims.len() - 1];
         let rows = grad_res.elem_count() / out_dim.max(1);
-        let g = grad_res.contiguous()?.reshape((rows, out_dim))?.matmul(&w)?;
+        let g = grad_res.contiguous()?.reshape((rows, out_dim))?;
+        let (n, k) = self.0.shape().dims2()?;
+        let blocks = if g.device().is_cpu() { row_blocks(n, k, DEQUANT_BLOCK_ELEMS) } else { vec![(0, n)] };
+        let mut acc: Option<Tensor> = None;
+        for (start, len) in blocks {
+            let w = if len == n { self.0.dequantize(g.device())? } else { dequantize_rows(&self.0, start, len)? };
+            let gb = if len == n { g.clone() } else { g.narrow(1, start, len)?.contiguous()? };
+            let p = gb.matmul(&w.to_dtype(g.dtype())?)?;
+            acc = Some(match acc {
+                Some(a) => (a + p)?,
+                None => p,
+            });
+        }
+        let g = acc.expect("a weight has at least one row");
         Ok(Some(g.reshape(arg.dims())?.to_dtype(arg.dtype())?))
     }
 }
@@ -458,6 +507,36 @@ mod tests {
         let g = y.sum_all().unwrap().backward().unwrap().get(x.as_tensor()).cloned().unwrap();
         let want = Tensor::ones((3, 32), DType::F32, &dev).unwrap().matmul(&q.dequantize(&dev).unwrap()).unwrap();
         assert!(max_abs(&(&g - &want).unwrap()) < 1e-4 * max_abs(&want));
+    }
+
+    #[test]
+    fn row_blocks_cover_the_weight() {
+        assert_eq!(row_blocks(10, 4, 12), vec![(0, 3), (3, 3), (6, 3), (9, 1)]);
+        assert_eq!(row_blocks(10, 4, 1000), vec![(0, 10)]);
+        // A row wider than the budget still makes progress, one row at a time.
+        assert_eq!(row_blocks(2, 100, 10), vec![(0, 1), (1, 1)]);
+    }
+
+    /// A weight above the block budget (a vocabulary head) is dequantized a block of rows at a
+    /// time in the dense forward and in the backward: both equal the whole-weight dense results.
+    #[test]
+    fn blocked_dequantization_matches_the_dense_weight() {
+        let dev = Device::Cpu;
+        let (out, inp) = (DEQUANT_BLOCK_ELEMS / 512 + 128, 512);
+        assert!(row_blocks(out, inp, DEQUANT_BLOCK_ELEMS).len() == 2);
+        let w = Tensor::from_vec(values(out * inp, 6), (out, inp), &dev).unwrap();
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
+        let wd = q.dequantize(&dev).unwrap();
+        assert_eq!(dequantize_rows(&q, out - 128, 128).unwrap().to_vec2::<f32>().unwrap(), wd.narrow(0, out - 128, 128).unwrap().to_vec2::<f32>().unwrap());
+        let x = Var::from_tensor(&Tensor::from_vec(values(20 * inp, 7), (1, 20, inp), &dev).unwrap()).unwrap();
+        let r = Tensor::from_vec(values(20 * out, 8), (1, 20, out), &dev).unwrap();
+        let y = qmatmul_train(x.as_tensor(), &q).unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).cloned().unwrap();
+        let yd = matmul_wt(x.as_tensor(), &wd).unwrap();
+        let gd = (&yd * &r).unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).cloned().unwrap();
+        assert!(max_abs(&(&y - &yd).unwrap()) < 1e-5 * max_abs(&yd));
+        assert!(max_abs(&(&g - &gd).unwrap()) < 1e-5 * max_abs(&gd));
+        assert!(max_abs(&gd) > 0.1);
     }
 
     /// LoRA dropout masks come from a seedable state: same state, same mask; the kept fraction

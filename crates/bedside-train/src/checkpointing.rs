@@ -16,8 +16,9 @@ use candle_core::{backprop::GradStore, Tensor, Var};
 use crate::error::{Result, TrainError};
 use crate::loss::{aligned_lm_loss_sum, shift_labels};
 
-/// Positions per chunk of the vocabulary head (64 × 49k vocabulary × 4 bytes = 12.6 MB a tensor).
-const HEAD_CHUNK: usize = 64;
+/// Positions per chunk of the vocabulary head (32 × 49k vocabulary × 4 bytes = 6.3 MB a tensor;
+/// the loss keeps several such tensors per chunk, so 64 cost ~80 MB more peak on SmolLM2).
+const HEAD_CHUNK: usize = 32;
 
 /// The summed loss over `labels` divided by `scale`, and its gradient for every variable in
 /// `vars` order (zeros where none flows), computed with activation checkpointing.
