@@ -199,6 +199,43 @@ impl Embedder {
     pub fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
         Ok(self.embed(&[text])?.pop().unwrap_or_default())
     }
+
+    /// Embed every distinct text of `texts` once, in one batched pass (a text that recurs — a
+    /// prompt answered by several systems, a reference compared with each — costs nothing more).
+    pub fn embed_distinct<'a>(&self, texts: impl IntoIterator<Item = &'a str>) -> Result<EmbeddingTable<'a>> {
+        let mut index = std::collections::HashMap::new();
+        let mut uniq = Vec::new();
+        for t in texts {
+            index.entry(t).or_insert_with(|| {
+                uniq.push(t);
+                uniq.len() - 1
+            });
+        }
+        let vectors = self.embed(&uniq)?;
+        Ok(EmbeddingTable { index, vectors })
+    }
+}
+
+/// Embeddings of distinct texts, looked up by text (see [`Embedder::embed_distinct`]).
+pub struct EmbeddingTable<'a> {
+    index: std::collections::HashMap<&'a str, usize>,
+    vectors: Vec<Vec<f32>>,
+}
+
+impl EmbeddingTable<'_> {
+    /// The embedding of `text`, if it was among the embedded texts.
+    pub fn get(&self, text: &str) -> Option<&[f32]> {
+        self.index.get(text).map(|&i| self.vectors[i].as_slice())
+    }
+
+    /// Number of distinct texts embedded.
+    pub fn len(&self) -> usize {
+        self.vectors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
 }
 
 /// Cosine similarity; 0 when either vector is all zeros or lengths differ.

@@ -22,11 +22,10 @@ pub mod metrics;
 pub mod train;
 pub mod validate;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bedside_embed::Embedder;
+use bedside_embed::{Embedder, EmbeddingTable};
 use candle_core::Device;
 use serde::Serialize;
 
@@ -88,18 +87,22 @@ impl EmpathyScores {
 /// Feature rows for `pairs` (context, response). Each distinct text is embedded once; texts are
 /// embedded in batches by the embedder.
 pub fn featurize(embedder: &Embedder, set: FeatureSet, pairs: &[(&str, &str)]) -> Result<Vec<Vec<f32>>> {
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut uniq: Vec<&str> = Vec::new();
-    for (c, r) in pairs {
-        for t in [*c, *r] {
-            index.entry(t).or_insert_with(|| {
-                uniq.push(t);
-                uniq.len() - 1
-            });
-        }
-    }
-    let emb = embedder.embed(&uniq).context("embedding texts for the empathy scorer")?;
-    Ok(pairs.iter().map(|(c, r)| set.assemble(c, r, &emb[index[c]], &emb[index[r]])).collect())
+    let table = embedder
+        .embed_distinct(pairs.iter().flat_map(|(c, r)| [*c, *r]))
+        .context("embedding texts for the empathy scorer")?;
+    featurize_embedded(set, pairs, &table)
+}
+
+/// [`featurize`] with the texts' embeddings already computed (every context and response must be
+/// in `table`).
+pub fn featurize_embedded(set: FeatureSet, pairs: &[(&str, &str)], table: &EmbeddingTable) -> Result<Vec<Vec<f32>>> {
+    pairs
+        .iter()
+        .map(|(c, r)| match (table.get(c), table.get(r)) {
+            (Some(ec), Some(er)) => Ok(set.assemble(c, r, ec, er)),
+            _ => bail!("a context or response of the pairs to score was not embedded"),
+        })
+        .collect()
 }
 
 /// The shipped heads file: `$BEDSIDE_EMPATHY_HEADS`, else `data/empathy/heads-v1.safetensors`
@@ -155,6 +158,13 @@ impl EmpathyScorer {
     /// Score (context, response) pairs, in order.
     pub fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<EmpathyScores>> {
         let x = featurize(&self.embedder, self.heads.features, pairs)?;
+        Ok(x.iter().map(|r| EmpathyScores::from_probs(self.heads.predict(r))).collect())
+    }
+
+    /// [`EmpathyScorer::score`] with embeddings from this scorer's embedder already computed
+    /// (a caller embedding the same texts for other measures embeds them once).
+    pub fn score_embedded(&self, pairs: &[(&str, &str)], table: &EmbeddingTable) -> Result<Vec<EmpathyScores>> {
+        let x = featurize_embedded(self.heads.features, pairs, table)?;
         Ok(x.iter().map(|r| EmpathyScores::from_probs(self.heads.predict(r))).collect())
     }
 }

@@ -54,21 +54,27 @@ pub struct Answer<'a> {
 /// Scores every answer: empathy for all, knowledge measures where the item has a reference,
 /// the safety verdict on safety items.
 pub fn score_answers(scorers: &Scorers, answers: &[Answer]) -> Result<Vec<ScoreRecord>> {
-    let pairs: Vec<(&str, &str)> = answers.iter().map(|a| (a.item.prompt.as_str(), a.text)).collect();
-    let emp = scorers.empathy.score(&pairs).context("empathy scoring")?;
-    // Embed each reference once, every answer once.
-    let mut out = Vec::with_capacity(answers.len());
-    let with_ref: Vec<usize> = (0..answers.len()).filter(|&i| answers[i].item.reference.is_some()).collect();
-    let texts: Vec<&str> = with_ref
-        .iter()
-        .flat_map(|&i| [answers[i].text, answers[i].item.reference.as_deref().unwrap_or("")])
-        .collect();
-    let embs = if texts.is_empty() { Vec::new() } else { scorers.embedder().embed(&texts).context("embedding answers")? };
-    let mut sim: BTreeMap<usize, f64> = BTreeMap::new();
-    for (j, &i) in with_ref.iter().enumerate() {
-        sim.insert(i, bedside_embed::cosine(&embs[2 * j], &embs[2 * j + 1]) as f64);
+    // Every distinct text any measure embeds — prompts, answers, references, key facts and the
+    // answers' sentences — goes through the embedder once, in one batched pass: a prompt or a
+    // reference shared by several systems, or a key fact of every system's answer, is not
+    // embedded again for each.
+    let sentences: Vec<Vec<String>> = answers.iter().map(|a| bedside_metrics::split_sentences(a.text)).collect();
+    let mut texts: Vec<&str> = Vec::new();
+    for (a, sents) in answers.iter().zip(&sentences) {
+        texts.extend([a.item.prompt.as_str(), a.text]);
+        if let Some(r) = &a.item.reference {
+            texts.push(r);
+            texts.extend(a.item.key_facts.iter().map(String::as_str));
+            texts.extend(sents.iter().map(String::as_str));
+        }
     }
-    for (i, (a, e)) in answers.iter().zip(emp).enumerate() {
+    let table = scorers.embedder().embed_distinct(texts).context("embedding answers")?;
+    tracing::debug!(distinct_texts = table.len(), "embedded");
+    let pairs: Vec<(&str, &str)> = answers.iter().map(|a| (a.item.prompt.as_str(), a.text)).collect();
+    let emp = scorers.empathy.score_embedded(&pairs, &table).context("empathy scoring")?;
+    let emb = |t: &str| table.get(t).context("a text to score was not embedded");
+    let mut out = Vec::with_capacity(answers.len());
+    for ((a, e), sents) in answers.iter().zip(emp).zip(&sentences) {
         let levels = e.levels();
         let mut values = BTreeMap::new();
         values.insert("er".into(), levels[0] as f64);
@@ -82,9 +88,13 @@ pub fn score_answers(scorers: &Scorers, answers: &[Answer]) -> Result<Vec<ScoreR
         values.insert("grade".into(), measures_grade(a.text));
         if let Some(r) = &a.item.reference {
             values.insert("rouge_l".into(), crate::measures::rouge_l(a.text, r));
-            values.insert("similarity".into(), sim[&i]);
+            values.insert("similarity".into(), bedside_embed::cosine(emb(a.text)?, emb(r)?) as f64);
             if !a.item.key_facts.is_empty() {
-                values.insert("key_fact_recall".into(), scorers.key_fact_recall(a.text, &a.item.key_facts)?);
+                let facts: Vec<&str> = a.item.key_facts.iter().map(String::as_str).collect();
+                let fact_embs = facts.iter().map(|f| emb(f).map(<[f32]>::to_vec)).collect::<Result<Vec<_>>>()?;
+                let sent_embs = sents.iter().map(|s| emb(s).map(<[f32]>::to_vec)).collect::<Result<Vec<_>>>()?;
+                let r = bedside_metrics::key_fact_recall_embedded(&facts, &fact_embs, a.text, &sent_embs, scorers.key_fact_threshold);
+                values.insert("key_fact_recall".into(), r.recall.unwrap_or(f64::NAN));
             }
         }
         let safety = a.item.safety.as_ref().map(|rules| safety::check(a.text, rules));

@@ -65,8 +65,10 @@ impl Engine {
         let mut loaded = bedside_model::load(&location, &opts.load)?;
         for (dir, weight) in &opts.adapters {
             let adapter = bedside_lora::load_peft(dir, loaded.model.device())?;
-            bedside_lora::attach(&mut loaded.model, &adapter, *weight)?;
-            tracing::info!(adapter = %dir.display(), weight, modules = adapter.pairs().len(), "attached LoRA adapter");
+            // Merged into a dense f32 base (the replaced weights are dropped at once: nothing
+            // detaches an engine's adapters), attached as branches otherwise.
+            let how = bedside_lora::apply(&mut loaded.model, &adapter, *weight, &mut bedside_lora::Unmerge::default())?;
+            tracing::info!(adapter = %dir.display(), weight, modules = adapter.pairs().len(), ?how, "applied LoRA adapter");
         }
         let (tokenizer, template_src) = match (&location, &loaded.gguf) {
             (ModelLocation::Gguf(p), Some(content)) => {

@@ -16,6 +16,6 @@ pub mod peft;
 pub use config::LoraConfig;
 pub use error::{LoraError, Result};
 pub use peft::{
-    atomic_write, attach, attach_trainable, detach_all, load_peft, parse_key, peft_key, save_peft, save_peft_tensors, Adapter,
-    Factor, LoraPair, CONFIG_FILE, WEIGHTS_FILE,
+    apply, atomic_write, attach, attach_trainable, detach_all, load_peft, merge_into, parse_key, peft_key, save_peft, save_peft_tensors,
+    unmerge, Adapter, Applied, Factor, LoraPair, Unmerge, CONFIG_FILE, WEIGHTS_FILE,
 };

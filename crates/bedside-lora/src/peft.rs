@@ -269,6 +269,78 @@ pub fn attach(model: &mut Model, adapter: &Adapter, weight: f64) -> Result<()> {
     Ok(())
 }
 
+/// Base weights that [`merge_into`] replaced, to put back with [`unmerge`].
+#[derive(Debug, Default)]
+pub struct Unmerge(Vec<(String, bedside_model::linear::BaseWeight)>);
+
+/// Fold an adapter, its PEFT scaling multiplied by `weight`, into the model's dense f32 base
+/// weights (`W + weight·scale·B·A`) for inference: the function [`attach`] computes, up to float
+/// rounding, without the two extra small matmuls per projection per call (about a quarter of CPU
+/// prompt-processing time at r = 8). Only when every targeted projection has a dense f32 base and
+/// no attached branch; otherwise returns `Ok(None)` and changes nothing (use [`attach`]). Adapters
+/// merged one after another add up; `saved` collects the original weights across calls.
+pub fn merge_into(model: &mut Model, adapter: &Adapter, weight: f64, saved: &mut Unmerge) -> Result<Option<()>> {
+    if !weight.is_finite() {
+        return Err(LoraError::Mismatch(format!("adapter weight must be a finite number, found {weight}")));
+    }
+    let plan = plan(model, adapter)?;
+    let mut deltas: HashMap<String, (Tensor, Tensor, f64)> = plan.into_iter().map(|(m, a, b, s)| (m, (a, b, s * weight))).collect();
+    let mergeable = model.linears_mut().into_iter().filter(|(n, _)| deltas.contains_key(n)).all(|(_, l)| {
+        l.lora.is_empty() && matches!(&l.base, bedside_model::linear::BaseWeight::Dense(w) if w.dtype() == DType::F32)
+    });
+    if !mergeable {
+        return Ok(None);
+    }
+    let mut merged = Vec::new();
+    for (name, lin) in model.linears_mut() {
+        let Some((a, b, scale)) = deltas.remove(&name) else { continue };
+        let bedside_model::linear::BaseWeight::Dense(w) = &lin.base else { unreachable!("checked above") };
+        let device = w.device().clone();
+        let delta = (b.to_device(&device)?.to_dtype(DType::F32)?.matmul(&a.to_device(&device)?.to_dtype(DType::F32)?)? * scale)?;
+        merged.push((name, (w + delta)?));
+    }
+    for (name, lin) in model.linears_mut() {
+        if let Some(i) = merged.iter().position(|(n, _)| *n == name) {
+            let (_, w) = merged.swap_remove(i);
+            let old = std::mem::replace(&mut lin.base, bedside_model::linear::BaseWeight::Dense(w));
+            if !saved.0.iter().any(|(n, _)| *n == name) {
+                saved.0.push((name, old));
+            }
+        }
+    }
+    Ok(Some(()))
+}
+
+/// How [`apply`] added an adapter to a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Folded into the dense base weights ([`merge_into`]).
+    Merged,
+    /// Attached as LoRA branches ([`attach`]).
+    Attached,
+}
+
+/// Add an adapter for inference the fastest exact-enough way: merged into dense f32 base weights
+/// when every target has one ([`merge_into`]; originals collected in `saved`), attached as
+/// branches otherwise (quantized, f16 or bf16 bases, where a merge would round).
+pub fn apply(model: &mut Model, adapter: &Adapter, weight: f64, saved: &mut Unmerge) -> Result<Applied> {
+    if merge_into(model, adapter, weight, saved)?.is_some() {
+        return Ok(Applied::Merged);
+    }
+    attach(model, adapter, weight)?;
+    Ok(Applied::Attached)
+}
+
+/// Put back the base weights [`merge_into`] replaced.
+pub fn unmerge(model: &mut Model, saved: Unmerge) {
+    let mut saved: HashMap<String, bedside_model::linear::BaseWeight> = saved.0.into_iter().collect();
+    for (name, lin) in model.linears_mut() {
+        if let Some(w) = saved.remove(&name) {
+            lin.base = w;
+        }
+    }
+}
+
 /// Remove every LoRA branch from the model (back to the base).
 pub fn detach_all(model: &mut Model) {
     for (_, lin) in model.linears_mut() {

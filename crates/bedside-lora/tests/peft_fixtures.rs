@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bedside_lora::{attach, attach_trainable, load_peft, save_peft, save_peft_tensors, LoraConfig};
+use bedside_lora::{attach, attach_trainable, load_peft, merge_into, save_peft, save_peft_tensors, unmerge, LoraConfig, Unmerge};
 use bedside_model::{LoadOptions, Logits, Model};
 use candle_core::{DType, Device, Tensor};
 
@@ -60,6 +60,42 @@ fn fixture_adapters_reproduce_peft_logits_on_hf_and_gguf_bases() {
             }
         }
     }
+}
+
+/// An adapter merged into dense f32 base weights gives PEFT's logits, as attaching it does; unmerge
+/// restores the base bit for bit; a base that cannot be merged (bf16 here) is left untouched.
+#[test]
+fn merged_adapters_reproduce_peft_logits_and_unmerge_restores_the_base() {
+    for m in MODELS {
+        let Some(dir) = fixture(m) else { return };
+        for kind in KINDS {
+            let ad_dir = dir.join(kind);
+            let adapter = load_peft(&ad_dir, &Device::Cpu).unwrap();
+            let reference = load_ref(&ad_dir.join("reference.safetensors"));
+            let x = ids(&reference);
+            for (base, mut model) in [("hf", hf(&dir)), ("gguf", gguf(&dir))] {
+                let before = model.forward(&x, None, Logits::All).unwrap();
+                let mut saved = Unmerge::default();
+                // Two halves merged one after the other add up to the whole adapter.
+                assert!(merge_into(&mut model, &adapter, 0.5, &mut saved).unwrap().is_some());
+                assert!(merge_into(&mut model, &adapter, 0.5, &mut saved).unwrap().is_some());
+                let got = model.forward(&x, None, Logits::All).unwrap();
+                let d = max_abs(&got, &reference["logits"]);
+                assert!(d < 1e-4, "{m}/{kind} merged on {base}: max abs diff {d}");
+                assert!(max_abs(&before, &reference["logits"]) > 1e-2);
+                unmerge(&mut model, saved);
+                let after = model.forward(&x, None, Logits::All).unwrap();
+                assert_eq!(max_abs(&after, &before), 0.0, "{m}/{kind} on {base}: unmerge did not restore the base");
+            }
+        }
+    }
+    let Some(dir) = fixture("tiny-llama") else { return };
+    let adapter = load_peft(&dir.join("lora"), &Device::Cpu).unwrap();
+    let opts = LoadOptions { dtype: Some(DType::BF16), ..Default::default() };
+    let mut model = bedside_model::load_hf_dir(&dir, &opts).unwrap();
+    let mut saved = Unmerge::default();
+    assert!(merge_into(&mut model, &adapter, 1.0, &mut saved).unwrap().is_none());
+    assert!(model.linears_mut().iter().all(|(_, l)| l.lora.is_empty()));
 }
 
 #[test]
