@@ -49,7 +49,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
     /// A PEFT LoRA adapter directory to apply, optionally with a weight (DIR:0.5; default 1.0).
-    /// Repeatable: several adapters add up.
+    /// Repeatable: several adapters add up. On a dense f32 base (f32 safetensors, or a GGUF with
+    /// --dequantize) it is merged into the weights; otherwise attached as LoRA branches.
     #[arg(long = "adapter", value_name = "DIR[:WEIGHT]", value_parser = parse_adapter)]
     pub adapters: Vec<(PathBuf, f64)>,
 }
