@@ -26,14 +26,6 @@ impl Scorers {
         self.empathy.embedder()
     }
 
-    /// Share of `facts` the answer conveys (MiniLM similarity above the calibrated threshold, or
-    /// every content word present).
-    pub fn key_fact_recall(&self, answer: &str, facts: &[String]) -> Result<f64> {
-        let facts: Vec<&str> = facts.iter().map(String::as_str).collect();
-        let r = bedside_metrics::key_fact_recall(self.embedder(), &facts, answer, self.key_fact_threshold)?;
-        Ok(r.recall.unwrap_or(f64::NAN))
-    }
-
     pub fn provenance(&self) -> Value {
         json!({
             "empathy_heads": self.heads_path,

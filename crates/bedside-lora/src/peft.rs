@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use bedside_model::{LoraBranch, Model};
+use bedside_model::{BaseWeight, LoraBranch, Model};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
@@ -271,44 +271,34 @@ pub fn attach(model: &mut Model, adapter: &Adapter, weight: f64) -> Result<()> {
 
 /// Base weights that [`merge_into`] replaced, to put back with [`unmerge`].
 #[derive(Debug, Default)]
-pub struct Unmerge(Vec<(String, bedside_model::linear::BaseWeight)>);
+pub struct Unmerge(Vec<(String, BaseWeight)>);
 
 /// Fold an adapter, its PEFT scaling multiplied by `weight`, into the model's dense f32 base
-/// weights (`W + weight·scale·B·A`) for inference: the function [`attach`] computes, up to float
-/// rounding, without the two extra small matmuls per projection per call (about a quarter of CPU
-/// prompt-processing time at r = 8). Only when every targeted projection has a dense f32 base and
-/// no attached branch; otherwise returns `Ok(None)` and changes nothing (use [`attach`]). Adapters
-/// merged one after another add up; `saved` collects the original weights across calls.
-pub fn merge_into(model: &mut Model, adapter: &Adapter, weight: f64, saved: &mut Unmerge) -> Result<Option<()>> {
+/// weights (`W + weight·scale·B·A`, [`Adapter::delta`]) for inference: the function [`attach`]
+/// computes, up to float rounding, without the two extra small matmuls per projection per call
+/// (about a quarter of CPU prompt-processing time at r = 8). Only when every targeted projection
+/// has a dense f32 base and no attached branch; otherwise returns `Ok(false)` and changes nothing
+/// (use [`attach`]). Adapters merged one after another add up; `saved` keeps each replaced
+/// weight's original across calls.
+pub fn merge_into(model: &mut Model, adapter: &Adapter, weight: f64, saved: &mut Unmerge) -> Result<bool> {
     if !weight.is_finite() {
         return Err(LoraError::Mismatch(format!("adapter weight must be a finite number, found {weight}")));
     }
-    let plan = plan(model, adapter)?;
-    let mut deltas: HashMap<String, (Tensor, Tensor, f64)> = plan.into_iter().map(|(m, a, b, s)| (m, (a, b, s * weight))).collect();
-    let mergeable = model.linears_mut().into_iter().filter(|(n, _)| deltas.contains_key(n)).all(|(_, l)| {
-        l.lora.is_empty() && matches!(&l.base, bedside_model::linear::BaseWeight::Dense(w) if w.dtype() == DType::F32)
-    });
-    if !mergeable {
-        return Ok(None);
-    }
-    let mut merged = Vec::new();
-    for (name, lin) in model.linears_mut() {
-        let Some((a, b, scale)) = deltas.remove(&name) else { continue };
-        let bedside_model::linear::BaseWeight::Dense(w) = &lin.base else { unreachable!("checked above") };
-        let device = w.device().clone();
-        let delta = (b.to_device(&device)?.to_dtype(DType::F32)?.matmul(&a.to_device(&device)?.to_dtype(DType::F32)?)? * scale)?;
-        merged.push((name, (w + delta)?));
+    let targets: std::collections::HashSet<String> = plan(model, adapter)?.into_iter().map(|(m, ..)| m).collect();
+    let dense_f32 = |l: &bedside_model::Linear| matches!(&l.base, BaseWeight::Dense(w) if w.dtype() == DType::F32);
+    if !model.linears_mut().into_iter().filter(|(n, _)| targets.contains(n)).all(|(_, l)| l.lora.is_empty() && dense_f32(l)) {
+        return Ok(false);
     }
     for (name, lin) in model.linears_mut() {
-        if let Some(i) = merged.iter().position(|(n, _)| *n == name) {
-            let (_, w) = merged.swap_remove(i);
-            let old = std::mem::replace(&mut lin.base, bedside_model::linear::BaseWeight::Dense(w));
-            if !saved.0.iter().any(|(n, _)| *n == name) {
-                saved.0.push((name, old));
-            }
+        let (true, BaseWeight::Dense(w)) = (targets.contains(&name), &lin.base) else { continue };
+        let Some(delta) = adapter.delta(&name)? else { continue };
+        let merged = (w + (delta.to_device(w.device())? * weight)?)?;
+        let old = std::mem::replace(&mut lin.base, BaseWeight::Dense(merged));
+        if !saved.0.iter().any(|(n, _)| *n == name) {
+            saved.0.push((name, old));
         }
     }
-    Ok(Some(()))
+    Ok(true)
 }
 
 /// How [`apply`] added an adapter to a model.
@@ -324,7 +314,7 @@ pub enum Applied {
 /// when every target has one ([`merge_into`]; originals collected in `saved`), attached as
 /// branches otherwise (quantized, f16 or bf16 bases, where a merge would round).
 pub fn apply(model: &mut Model, adapter: &Adapter, weight: f64, saved: &mut Unmerge) -> Result<Applied> {
-    if merge_into(model, adapter, weight, saved)?.is_some() {
+    if merge_into(model, adapter, weight, saved)? {
         return Ok(Applied::Merged);
     }
     attach(model, adapter, weight)?;
@@ -333,7 +323,7 @@ pub fn apply(model: &mut Model, adapter: &Adapter, weight: f64, saved: &mut Unme
 
 /// Put back the base weights [`merge_into`] replaced.
 pub fn unmerge(model: &mut Model, saved: Unmerge) {
-    let mut saved: HashMap<String, bedside_model::linear::BaseWeight> = saved.0.into_iter().collect();
+    let mut saved: HashMap<String, BaseWeight> = saved.0.into_iter().collect();
     for (name, lin) in model.linears_mut() {
         if let Some(w) = saved.remove(&name) {
             lin.base = w;
