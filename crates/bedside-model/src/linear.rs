@@ -212,7 +212,7 @@ impl CustomOp1 for QMatMulTrain {
                 None => p,
             });
         }
-        let g = acc.expect("a weight has at least one row");
+        let g = acc.ok_or_else(|| candle_core::Error::Msg("a quantized weight with no rows".into()))?;
         Ok(Some(g.reshape(arg.dims())?.to_dtype(arg.dtype())?))
     }
 }
