@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use bedside_generate::{Engine, EngineOptions, SamplingParams};
 use bedside_model::{Cache, LoadOptions, Logits};
 use bedside_tokenizer::ChatMessage;
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -345,13 +345,18 @@ pub fn answers_nll(engine: &Engine, messages: &[ChatMessage], answers: &[&str]) 
             let rest = engine.model.forward(&x, Some(&mut cache), Logits::All)?.squeeze(0)?.to_dtype(DType::F32)?;
             pred = Tensor::cat(&[&pred, &rest], 0)?;
         }
-        let max = pred.max_keepdim(D::Minus1)?;
-        let lse = pred.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&max)?;
-        let t = Tensor::new(targets, &device)?.unsqueeze(1)?;
-        let picked = pred.gather(&t, 1)?;
-        let nll: Vec<f32> = (lse - picked)?.squeeze(1)?.to_vec1()?;
-        let n = nll.len();
-        out.push((n, nll.iter().map(|&x| x as f64).sum::<f64>() / n as f64));
+        // Log-sum-exp minus the target's logit, one pass per row (sums in f64): a chain of tensor
+        // ops over (answer tokens × vocabulary) allocated five buffers of that size per answer.
+        let rows = pred.to_vec2::<f32>()?;
+        let mut total = 0f64;
+        for (row, &target) in rows.iter().zip(targets) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
+            let picked = *row.get(target as usize).ok_or_else(|| anyhow::anyhow!("token id {target} is outside the vocabulary"))?;
+            total += max as f64 + sum.ln() - picked as f64;
+        }
+        let n = rows.len();
+        out.push((n, total / n as f64));
     }
     Ok(out)
 }

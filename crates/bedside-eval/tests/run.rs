@@ -234,4 +234,14 @@ fn answer_nll_matches_transformers() {
     assert_eq!(n as u64, v["answer_tokens"].as_u64().unwrap());
     let want = v["mean_answer_nll"].as_f64().unwrap();
     assert!((mean - want).abs() < 2e-3, "mean NLL {mean} vs transformers {want}");
+    // Several answers continue one prompt's key/value cache, each from its own copy: scoring
+    // them together gives what scoring each alone gives (another answer's positions written
+    // into a shared cache would change the later ones).
+    let other = "Please rest, drink plenty of fluids and see a doctor if the fever lasts more than three days.";
+    let together = bedside_eval::generate::answers_nll(&engine, &msgs[..2], &[&msgs[2].content, other, &msgs[2].content]).unwrap();
+    let alone = answer_nll(&engine, &msgs[..2], other).unwrap();
+    assert_eq!(together[0], (n, mean));
+    assert_eq!(together[2], (n, mean));
+    assert_eq!(together[1], alone);
+    assert_ne!(together[1], together[0]);
 }
