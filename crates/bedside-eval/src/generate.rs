@@ -322,7 +322,7 @@ pub fn answers_nll(engine: &Engine, messages: &[ChatMessage], answers: &[&str]) 
     let mut prompt_cache = Cache::new(&engine.model);
     let input = Tensor::new(prompt_ids.as_slice(), &device)?.unsqueeze(0)?;
     // The last prompt position predicts the answer's first token.
-    let first = engine.model.forward(&input, Some(&mut prompt_cache), Logits::Last)?.to_dtype(DType::F32)?;
+    let first = engine.model.forward(&input, Some(&mut prompt_cache), Logits::Last)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let mut out = Vec::with_capacity(answers.len());
     for answer in answers {
         let mut full = messages.to_vec();
@@ -338,16 +338,15 @@ pub fn answers_nll(engine: &Engine, messages: &[ChatMessage], answers: &[&str]) 
         let targets = &ids[prompt_ids.len()..];
         anyhow::ensure!(!targets.is_empty(), "the answer has no tokens to score");
         // Rows: the prompt's last position, then every answer position but the last.
-        let mut pred = first.clone();
+        let mut rest = Vec::new();
         if targets.len() > 1 {
             let mut cache = prompt_cache.clone();
             let x = Tensor::new(&targets[..targets.len() - 1], &device)?.unsqueeze(0)?;
-            let rest = engine.model.forward(&x, Some(&mut cache), Logits::All)?.squeeze(0)?.to_dtype(DType::F32)?;
-            pred = Tensor::cat(&[&pred, &rest], 0)?;
+            rest = engine.model.forward(&x, Some(&mut cache), Logits::All)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         }
         // Log-sum-exp minus the target's logit, one pass per row (sums in f64): a chain of tensor
         // ops over (answer tokens × vocabulary) allocated five buffers of that size per answer.
-        let rows = pred.to_vec2::<f32>()?;
+        let rows: Vec<&Vec<f32>> = first.iter().chain(&rest).collect();
         let mut total = 0f64;
         for (row, &target) in rows.iter().zip(targets) {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
