@@ -6,8 +6,8 @@
 #   3. evaluate base vs tuned on the held-out test split, the safety set and the equity probes
 #      (configs/eval-smollm2-demo.toml): empathy, knowledge, safety, equity, statistics;
 #   4. print the summary table and where the report is.
-# Measured on 2 cores after the build: ~5.3 minutes training, ~14 evaluating (about 20 in all,
-# over the issue's 15-minute goal). Rerunning reuses the adapter and cached answers; delete runs/demo to start over. Extra arguments go to `bedside eval run` (e.g. --limit 5).
+# Measured on 2 cores after the build: ~3.2 minutes training, ~8 evaluating (about 11 in all).
+# Rerunning reuses the adapter and cached answers; delete runs/demo to start over. Extra arguments go to `bedside eval run` (e.g. --limit 5).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

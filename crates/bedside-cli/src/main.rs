@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
     name = "bedside",
     version,
     about = "Run, fine-tune and evaluate open LLMs for empathetic, accurate answers to patients",
-    after_help = "Examples:\n  bedside info models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n  bedside generate --user \"I'm scared about my chest pain. What should I do?\"\n  bedside chat --system \"You are a caring clinician.\"\n  bedside bench --prompt-tokens 512 --gen-tokens 128\n\nLogs go to stderr (RUST_LOG or -v to raise the level); answers go to stdout."
+    after_help = "Examples:\n  bedside info models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n  bedside generate --user \"I'm scared about my chest pain. What should I do?\"\n  bedside chat --system \"You are a caring clinician.\"\n  bedside bench --prompt-tokens 512 --gen-tokens 128\n\nLogs go to stderr (RUST_LOG or -v to raise the level); answers go to stdout.\nCPU work runs on one thread per physical core; RAYON_NUM_THREADS=N sets another count."
 )]
 struct Cli {
     /// More log output on stderr (-v info, -vv debug). Logs never contain prompt or answer text.
