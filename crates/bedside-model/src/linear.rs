@@ -320,13 +320,13 @@ pub fn matmul_wt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 fn few_rows_on_wide_kernels(x: &Tensor, w: &Tensor, rows: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        // std caches the feature detection: this is one atomic load.
         rows < 64
             && x.device().is_cpu()
             && x.dtype() == DType::F32
             && w.dtype() == DType::F32
             && w.dim(0).is_ok_and(|n| n >= 256)
-            && *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+            && std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
