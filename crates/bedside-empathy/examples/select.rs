@@ -4,7 +4,12 @@
 //! Nothing is fitted on EPITOME; looking at its aggregates to pick a feature set is model
 //! selection on the validation data, and data/empathy/README.md says so.
 //!
-//! cargo run -p bedside-empathy --example select -- [EPITOME_DIR]
+//! EPITOME's agreement is also reported on two halves split by a hash of the seeker post id:
+//! the "dev" half is the one that was looked at while choosing what to change; the "test" half
+//! is the fairer estimate. `SELECT_PARTS=ab` restricts training to `labelled-part-a/b.jsonl`
+//! (a learning curve over the labelled files); `SELECT_FEATURES=lex+cos+resp` to one feature set.
+//!
+//! cargo run --release -p bedside-empathy --example select -- [EPITOME_DIR]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,10 +44,25 @@ fn embed_all(e: &Embedder, texts: &[&str], cache: &Path) -> Result<HashMap<Strin
     Ok(map)
 }
 
+/// The EPITOME half a seeker post belongs to: "dev" when SHA-256(sp_id), read as a big-endian
+/// integer, is even.
+fn is_dev(sp_id: &str) -> bool {
+    use sha2::Digest;
+    sha2::Sha256::digest(sp_id.as_bytes())[31] % 2 == 0
+}
+
 fn main() -> Result<()> {
     let epi_dir = std::env::args().nth(1);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let (pairs, _) = read_labelled(&labelled_parts(&root)?)?;
+    let mut parts = labelled_parts(&root)?;
+    if let Ok(keep) = std::env::var("SELECT_PARTS") {
+        parts.retain(|p| {
+            let n = p.file_name().and_then(|s| s.to_str()).unwrap_or("");
+            n.strip_prefix("labelled-part-").and_then(|s| s.strip_suffix(".jsonl")).is_some_and(|l| keep.contains(l))
+        });
+    }
+    eprintln!("training files: {:?}", parts.iter().map(|p| p.file_name().unwrap_or_default()).collect::<Vec<_>>());
+    let (pairs, _) = read_labelled(&parts)?;
     let e = Embedder::load(&Embedder::default_dir(), &Device::Cpu)?;
     let cache_dir = std::env::temp_dir().join("bedside-empathy-select");
     std::fs::create_dir_all(&cache_dir)?;
@@ -93,6 +113,16 @@ fn main() -> Result<()> {
                 println!(
                     "   EPITOME {}: acc {:.3} macro-F1 {:.3} (F1 {:.2}/{:.2}/{:.2}) kappa {:.3} confusion {:?}",
                     bedside_empathy::heads::SHORT[m], a.accuracy, a.macro_f1, a.f1[0], a.f1[1], a.f1[2], a.quadratic_kappa, a.confusion
+                );
+                let half: Vec<bool> = rows.iter().map(|r| is_dev(&r.sp_id)).collect();
+                let pick = |dev: bool, v: &[u8]| -> Vec<u8> { v.iter().zip(&half).filter(|(_, &h)| h == dev).map(|(&x, _)| x).collect() };
+                println!(
+                    "   EPITOME {} halves: dev macro-F1 {:.3} (n {}), test macro-F1 {:.3} (n {})",
+                    bedside_empathy::heads::SHORT[m],
+                    agreement(&pick(true, &truth), &pick(true, &pred)).macro_f1,
+                    half.iter().filter(|&&h| h).count(),
+                    agreement(&pick(false, &truth), &pick(false, &pred)).macro_f1,
+                    half.iter().filter(|&&h| !h).count()
                 );
             }
         }
