@@ -137,6 +137,25 @@ fn scorer_validated_against_epitome_human_labels() {
 /// Macro-F1 floors for ER, IP, EX (measured minus 0.05).
 const FLOORS: [f64; 3] = [0.43, 0.46, 0.51];
 
+/// The shipped heads were trained on exactly the labelled files in the repository: editing or
+/// adding a labelled file without retraining (`bedside eval train-scorer`) fails here.
+#[test]
+fn shipped_heads_record_the_labelled_files_they_were_trained_on() {
+    let root = bedside_testutil::workspace_root();
+    let files = labelled_parts(&root).unwrap();
+    let (pairs, sha) = read_labelled(&files).unwrap();
+    let heads = Heads::load(&root.join(DEFAULT_HEADS)).unwrap();
+    let meta = |k: &str| heads.metadata.get(k).cloned().unwrap_or_else(|| panic!("heads metadata lacks {k}"));
+    assert_eq!(meta("training_set_sha256"), sha, "labelled files changed since the heads were trained");
+    let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(meta("training_files"), names.join(","));
+    assert_eq!(meta("n_train"), pairs.len().to_string());
+    for (m, key) in ["class_counts_er", "class_counts_ip", "class_counts_ex"].iter().enumerate() {
+        let c = [0u8, 1, 2].map(|l| pairs.iter().filter(|p| p.labels[m] == l).count().to_string());
+        assert_eq!(meta(key), c.join(","), "{key}");
+    }
+}
+
 #[test]
 fn scorer_rejects_mismatched_heads() {
     let Some(emb) = embedder() else { return };
