@@ -8,6 +8,7 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fused;
 pub mod hub;
 pub mod inspect;
 pub mod linear;

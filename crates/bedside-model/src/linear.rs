@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Module, Shape, Tensor};
 
 use crate::error::Result;
 
@@ -383,6 +383,81 @@ fn seeded_dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     Ok((x * mask)?)
 }
 
+/// `x·Wᵀ + s·(x·Aᵀ)·Bᵀ` for a frozen f32 `W` and one LoRA branch on the CPU, as one op whose
+/// backward gives `x`, `A` and `B` their gradients (never `W`'s). Composed, the branch is four
+/// nodes (two matmuls, the scaling, the sum) whose backward writes three output-sized buffers
+/// and zero-fills as many more for candle's gradient sums; here the forward adds the branch into
+/// the base product in place and the backward writes only `dx` at full size.
+fn dense_lora_train(x: &Tensor, w: &Tensor, l: &LoraBranch) -> Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let x2 = x.contiguous()?.reshape((rows, in_dim))?;
+    let op = DenseLora { w: w.clone(), scale: l.scale };
+    let y = x2.apply_op3(&l.a.contiguous()?, &l.b.contiguous()?, op)?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
+    Ok(y.reshape(out_dims)?)
+}
+
+struct DenseLora {
+    /// The frozen base weight `[out, in]`.
+    w: Tensor,
+    scale: f64,
+}
+
+impl CustomOp3 for DenseLora {
+    fn name(&self) -> &'static str {
+        "dense-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (rows, k) = xl.shape().dims2()?;
+        let (n, wk) = self.w.dims2()?;
+        let (r, ak) = al.shape().dims2()?;
+        let (bn, br) = bl.shape().dims2()?;
+        if wk != k || ak != k || bn != n || br != r {
+            candle_core::bail!("dense-lora: x {:?}, W {:?}, A {:?}, B {:?} do not chain", xl.dims(), self.w.dims(), al.dims(), bl.dims());
+        }
+        let (ws, wl) = self.w.storage_and_layout();
+        let candle_core::Storage::Cpu(w) = &*ws else { candle_core::bail!("dense-lora: the base weight is not on the CPU") };
+        let y = x.matmul(w, (1, rows, n, k), xl, &wl.transpose(0, 1)?)?;
+        let h = x.matmul(a, (1, rows, r, k), xl, &al.transpose(0, 1)?)?;
+        let hb = h.matmul(b, (1, rows, n, r), &Layout::contiguous((rows, r)), &bl.transpose(0, 1)?)?;
+        let (CpuStorage::F32(mut y), CpuStorage::F32(hb)) = (y, hb) else { candle_core::bail!("dense-lora: expected f32") };
+        let s = self.scale as f32;
+        y.iter_mut().zip(&hb).for_each(|(y, d)| *y += s * d);
+        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Detached: the backward builds no graph of its own.
+        let (x, a, b, dy) = (x.detach(), a.detach(), b.detach(), dy.detach().contiguous()?);
+        let dyb = (dy.matmul(&b)? * self.scale)?; // (rows, r), tiny
+        let h = x.matmul(&a.t()?)?; // (rows, r), tiny
+        let dx = (dy.matmul(&self.w)? + dyb.matmul(&a)?)?;
+        let da = dyb.t()?.matmul(&x)?;
+        let db = (dy.t()?.matmul(&h)? * self.scale)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
 /// One low-rank update `scale · B(A(x))`, with `a: [r, in]` and `b: [out, r]` as PEFT stores them.
 #[derive(Debug, Clone)]
 pub struct LoraBranch {
@@ -400,8 +475,10 @@ impl LoraBranch {
     fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
         let x = if training && self.dropout > 0.0 { seeded_dropout(x, self.dropout)? } else { x.clone() };
         let x = x.to_dtype(self.a.dtype())?;
-        let h = matmul_wt(&matmul_wt(&x, &self.a)?, &self.b)?;
-        Ok((h * self.scale)?)
+        // Scaling B (`out × r`) rather than the output (`rows × out`) saves a pass over the
+        // output and, in training, another in the backward.
+        let b = if self.scale == 1.0 { self.b.clone() } else { (&self.b * self.scale)? };
+        Ok(matmul_wt(&matmul_wt(&x, &self.a)?, &b)?)
     }
 }
 
@@ -425,6 +502,13 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        if training {
+            if let (BaseWeight::Dense(w), [l]) = (&self.base, self.lora.as_slice()) {
+                if l.dropout == 0.0 && [x, w, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)) {
+                    return dense_lora_train(x, w, l);
+                }
+            }
+        }
         let mut y = if training { self.base.forward_train(x)? } else { self.base.forward(x)? };
         for l in &self.lora {
             let d = l.forward(x, training)?.to_dtype(y.dtype())?;

@@ -19,7 +19,9 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        if training {
+        if training && crate::fused::applies(x) && self.weight.dtype() == DType::F32 {
+            crate::fused::rms_norm(x, &self.weight, self.eps)
+        } else if training {
             // Composed ops: differentiable.
             let dtype = x.dtype();
             let x32 = x.to_dtype(DType::F32)?;
@@ -304,22 +306,6 @@ fn rope_tables(cfg: &ModelConfig, freqs: Option<&[f32]>, max_pos: usize, device:
     ))
 }
 
-/// Differentiable rotate-half rope; `cos`/`sin` are `(t, d/2)` or `(b, t, d/2)`.
-fn rope_diff(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
-    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
-    let (cos, sin) = if cos.rank() == 2 {
-        (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
-    } else {
-        (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
-    };
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
-}
-
 /// One decoded position's attention on the CPU, `q` `(b, heads, 1, d)` over cached `k`/`v`
 /// `(b, kv_heads, len, d)` (strided views are fine), skipping each row's left padding; returns
 /// `(b, 1, heads, d)`. candle-nn's fused CPU kernel (online softmax, grouped-query heads) runs
@@ -338,6 +324,15 @@ fn decode_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, pads: &[usize]) -> R
         rows.push(candle_nn::attention::flash_attn::<f32>(&qr, &kr, &vr, scale, candle_nn::attention::AttnMask::None, None, None)?);
     }
     Ok(Tensor::cat(&rows, 0)?.transpose(1, 2)?)
+}
+
+/// `silu(gate) · up`; in training on the CPU in f32 one fused op with its own backward.
+fn gated(gate: &Tensor, up: &Tensor, training: bool) -> Result<Tensor> {
+    if training {
+        crate::fused::swiglu(gate, up)
+    } else {
+        Ok((candle_nn::ops::silu(gate)? * up)?)
+    }
 }
 
 fn softmax(x: &Tensor, training: bool) -> Result<Tensor> {
@@ -607,7 +602,7 @@ impl Model {
         let k = a.k_proj.forward(x, tr)?.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
         let v = a.v_proj.forward(x, tr)?.reshape((b, t, nkv, d))?.transpose(1, 2)?;
         let (q, k) = if tr {
-            (rope_diff(&q, cos, sin)?, rope_diff(&k, cos, sin)?)
+            (crate::fused::rope(&q, cos, sin)?, crate::fused::rope(&k, cos, sin)?)
         } else {
             let (c, s) = (cos.to_dtype(q.dtype())?, sin.to_dtype(q.dtype())?);
             (candle_nn::rotary_emb::rope(&q, &c, &s)?, candle_nn::rotary_emb::rope(&k, &c, &s)?)
@@ -628,13 +623,18 @@ impl Model {
         // key/value head into the row dimension.
         let rep = nh / nkv;
         let qg = q.reshape((b, nkv, rep * t, d))?;
-        let scores = (qg.matmul(&k.t()?)? / (d as f64).sqrt())?;
-        let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv_len))?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+        let scores = qg.matmul(&k.t()?)?;
+        let p = if tr && crate::fused::applies(&scores) {
+            crate::fused::softmax_scaled_masked(&scores.reshape((b, nkv, rep, t, kv_len))?, 1.0 / (d as f64).sqrt(), mask)?
+        } else {
+            let scores = (scores / (d as f64).sqrt())?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv_len))?;
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            softmax(&scores, tr)?
         };
-        let p = softmax(&scores, tr)?.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv_len))?;
+        let p = p.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv_len))?;
         let y = p.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
         a.o_proj.forward(&y, tr)
     }
@@ -643,8 +643,7 @@ impl Model {
         let tr = self.training;
         match f {
             FeedForward::Dense { gate_proj, up_proj, down_proj } => {
-                let g = candle_nn::ops::silu(&gate_proj.forward(x, tr)?)?;
-                down_proj.forward(&(g * up_proj.forward(x, tr)?)?, tr)
+                down_proj.forward(&gated(&gate_proj.forward(x, tr)?, &up_proj.forward(x, tr)?, tr)?, tr)
             }
             FeedForward::Moe { gate, experts, top_k } => self.moe(gate, experts, *top_k, x),
         }
@@ -686,8 +685,7 @@ impl Model {
             let slots_t = Tensor::from_vec(slots_e, m, &self.device)?;
             let xe = xs.index_select(&rows_t, 0)?;
             let ex = &experts[e];
-            let g = candle_nn::ops::silu(&ex.w1.forward(&xe, tr)?)?;
-            let ye = ex.w2.forward(&(g * ex.w3.forward(&xe, tr)?)?, tr)?;
+            let ye = ex.w2.forward(&gated(&ex.w1.forward(&xe, tr)?, &ex.w3.forward(&xe, tr)?, tr)?, tr)?;
             let we = w.index_select(&slots_t, 0)?.to_dtype(ye.dtype())?.unsqueeze(1)?;
             out = out.index_add(&rows_t, &ye.broadcast_mul(&we)?, 0)?;
         }
