@@ -172,12 +172,15 @@ impl CustomOp2 for SoftmaxBwd {
 // RMS norm with a frozen weight
 
 /// `x / sqrt(mean(x²) + eps) · weight` over the last dimension, differentiable with respect to
-/// `x` (the norm's weight is frozen in LoRA training and gets no gradient).
+/// `x` (the norm's weight is frozen in LoRA training and gets no gradient). Other dtypes and
+/// devices compose it from candle's ops, normalising in f32.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if !applies(x) || weight.dtype() != DType::F32 {
-        let norm = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = x.broadcast_div(&(norm + eps)?.sqrt()?)?;
-        return Ok(y.broadcast_mul(weight)?);
+        let dtype = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?;
+        let norm = x32.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = x32.broadcast_div(&(norm + eps)?.sqrt()?)?;
+        return Ok(y.to_dtype(dtype)?.broadcast_mul(&weight.to_dtype(dtype)?)?);
     }
     let op = RmsNorm { weight: held_f32(weight, "rms-norm")?, eps: eps as f32 };
     Ok(x.contiguous()?.apply_op1(op)?)

@@ -19,15 +19,8 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        if training && crate::fused::applies(x) && self.weight.dtype() == DType::F32 {
+        if training {
             crate::fused::rms_norm(x, &self.weight, self.eps)
-        } else if training {
-            // Composed ops: differentiable.
-            let dtype = x.dtype();
-            let x32 = x.to_dtype(DType::F32)?;
-            let norm = x32.sqr()?.mean_keepdim(D::Minus1)?;
-            let y = x32.broadcast_div(&(norm + self.eps)?.sqrt()?)?;
-            Ok(y.to_dtype(dtype)?.broadcast_mul(&self.weight.to_dtype(dtype)?)?)
         } else {
             Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
         }
