@@ -52,119 +52,261 @@ fn par_fill(n: usize, unit: usize, f: impl Fn(Range<usize>, &mut [f32]) + Sync) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// softmax(scale · x + mask) over the last dimension
+// Attention: softmax(scale · Q·Kᵀ + mask)·V, keeping only each row's log-sum-exp
 
-/// `softmax(scale · x + mask)` over the last dimension of `x` `(b, …, t, kv)`, with `mask` an
-/// additive `(b, 1, …, t, kv)` tensor (−∞ blocks a position) broadcast over the middle
-/// dimensions: attention probabilities from raw scores. Differentiable with respect to `x`.
-pub fn softmax_scaled_masked(x: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    if !applies(x) || dims.len() < 3 || mask.is_some_and(|m| !applies(m)) {
-        let z = (x * scale)?;
-        let z = match mask {
-            Some(m) => z.broadcast_add(m)?,
-            None => z,
-        };
-        return Ok(candle_nn::ops::softmax(&z, D::Minus1)?);
+/// `softmax(scale · Q·Kᵀ + mask) · V` for training, with `q` `(b, nh, t, d)`, `k` and `v`
+/// `(b, nkv, kv, d)` (grouped-query attention: query head `h` reads key/value head
+/// `h / (nh / nkv)`) and `mask` an additive `(b, 1, 1, t, kv)` tensor (−∞ blocks a position).
+/// Returns `(b, t, nh · d)`, the layout the output projection reads.
+///
+/// On the CPU in f32 this is one op that keeps only each query row's log-sum-exp from the
+/// forward; the backward recomputes a head's probabilities from it (as FlashAttention does), so
+/// no `(t × kv)` score or probability tensor lives from the forward to the backward: composed,
+/// each layer kept two of them (SmolLM2 at 256 tokens: 2.4 MB each per layer, 140 MB in all).
+/// Elsewhere it composes candle's differentiable ops.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, nh, t, d) = q.dims4()?;
+    let (kb, nkv, kv, kd) = k.dims4()?;
+    if kb != b || kd != d || v.dims() != k.dims() || nkv == 0 || nh % nkv != 0 {
+        return Err(candle_core::Error::Msg(format!("attention: q {:?}, k {:?}, v {:?} do not fit", q.dims(), k.dims(), v.dims())).into());
     }
-    let (b, t, kv) = (dims[0], dims[dims.len() - 2], dims[dims.len() - 1]);
     if let Some(m) = mask {
         if m.elem_count() != b * t * kv {
-            return Err(candle_core::Error::Msg(format!("attention mask {:?} does not match scores {:?}", m.dims(), dims)).into());
+            return Err(candle_core::Error::Msg(format!("attention: mask {:?} does not cover (b {b}, t {t}, kv {kv})", m.dims())).into());
         }
     }
-    let mask = mask.map(|m| m.contiguous()).transpose()?;
-    Ok(x.contiguous()?.apply_op1(SoftmaxMasked { scale: scale as f32, mask, b, t })?)
+    if !([q, k, v].iter().all(|x| applies(x)) && mask.is_none_or(applies)) {
+        return attention_composed(q, k, v, scale, mask);
+    }
+    let op = Attention { scale: scale as f32, mask: mask.map(|m| m.contiguous()).transpose()?, lse: std::sync::OnceLock::new() };
+    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
-struct SoftmaxMasked {
+/// The same from candle's ops (any device and dtype): scores in f32, the query heads that share
+/// a key/value head folded into the row dimension so keys are not copied.
+fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, nh, t, d) = q.dims4()?;
+    let (_, nkv, kv, _) = k.dims4()?;
+    let rep = nh / nkv;
+    let scores = q.reshape((b, nkv, rep * t, d))?.matmul(&k.t()?)?;
+    let scores = (scores * scale)?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv))?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(&m.reshape((b, 1, 1, t, kv))?)?,
+        None => scores,
+    };
+    let p = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv))?;
+    Ok(p.matmul(v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?)
+}
+
+struct Attention {
     scale: f32,
-    /// Contiguous `(b, t, kv)` values, whatever the singleton dimensions.
+    /// Contiguous, `b · t · kv` values.
     mask: Option<Tensor>,
+    /// Log-sum-exp of each query row's scaled, masked scores, `(b, nh, t)`, from the forward.
+    lse: std::sync::OnceLock<Vec<f32>>,
+}
+
+/// `dst = (accumulate ? dst : 0) + lhs · rhs` for strided f32 matrices (`m × k` times `k × n`),
+/// on the calling thread. Strides are (row, column) in elements.
+///
+/// # Safety
+/// Every pointer must address its whole matrix under its strides, and `dst` must not overlap
+/// the operands or be written by another thread during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        if accumulate { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// Shapes of one attention call: `(b, nh, nkv, t, kv, d)`.
+#[derive(Clone, Copy)]
+struct AttnDims {
     b: usize,
+    nh: usize,
+    nkv: usize,
     t: usize,
+    kv: usize,
+    d: usize,
 }
 
-impl CustomOp1 for SoftmaxMasked {
-    fn name(&self) -> &'static str {
-        "softmax-scaled-masked"
+impl AttnDims {
+    fn of(ql: &Layout, kl: &Layout) -> candle_core::Result<Self> {
+        let (b, nh, t, d) = ql.shape().dims4()?;
+        let (_, nkv, kv, _) = kl.shape().dims4()?;
+        Ok(AttnDims { b, nh, nkv, t, kv, d })
+    }
+    /// Offsets of head `(bi, h)`'s queries (`t × d`) and of its key/value head (`kv × d`).
+    fn offsets(&self, unit: usize) -> (usize, usize, usize) {
+        let (bi, h) = (unit / self.nh, unit % self.nh);
+        let g = h / (self.nh / self.nkv);
+        (bi, unit * self.t * self.d, (bi * self.nkv + g) * self.kv * self.d)
+    }
+}
+
+impl Attention {
+    fn mask_data(&self) -> candle_core::Result<Option<Vec<f32>>> {
+        // The mask is b · t · kv values, small beside the scores it stands for.
+        self.mask.as_ref().map(|m| held_f32(m, "attention")).transpose()
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(storage, layout, self.name())?;
-        let kv = layout.dims()[layout.dims().len() - 1];
-        let mask = self.mask.as_ref().map(|m| held_f32(m, self.name())).transpose()?;
-        let rows = x.len() / kv.max(1);
-        let rows_per_batch = rows / self.b.max(1);
-        let (scale, t) = (self.scale, self.t);
-        let y = par_fill(x.len(), kv, |range, out| {
-            for (r, o) in (range.start / kv..range.end / kv).zip(out.chunks_exact_mut(kv)) {
-                let xr = &x[r * kv..(r + 1) * kv];
-                let mut m = f32::NEG_INFINITY;
-                match &mask {
-                    Some(mask) => {
-                        let (bi, i) = (r / rows_per_batch, r % t);
-                        let mr = &mask[(bi * t + i) * kv..(bi * t + i + 1) * kv];
-                        for ((o, &v), &a) in o.iter_mut().zip(xr).zip(mr) {
-                            *o = v * scale + a;
-                            m = m.max(*o);
-                        }
-                    }
-                    None => {
-                        for (o, &v) in o.iter_mut().zip(xr) {
-                            *o = v * scale;
-                            m = m.max(*o);
-                        }
-                    }
+    /// Fill `p` (`t × kv`) with head `unit`'s probabilities: the scaled, masked scores of
+    /// `q_h · k_gᵀ`, then a softmax per row. With `lse` given, rows are normalised by it
+    /// (recomputing the forward's values); otherwise each row's log-sum-exp is written to `out_lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn probabilities(&self, dm: AttnDims, unit: usize, q: &[f32], k: &[f32], mask: Option<&[f32]>, p: &mut [f32], lse: Option<&[f32]>, out_lse: &mut [f32]) {
+        let AttnDims { t, kv, d, .. } = dm;
+        let (bi, qo, ko) = dm.offsets(unit);
+        // SAFETY: q holds t × d values from qo, k holds kv × d from ko, p is t × kv and ours.
+        unsafe { gemm_f32((t, kv, d), p.as_mut_ptr(), (kv, 1), false, q[qo..].as_ptr(), (d, 1), k[ko..].as_ptr(), (1, d)) };
+        for (i, row) in p.chunks_exact_mut(kv).enumerate() {
+            let mrow = mask.map(|m| &m[(bi * t + i) * kv..(bi * t + i + 1) * kv]);
+            match mrow {
+                Some(mr) => row.iter_mut().zip(mr).for_each(|(s, &a)| *s = *s * self.scale + a),
+                None => row.iter_mut().for_each(|s| *s *= self.scale),
+            }
+            let l = match lse {
+                Some(l) => l[unit * t + i],
+                None => {
+                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let l = if m == f32::NEG_INFINITY { m } else { m + row.iter().map(|&s| (s - m).exp()).sum::<f32>().ln() };
+                    out_lse[i] = l;
+                    l
                 }
-                if m == f32::NEG_INFINITY {
-                    // Every position blocked: no distribution; zeros rather than NaN.
-                    o.fill(0.0);
-                    continue;
+            };
+            if l == f32::NEG_INFINITY {
+                // Every position blocked: no distribution; zeros rather than NaN.
+                row.fill(0.0);
+            } else {
+                row.iter_mut().for_each(|s| *s = (*s - l).exp());
+            }
+        }
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (f32_data(qs, ql, self.name())?, f32_data(ks, kl, self.name())?, f32_data(vs, vl, self.name())?);
+        let dm = AttnDims::of(ql, kl)?;
+        let AttnDims { b, nh, t, kv, d, .. } = dm;
+        let mask = self.mask_data()?;
+        let mut y = vec![0f32; b * t * nh * d];
+        let y_ptr = y.as_mut_ptr() as usize;
+        // One head per unit of work; each writes its own rows of `lse` and its own columns of `y`.
+        let lse = par_fill(b * nh * t, t, |range, out_lse| {
+            let mut p = vec![0f32; t * kv];
+            for (unit, lse_h) in (range.start / t..range.end / t).zip(out_lse.chunks_exact_mut(t)) {
+                self.probabilities(dm, unit, q, k, mask.as_deref(), &mut p, None, lse_h);
+                let (bi, h) = (unit / nh, unit % nh);
+                let (_, _, vo) = dm.offsets(unit);
+                // SAFETY: head h's output is y[bi, :, h, :] (t rows of d, row stride nh · d),
+                // written by this unit only; y outlives the pool call.
+                unsafe {
+                    let dst = (y_ptr as *mut f32).add((bi * t * nh + h) * d);
+                    gemm_f32((t, d, kv), dst, (nh * d, 1), false, p.as_ptr(), (kv, 1), v[vo..].as_ptr(), (d, 1));
                 }
-                let mut s = 0f32;
-                for o in o.iter_mut() {
-                    *o = (*o - m).exp();
-                    s += *o;
-                }
-                let inv = 1.0 / s;
-                o.iter_mut().for_each(|o| *o *= inv);
             }
         });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        let _ = self.lse.set(lse);
+        Ok((CpuStorage::F32(y), Shape::from((b, t, nh * d))))
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let g = grad_res.contiguous()?;
-        Ok(Some(g.apply_op2_no_bwd(&res.contiguous()?, &SoftmaxBwd { scale: self.scale })?))
-    }
-}
-
-/// `dx = scale · y ⊙ (dy − Σ dy ⊙ y)` per row, from the output `y` and its gradient `dy`.
-struct SoftmaxBwd {
-    scale: f32,
-}
-
-impl CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "softmax-scaled-masked-bwd"
-    }
-
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ys: &CpuStorage, yl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = f32_data(gs, gl, self.name())?;
-        let y = f32_data(ys, yl, self.name())?;
-        let kv = gl.dims()[gl.dims().len() - 1];
-        let scale = self.scale;
-        let dx = par_fill(g.len(), kv, |range, out| {
-            let (gr, yr) = (&g[range.clone()], &y[range]);
-            for ((o, g), y) in out.chunks_exact_mut(kv).zip(gr.chunks_exact(kv)).zip(yr.chunks_exact(kv)) {
-                let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
-                for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                    *o = scale * y * (g - dot);
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let lse = self.lse.get().ok_or_else(|| candle_core::Error::Msg("attention: backward before forward".into()))?;
+        let (qd, kd, vd, dyd) = (held_f32(q, "attention")?, held_f32(k, "attention")?, held_f32(v, "attention")?, held_f32(dy, "attention")?);
+        let dm = AttnDims::of(q.layout(), k.layout())?;
+        let AttnDims { b, nh, nkv, t, kv, d } = dm;
+        let mask = self.mask_data()?;
+        // Per query head: dK and dV of its share, summed over the heads of a group below.
+        let mut dk_h = vec![0f32; b * nh * kv * d];
+        let mut dv_h = vec![0f32; b * nh * kv * d];
+        let (dk_ptr, dv_ptr) = (dk_h.as_mut_ptr() as usize, dv_h.as_mut_ptr() as usize);
+        let dq = par_fill(b * nh * t * d, t * d, |range, dq_h| {
+            let (mut p, mut dp) = (vec![0f32; t * kv], vec![0f32; t * kv]);
+            for (unit, dq_h) in (range.start / (t * d)..range.end / (t * d)).zip(dq_h.chunks_exact_mut(t * d)) {
+                self.probabilities(dm, unit, &qd, &kd, mask.as_deref(), &mut p, Some(lse), &mut []);
+                let (bi, h) = (unit / nh, unit % nh);
+                let (_, qo, ko) = dm.offsets(unit);
+                let dyo = (bi * t * nh + h) * d;
+                let out = unit * kv * d;
+                // SAFETY: operands address whole matrices under the strides given; dp, dq_h and
+                // this unit's dk_h / dv_h blocks are written by this unit only.
+                unsafe {
+                    // dP = dY · Vᵀ
+                    gemm_f32((t, kv, d), dp.as_mut_ptr(), (kv, 1), false, dyd[dyo..].as_ptr(), (nh * d, 1), vd[ko..].as_ptr(), (1, d));
+                }
+                // dS = scale · P ⊙ (dP − Σ_j P ⊙ dP), in place of dP.
+                for (pr, gr) in p.chunks_exact(kv).zip(dp.chunks_exact_mut(kv)) {
+                    let dot: f32 = pr.iter().zip(gr.iter()).map(|(a, b)| a * b).sum();
+                    gr.iter_mut().zip(pr).for_each(|(g, &p)| *g = self.scale * p * (*g - dot));
+                }
+                unsafe {
+                    // dQ = dS · K
+                    gemm_f32((t, d, kv), dq_h.as_mut_ptr(), (d, 1), false, dp.as_ptr(), (kv, 1), kd[ko..].as_ptr(), (d, 1));
+                    // dK = dSᵀ · Q
+                    gemm_f32((kv, d, t), (dk_ptr as *mut f32).add(out), (d, 1), false, dp.as_ptr(), (1, kv), qd[qo..].as_ptr(), (d, 1));
+                    // dV = Pᵀ · dY
+                    gemm_f32((kv, d, t), (dv_ptr as *mut f32).add(out), (d, 1), false, p.as_ptr(), (1, kv), dyd[dyo..].as_ptr(), (nh * d, 1));
                 }
             }
         });
-        Ok((CpuStorage::F32(dx), gl.shape().clone()))
+        // Sum each group's query heads into its key/value head.
+        let rep = nh / nkv;
+        let group_sum = |per_head: &[f32]| -> Vec<f32> {
+            let block = kv * d;
+            let mut out = vec![0f32; b * nkv * block];
+            for (unit, src) in per_head.chunks_exact(block).enumerate() {
+                let (bi, h) = (unit / nh, unit % nh);
+                let dst = &mut out[(bi * nkv + h / rep) * block..][..block];
+                dst.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+            }
+            out
+        };
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(group_sum(&dk_h), k.shape(), dev)?),
+            Some(Tensor::from_vec(group_sum(&dv_h), v.shape(), dev)?),
+        ))
     }
 }
 
@@ -482,9 +624,8 @@ mod tests {
     }
 
     #[test]
-    fn masked_softmax_matches_composed_ops_with_blocked_positions() {
-        let (b, g, r, t) = (2, 3, 2, 5);
-        let x = randn(&[b, g, r, t, t], 1);
+    fn attention_matches_composed_ops_with_grouped_heads_and_blocked_positions() {
+        let (b, nh, nkv, t, d) = (2, 4, 2, 5, 8);
         // Causal mask, and the first position of the second row blocked as left padding.
         let mut m = vec![0f32; b * t * t];
         for row in 0..b {
@@ -497,21 +638,17 @@ mod tests {
             }
         }
         let mask = Tensor::from_vec(m, (b, 1, 1, t, t), &Device::Cpu).unwrap();
-        let scale = 0.125;
+        let scale = 0.35;
+        let inputs = [randn(&[b, nh, t, d], 1), randn(&[b, nkv, t, d], 2), randn(&[b, nkv, t, d], 3)];
         check(
-            &[x],
-            |v| softmax_scaled_masked(&v[0], scale, Some(&mask)).unwrap(),
-            |v| candle_nn::ops::softmax(&(&v[0] * scale).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap(),
+            &inputs,
+            |v| attention(&v[0], &v[1], &v[2], scale, Some(&mask)).unwrap(),
+            |v| attention_composed(&v[0], &v[1], &v[2], scale, Some(&mask)).unwrap(),
             1e-5,
         );
-        // Without a mask too.
-        let x = randn(&[1, 2, 3, 4, 7], 2);
-        check(
-            &[x],
-            |v| softmax_scaled_masked(&v[0], 0.5, None).unwrap(),
-            |v| candle_nn::ops::softmax(&(&v[0] * 0.5).unwrap(), D::Minus1).unwrap(),
-            1e-5,
-        );
+        // No mask, more keys than queries (a continuation after cached positions).
+        let inputs = [randn(&[1, nh, 3, d], 4), randn(&[1, nkv, 7, d], 5), randn(&[1, nkv, 7, d], 6)];
+        check(&inputs, |v| attention(&v[0], &v[1], &v[2], scale, None).unwrap(), |v| attention_composed(&v[0], &v[1], &v[2], scale, None).unwrap(), 1e-5);
     }
 
     #[test]
@@ -541,25 +678,45 @@ mod tests {
         check(&[x], |v| rope(&v[0], &cos, &sin).unwrap(), |v| rope_composed(&v[0], &cos, &sin).unwrap(), 1e-5);
     }
 
-    #[test]
-    fn dense_lora_projection_matches_composed_ops_for_input_and_both_factors() {
-        use crate::linear::{BaseWeight, Linear, LoraBranch};
-        let (rows, k, n, r) = (6, 10, 7, 3);
-        let w = randn(&[n, k], 10);
-        let scale = 2.5;
+    /// A projection with one LoRA branch in training (the fused op) against the composed ops over
+    /// `dense`, the base weight's values: outputs and the gradients of the input, A and B.
+    fn check_lora_projection(base: crate::linear::BaseWeight, dense: &Tensor, r: usize, scale: f64, seed: u64) {
+        use crate::linear::{Linear, LoraBranch};
+        let (n, k) = base.dims();
         check(
-            &[randn(&[2, rows / 2, k], 11), randn(&[r, k], 12), randn(&[n, r], 13)],
+            &[randn(&[2, 3, k], seed), randn(&[r, k], seed + 1), randn(&[n, r], seed + 2)],
             |v| {
-                let lin = Linear { base: BaseWeight::Dense(w.clone()), lora: vec![LoraBranch { a: v[1].clone(), b: v[2].clone(), scale, dropout: 0.0 }] };
+                let lin = Linear { base: base.clone(), lora: vec![LoraBranch { a: v[1].clone(), b: v[2].clone(), scale, dropout: 0.0 }] };
                 lin.forward(&v[0], true).unwrap()
             },
             |v| {
-                let base = v[0].broadcast_matmul(&w.t().unwrap()).unwrap();
+                let base = v[0].broadcast_matmul(&dense.t().unwrap()).unwrap();
                 let branch = v[0].broadcast_matmul(&v[1].t().unwrap()).unwrap().broadcast_matmul(&v[2].t().unwrap()).unwrap();
                 (base + (branch * scale).unwrap()).unwrap()
             },
             1e-5,
         );
+    }
+
+    #[test]
+    fn dense_lora_projection_matches_composed_ops_for_input_and_both_factors() {
+        let w = randn(&[7, 10], 10);
+        check_lora_projection(crate::linear::BaseWeight::Dense(w.clone()), &w, 3, 2.5, 11);
+    }
+
+    /// The same op over a ggml-quantized base: equal to the composed ops over the dequantized
+    /// weight (what the quantized base means in training), also for a head wide enough to be
+    /// dequantized in many pieces.
+    #[test]
+    fn quantized_lora_projection_matches_composed_ops_over_the_dequantized_weight() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        for (n, k) in [(40, 64), ((1 << 22) / 64 + 24, 64)] {
+            let q = QTensor::quantize(&randn(&[n, k], 20), GgmlDType::Q4_1).unwrap();
+            let wd = q.dequantize(&Device::Cpu).unwrap();
+            let base = crate::linear::BaseWeight::quantized(q).unwrap();
+            assert!(matches!(base, crate::linear::BaseWeight::Quantized(..)));
+            check_lora_projection(base, &wd, 4, 0.75, 21);
+        }
     }
 
     #[test]

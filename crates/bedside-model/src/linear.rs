@@ -151,21 +151,21 @@ impl CustomOp1 for QMatMulTrain {
         if rows < DENSE_ROWS || !layout.is_contiguous() {
             return self.0.as_ref().cpu_fwd(storage, layout);
         }
-        let x = match storage {
-            CpuStorage::F32(v) => Tensor::from_slice(&v[layout.start_offset()..layout.start_offset() + rows * k], (rows, k), &candle_core::Device::Cpu)?,
-            CpuStorage::BF16(v) => Tensor::from_slice(&v[layout.start_offset()..layout.start_offset() + rows * k], (rows, k), &candle_core::Device::Cpu)?.to_dtype(DType::F32)?,
-            CpuStorage::F16(v) => Tensor::from_slice(&v[layout.start_offset()..layout.start_offset() + rows * k], (rows, k), &candle_core::Device::Cpu)?.to_dtype(DType::F32)?,
+        let (o, cpu) = (layout.start_offset(), candle_core::Device::Cpu);
+        let x32 = match storage {
+            CpuStorage::F32(_) => None,
+            CpuStorage::BF16(v) => Some(Tensor::from_slice(&v[o..o + rows * k], (rows, k), &cpu)?.to_dtype(DType::F32)?),
+            CpuStorage::F16(v) => Some(Tensor::from_slice(&v[o..o + rows * k], (rows, k), &cpu)?.to_dtype(DType::F32)?),
             _ => return self.0.as_ref().cpu_fwd(storage, layout),
         };
-        // A block of output columns at a time, so a vocabulary-sized weight is never dense whole.
-        let mut y = vec![0f32; rows * n];
-        for (start, len) in row_blocks(n, k, DEQUANT_BLOCK_ELEMS) {
-            let w = dequantize_rows(&self.0, start, len)?;
-            let part = x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-            for (dst, src) in y.chunks_exact_mut(n).zip(part.chunks_exact(len)) {
-                dst[start..start + len].copy_from_slice(src);
+        let y = match &x32 {
+            None => dequantized_gemm(&self.0, storage, &Layout::contiguous_with_offset((rows, k), o))?,
+            Some(t) => {
+                let (ts, tl) = t.storage_and_layout();
+                let candle_core::Storage::Cpu(tc) = &*ts else { candle_core::bail!("expected a CPU tensor") };
+                dequantized_gemm(&self.0, tc, tl)?
             }
-        }
+        };
         let mut dims = layout.shape().dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = n;
         let out = match storage {
@@ -193,28 +193,110 @@ impl CustomOp1 for QMatMulTrain {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // Dequantized per call and freed as soon as this gradient is computed; on the CPU a block
-        // of rows at a time (dL/dx = Σ_blocks dL/dy[:, block] · W[block]), so a vocabulary-sized
-        // head adds one block, not a dense copy of itself, to the step's peak memory.
         let dims = grad_res.dims();
         let out_dim = dims[dims.len() - 1];
         let rows = grad_res.elem_count() / out_dim.max(1);
-        let g = grad_res.contiguous()?.reshape((rows, out_dim))?;
-        let (n, k) = self.0.shape().dims2()?;
-        let blocks = if g.device().is_cpu() { row_blocks(n, k, DEQUANT_BLOCK_ELEMS) } else { vec![(0, n)] };
-        let mut acc: Option<Tensor> = None;
-        for (start, len) in blocks {
-            let w = if len == n { self.0.dequantize(g.device())? } else { dequantize_rows(&self.0, start, len)? };
-            let gb = if len == n { g.clone() } else { g.narrow(1, start, len)?.contiguous()? };
-            let p = gb.matmul(&w.to_dtype(g.dtype())?)?;
-            acc = Some(match acc {
-                Some(a) => (a + p)?,
-                None => p,
-            });
-        }
-        let g = acc.ok_or_else(|| candle_core::Error::Msg("a quantized weight with no rows".into()))?;
+        let g = quantized_input_grad(&self.0, &grad_res.contiguous()?.reshape((rows, out_dim))?)?;
         Ok(Some(g.reshape(arg.dims())?.to_dtype(arg.dtype())?))
     }
+}
+
+/// Row ranges of a quantized `[n, k]` weight for the CPU's threads to dequantize and multiply
+/// in parallel: at least a few per thread (candle's dequantization is one thread's loop, and at
+/// training sizes it costs as much as the GEMM), none above [`DEQUANT_BLOCK_ELEMS`].
+fn parallel_pieces(n: usize, k: usize) -> Vec<(usize, usize)> {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    row_blocks(n, k, (n * k / (4 * threads)).clamp(1 << 16, DEQUANT_BLOCK_ELEMS))
+}
+
+/// Run `f(start, len, dense_rows)` for every piece of `q` on candle's CPU threads, each piece's
+/// rows dequantized to f32 by the thread that uses them. Returns the first error.
+fn for_dequantized_pieces(q: &QTensor, f: impl Fn(usize, usize, &[f32]) + Sync) -> candle_core::Result<()> {
+    let (n, k) = q.shape().dims2()?;
+    let pieces = parallel_pieces(n, k);
+    let failed = std::sync::Mutex::new(None);
+    candle_core::utils::barrier_pool().execute_chunked(pieces.len(), |range| {
+        for &(start, len) in &pieces[range] {
+            let w = match dequantize_rows(q, start, len) {
+                Ok(w) => w,
+                Err(e) => {
+                    failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    return;
+                }
+            };
+            let (ws, wl) = w.storage_and_layout();
+            match (&*ws, wl.contiguous_offsets()) {
+                (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(start, len, &v[a..b]),
+                _ => {
+                    failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(candle_core::Error::Msg("dequantized weight is not contiguous f32 on the CPU".into()));
+                }
+            }
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `x · Wᵀ` for f32 `x: (rows, k)` (`xl` a 2-d layout) on the CPU and a quantized `W: [n, k]`,
+/// as f32 GEMMs over the dequantized weight, a piece of output columns per unit of work on
+/// candle's CPU threads, so that a vocabulary-sized weight is never dense whole. Returns the
+/// `(rows, n)` values, row-major.
+fn dequantized_gemm(q: &QTensor, x: &CpuStorage, xl: &Layout) -> candle_core::Result<Vec<f32>> {
+    let (n, k) = q.shape().dims2()?;
+    let (rows, xk) = xl.shape().dims2()?;
+    if xk != k {
+        candle_core::bail!("quantized matmul: input has {xk} features, weight expects {k}");
+    }
+    let xs = match (x, xl.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
+        _ => candle_core::bail!("quantized matmul: expected a contiguous f32 input"),
+    };
+    let mut y = vec![0f32; rows * n];
+    let y_ptr = y.as_mut_ptr() as usize;
+    for_dequantized_pieces(q, |start, len, w| {
+        // SAFETY: y[:, start..start + len] (row stride n) is this piece's alone; x is rows × k
+        // and w is len × k, both contiguous.
+        unsafe {
+            crate::fused::gemm_f32((rows, len, k), (y_ptr as *mut f32).add(start), (n, 1), false, xs.as_ptr(), (k, 1), w.as_ptr(), (1, k));
+        }
+    })?;
+    Ok(y)
+}
+
+/// `dL/dx = dL/dy · W` for a quantized `W: [n, k]` and `dy: (rows, n)`, dequantizing `W` for
+/// this call only. On the CPU in f32 each piece of rows adds `dy[:, piece] · W[piece]` into its
+/// own buffer, in parallel, and the buffers are summed, so a vocabulary-sized head adds a few
+/// pieces, not a dense copy of itself, to the step's peak memory.
+fn quantized_input_grad(q: &QTensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, k) = q.shape().dims2()?;
+    let rows = g.dim(0)?;
+    if !crate::fused::applies(g) {
+        return g.matmul(&q.dequantize(g.device())?.to_dtype(g.dtype())?);
+    }
+    let g = g.contiguous()?;
+    let gv = g.flatten_all()?.to_vec1::<f32>()?;
+    let partials = std::sync::Mutex::new(Vec::new());
+    for_dequantized_pieces(q, |start, len, w| {
+        let mut acc = vec![0f32; rows * k];
+        // SAFETY: acc is rows × k and ours; dy[:, start..start + len] has row stride n; w is
+        // len × k, contiguous.
+        unsafe {
+            crate::fused::gemm_f32((rows, k, len), acc.as_mut_ptr(), (k, 1), false, gv[start..].as_ptr(), (n, 1), w.as_ptr(), (k, 1));
+        }
+        partials.lock().unwrap_or_else(|p| p.into_inner()).push((start, acc));
+    })?;
+    // Summed in piece order, not in the order threads finished: the same step gives the same
+    // gradient bit for bit (repeatable and resumable runs depend on it).
+    let mut parts = partials.into_inner().unwrap_or_else(|p| p.into_inner());
+    parts.sort_by_key(|(start, _)| *start);
+    let mut parts = parts.into_iter().map(|(_, p)| p);
+    let mut dx = parts.next().ok_or_else(|| candle_core::Error::Msg("a quantized weight with no rows".into()))?;
+    for p in parts {
+        dx.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    Tensor::from_vec(dx, (rows, k), g.device())
 }
 
 /// `x @ wᵀ` for a frozen dense `w: [out, in]`, differentiable with respect to `x` only.
@@ -383,32 +465,33 @@ fn seeded_dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     Ok((x * mask)?)
 }
 
-/// `x·Wᵀ + s·(x·Aᵀ)·Bᵀ` for a frozen f32 `W` and one LoRA branch on the CPU, as one op whose
-/// backward gives `x`, `A` and `B` their gradients (never `W`'s). Composed, the branch is four
-/// nodes (two matmuls, the scaling, the sum) whose backward writes three output-sized buffers
-/// and zero-fills as many more for candle's gradient sums; here the forward adds the branch into
-/// the base product in place and the backward writes only `dx` at full size.
-fn dense_lora_train(x: &Tensor, w: &Tensor, l: &LoraBranch) -> Result<Tensor> {
+/// `x·Wᵀ + s·(x·Aᵀ)·Bᵀ` for a frozen `W` (f32, or ggml-quantized and dequantized a block at a
+/// time per call) and one LoRA branch on the CPU, as one op whose backward gives `x`, `A` and
+/// `B` their gradients (never `W`'s). Composed, the branch is four nodes (two matmuls, the
+/// scaling, the sum) whose backward writes three output-sized buffers and zero-fills as many
+/// more for candle's gradient sums; here the forward adds the branch into the base product in
+/// place and the backward writes only `dx` at full size.
+fn lora_train(x: &Tensor, w: &BaseWeight, l: &LoraBranch) -> Result<Tensor> {
     let dims = x.dims();
     let in_dim = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.contiguous()?.reshape((rows, in_dim))?;
-    let op = DenseLora { w: w.clone(), scale: l.scale };
+    let op = FusedLora { w: w.clone(), scale: l.scale };
     let y = x2.apply_op3(&l.a.contiguous()?, &l.b.contiguous()?, op)?;
     let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
+    *out_dims.last_mut().expect("rank >= 1") = w.dims().0;
     Ok(y.reshape(out_dims)?)
 }
 
-struct DenseLora {
+struct FusedLora {
     /// The frozen base weight `[out, in]`.
-    w: Tensor,
+    w: BaseWeight,
     scale: f64,
 }
 
-impl CustomOp3 for DenseLora {
+impl CustomOp3 for FusedLora {
     fn name(&self) -> &'static str {
-        "dense-lora"
+        "fused-lora"
     }
 
     fn cpu_fwd(
@@ -422,18 +505,23 @@ impl CustomOp3 for DenseLora {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
         let (rows, k) = xl.shape().dims2()?;
-        let (n, wk) = self.w.dims2()?;
+        let (n, wk) = self.w.dims();
         let (r, ak) = al.shape().dims2()?;
         let (bn, br) = bl.shape().dims2()?;
         if wk != k || ak != k || bn != n || br != r {
-            candle_core::bail!("dense-lora: x {:?}, W {:?}, A {:?}, B {:?} do not chain", xl.dims(), self.w.dims(), al.dims(), bl.dims());
+            candle_core::bail!("fused-lora: x {:?}, W {:?}, A {:?}, B {:?} do not chain", xl.dims(), self.w.dims(), al.dims(), bl.dims());
         }
-        let (ws, wl) = self.w.storage_and_layout();
-        let candle_core::Storage::Cpu(w) = &*ws else { candle_core::bail!("dense-lora: the base weight is not on the CPU") };
-        let y = x.matmul(w, (1, rows, n, k), xl, &wl.transpose(0, 1)?)?;
+        let y = match &self.w {
+            BaseWeight::Dense(w) => {
+                let (ws, wl) = w.storage_and_layout();
+                let candle_core::Storage::Cpu(w) = &*ws else { candle_core::bail!("fused-lora: the base weight is not on the CPU") };
+                x.matmul(w, (1, rows, n, k), xl, &wl.transpose(0, 1)?)?
+            }
+            BaseWeight::Quantized(q, _) => CpuStorage::F32(dequantized_gemm(q, x, xl)?),
+        };
         let h = x.matmul(a, (1, rows, r, k), xl, &al.transpose(0, 1)?)?;
         let hb = h.matmul(b, (1, rows, n, r), &Layout::contiguous((rows, r)), &bl.transpose(0, 1)?)?;
-        let (CpuStorage::F32(mut y), CpuStorage::F32(hb)) = (y, hb) else { candle_core::bail!("dense-lora: expected f32") };
+        let (CpuStorage::F32(mut y), CpuStorage::F32(hb)) = (y, hb) else { candle_core::bail!("fused-lora: expected f32") };
         let s = self.scale as f32;
         y.iter_mut().zip(&hb).for_each(|(y, d)| *y += s * d);
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
@@ -451,7 +539,11 @@ impl CustomOp3 for DenseLora {
         let (x, a, b, dy) = (x.detach(), a.detach(), b.detach(), dy.detach().contiguous()?);
         let dyb = (dy.matmul(&b)? * self.scale)?; // (rows, r), tiny
         let h = x.matmul(&a.t()?)?; // (rows, r), tiny
-        let dx = (dy.matmul(&self.w)? + dyb.matmul(&a)?)?;
+        let base = match &self.w {
+            BaseWeight::Dense(w) => dy.matmul(w)?,
+            BaseWeight::Quantized(q, _) => quantized_input_grad(q, &dy)?,
+        };
+        let dx = (base + dyb.matmul(&a)?)?;
         let da = dyb.t()?.matmul(&x)?;
         let db = (dy.t()?.matmul(&h)? * self.scale)?;
         Ok((Some(dx), Some(da), Some(db)))
@@ -503,9 +595,13 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
         if training {
-            if let (BaseWeight::Dense(w), [l]) = (&self.base, self.lora.as_slice()) {
-                if l.dropout == 0.0 && [x, w, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)) {
-                    return dense_lora_train(x, w, l);
+            if let [l] = self.lora.as_slice() {
+                let base_on_cpu = match &self.base {
+                    BaseWeight::Dense(w) => crate::fused::applies(w),
+                    BaseWeight::Quantized(q, _) => q.device().is_cpu(),
+                };
+                if l.dropout == 0.0 && base_on_cpu && [x, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)) {
+                    return lora_train(x, &self.base, l);
                 }
             }
         }

@@ -611,22 +611,23 @@ impl Model {
             let y = decode_attention_cpu(&q, &k, &v, &pos.pads)?;
             return a.o_proj.forward(&y.reshape((b, t, nh * d))?, tr);
         }
+        if tr {
+            // One op with its own backward on the CPU in f32 (it keeps no score tensor for the
+            // backward), candle's differentiable ops elsewhere.
+            let y = crate::fused::attention(&q, &k, &v, 1.0 / (d as f64).sqrt(), mask)?;
+            return a.o_proj.forward(&y, tr);
+        }
         let kv_len = k.dim(2)?;
         // Grouped-query attention without copying keys: fold the query heads that share a
         // key/value head into the row dimension.
         let rep = nh / nkv;
         let qg = q.reshape((b, nkv, rep * t, d))?;
-        let scores = qg.matmul(&k.t()?)?;
-        let p = if tr && crate::fused::applies(&scores) {
-            crate::fused::softmax_scaled_masked(&scores.reshape((b, nkv, rep, t, kv_len))?, 1.0 / (d as f64).sqrt(), mask)?
-        } else {
-            let scores = (scores / (d as f64).sqrt())?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv_len))?;
-            let scores = match mask {
-                Some(m) => scores.broadcast_add(m)?,
-                None => scores,
-            };
-            softmax(&scores, tr)?
+        let scores = (qg.matmul(&k.t()?)? / (d as f64).sqrt())?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv_len))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
         };
+        let p = softmax(&scores, tr)?;
         let p = p.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv_len))?;
         let y = p.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
         a.o_proj.forward(&y, tr)
