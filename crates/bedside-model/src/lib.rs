@@ -6,6 +6,7 @@
 //!   load time so one code path serves both formats.
 
 pub mod config;
+pub mod cross_entropy;
 pub mod device;
 pub mod error;
 pub mod fused;

@@ -39,6 +39,14 @@ impl BaseWeight {
         (d[0], d[1])
     }
 
+    /// The weight read a block of rows at a time as f32 (on the CPU).
+    pub(crate) fn rows(&self) -> WeightRows<'_> {
+        match self {
+            BaseWeight::Dense(w) => WeightRows::Dense(w),
+            BaseWeight::Quantized(q, _) => WeightRows::Quantized(q),
+        }
+    }
+
     /// Name of the storage type, e.g. `F32` or `Q4_1`.
     pub fn type_name(&self) -> String {
         match self {
@@ -102,7 +110,7 @@ const DEQUANT_BLOCK_ELEMS: usize = 1 << 22;
 
 /// `(start, len)` row ranges of an `[n, k]` weight, each at most `budget` elements (one row at
 /// least), covering all `n` rows in order.
-fn row_blocks(n: usize, k: usize, budget: usize) -> Vec<(usize, usize)> {
+pub(crate) fn row_blocks(n: usize, k: usize, budget: usize) -> Vec<(usize, usize)> {
     let per = (budget / k.max(1)).clamp(1, n.max(1));
     (0..n).step_by(per).map(|s| (s, per.min(n - s))).collect()
 }
@@ -159,11 +167,11 @@ impl CustomOp1 for QMatMulTrain {
             _ => return self.0.as_ref().cpu_fwd(storage, layout),
         };
         let y = match &x32 {
-            None => dequantized_gemm(&self.0, storage, &Layout::contiguous_with_offset((rows, k), o))?,
+            None => gemm_by_pieces(WeightRows::Quantized(&self.0), storage, &Layout::contiguous_with_offset((rows, k), o))?,
             Some(t) => {
                 let (ts, tl) = t.storage_and_layout();
                 let candle_core::Storage::Cpu(tc) = &*ts else { candle_core::bail!("expected a CPU tensor") };
-                dequantized_gemm(&self.0, tc, tl)?
+                gemm_by_pieces(WeightRows::Quantized(&self.0), tc, tl)?
             }
         };
         let mut dims = layout.shape().dims().to_vec();
@@ -196,7 +204,7 @@ impl CustomOp1 for QMatMulTrain {
         let dims = grad_res.dims();
         let out_dim = dims[dims.len() - 1];
         let rows = grad_res.elem_count() / out_dim.max(1);
-        let g = quantized_input_grad(&self.0, &grad_res.contiguous()?.reshape((rows, out_dim))?)?;
+        let g = input_grad_by_pieces(WeightRows::Quantized(&self.0), &grad_res.contiguous()?.reshape((rows, out_dim))?)?;
         Ok(Some(g.reshape(arg.dims())?.to_dtype(arg.dtype())?))
     }
 }
@@ -204,33 +212,58 @@ impl CustomOp1 for QMatMulTrain {
 /// Row ranges of a quantized `[n, k]` weight for the CPU's threads to dequantize and multiply
 /// in parallel: at least a few per thread (candle's dequantization is one thread's loop, and at
 /// training sizes it costs as much as the GEMM), none above [`DEQUANT_BLOCK_ELEMS`].
-fn parallel_pieces(n: usize, k: usize) -> Vec<(usize, usize)> {
+pub(crate) fn parallel_pieces(n: usize, k: usize) -> Vec<(usize, usize)> {
     let threads = candle_core::utils::get_num_threads().max(1);
     row_blocks(n, k, (n * k / (4 * threads)).clamp(1 << 16, DEQUANT_BLOCK_ELEMS))
 }
 
-/// Run `f(start, len, dense_rows)` for every piece of `q` on candle's CPU threads, each piece's
-/// rows dequantized to f32 by the thread that uses them. Returns the first error.
-fn for_dequantized_pieces(q: &QTensor, f: impl Fn(usize, usize, &[f32]) + Sync) -> candle_core::Result<()> {
-    let (n, k) = q.shape().dims2()?;
-    let pieces = parallel_pieces(n, k);
-    let failed = std::sync::Mutex::new(None);
-    candle_core::utils::barrier_pool().execute_chunked(pieces.len(), |range| {
-        for &(start, len) in &pieces[range] {
-            let w = match dequantize_rows(q, start, len) {
-                Ok(w) => w,
-                Err(e) => {
-                    failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
-                    return;
-                }
-            };
-            let (ws, wl) = w.storage_and_layout();
-            match (&*ws, wl.contiguous_offsets()) {
-                (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(start, len, &v[a..b]),
-                _ => {
-                    failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(candle_core::Error::Msg("dequantized weight is not contiguous f32 on the CPU".into()));
-                }
+/// A frozen weight `[n, k]` read a block of rows at a time as f32 on the CPU.
+#[derive(Clone, Copy)]
+pub(crate) enum WeightRows<'a> {
+    /// A dense f32 weight: its own values, no copy.
+    Dense(&'a Tensor),
+    /// A ggml-quantized weight: each block dequantized for the call that asks for it.
+    Quantized(&'a QTensor),
+}
+
+impl WeightRows<'_> {
+    pub(crate) fn dims(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            WeightRows::Dense(t) => t.dims2(),
+            WeightRows::Quantized(q) => q.shape().dims2(),
+        }
+    }
+
+    /// `f` over rows `start..start + len` as a row-major f32 slice.
+    pub(crate) fn with<R>(&self, start: usize, len: usize, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+        let (_, k) = self.dims()?;
+        let dequantized;
+        let (t, first) = match self {
+            WeightRows::Dense(t) => (*t, start),
+            WeightRows::Quantized(q) => {
+                dequantized = dequantize_rows(q, start, len)?;
+                (&dequantized, 0)
             }
+        };
+        let (ws, wl) = t.storage_and_layout();
+        match (&*ws, wl.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, _))) => {
+                let from = a + first * k;
+                let rows = v.get(from..from + len * k).ok_or_else(|| candle_core::Error::Msg(format!("rows {start}..{} outside the weight", start + len)))?;
+                Ok(f(rows))
+            }
+            _ => candle_core::bail!("weight rows are not contiguous f32 on the CPU"),
+        }
+    }
+}
+
+/// Run `f` over `0..n_items` split in ranges on candle's CPU threads (see
+/// `BarrierPool::execute_chunked`); returns the first error any call gave.
+pub(crate) fn par_try(n_items: usize, f: impl Fn(std::ops::Range<usize>) -> candle_core::Result<()> + Sync) -> candle_core::Result<()> {
+    let failed = std::sync::Mutex::new(None);
+    candle_core::utils::barrier_pool().execute_chunked(n_items, |range| {
+        if let Err(e) = f(range) {
+            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
         }
     });
     match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -239,12 +272,25 @@ fn for_dequantized_pieces(q: &QTensor, f: impl Fn(usize, usize, &[f32]) + Sync) 
     }
 }
 
+/// Run `f(start, len, rows)` for every piece of `w` on candle's CPU threads, each piece's rows
+/// as f32 (a quantized weight's dequantized by the thread that uses them). Returns the first error.
+fn for_weight_pieces(w: WeightRows, f: impl Fn(usize, usize, &[f32]) + Sync) -> candle_core::Result<()> {
+    let (n, k) = w.dims()?;
+    let pieces = parallel_pieces(n, k);
+    par_try(pieces.len(), |range| {
+        for &(start, len) in &pieces[range] {
+            w.with(start, len, |rows| f(start, len, rows))?;
+        }
+        Ok(())
+    })
+}
+
 /// `x · Wᵀ` for f32 `x: (rows, k)` (`xl` a 2-d layout) on the CPU and a quantized `W: [n, k]`,
 /// as f32 GEMMs over the dequantized weight, a piece of output columns per unit of work on
 /// candle's CPU threads, so that a vocabulary-sized weight is never dense whole. Returns the
 /// `(rows, n)` values, row-major.
-fn dequantized_gemm(q: &QTensor, x: &CpuStorage, xl: &Layout) -> candle_core::Result<Vec<f32>> {
-    let (n, k) = q.shape().dims2()?;
+fn gemm_by_pieces(q: WeightRows, x: &CpuStorage, xl: &Layout) -> candle_core::Result<Vec<f32>> {
+    let (n, k) = q.dims()?;
     let (rows, xk) = xl.shape().dims2()?;
     if xk != k {
         candle_core::bail!("quantized matmul: input has {xk} features, weight expects {k}");
@@ -255,7 +301,7 @@ fn dequantized_gemm(q: &QTensor, x: &CpuStorage, xl: &Layout) -> candle_core::Re
     };
     let mut y = vec![0f32; rows * n];
     let y_ptr = y.as_mut_ptr() as usize;
-    for_dequantized_pieces(q, |start, len, w| {
+    for_weight_pieces(q, |start, len, w| {
         // SAFETY: y[:, start..start + len] (row stride n) is this piece's alone; x is rows × k
         // and w is len × k, both contiguous.
         unsafe {
@@ -269,16 +315,19 @@ fn dequantized_gemm(q: &QTensor, x: &CpuStorage, xl: &Layout) -> candle_core::Re
 /// this call only. On the CPU in f32 each piece of rows adds `dy[:, piece] · W[piece]` into its
 /// own buffer, in parallel, and the buffers are summed, so a vocabulary-sized head adds a few
 /// pieces, not a dense copy of itself, to the step's peak memory.
-fn quantized_input_grad(q: &QTensor, g: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, k) = q.shape().dims2()?;
+fn input_grad_by_pieces(q: WeightRows, g: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, k) = q.dims()?;
     let rows = g.dim(0)?;
     if !crate::fused::applies(g) {
-        return g.matmul(&q.dequantize(g.device())?.to_dtype(g.dtype())?);
+        return match q {
+            WeightRows::Dense(w) => g.matmul(&w.to_dtype(g.dtype())?),
+            WeightRows::Quantized(q) => g.matmul(&q.dequantize(g.device())?.to_dtype(g.dtype())?),
+        };
     }
     let g = g.contiguous()?;
     let gv = g.flatten_all()?.to_vec1::<f32>()?;
     let partials = std::sync::Mutex::new(Vec::new());
-    for_dequantized_pieces(q, |start, len, w| {
+    for_weight_pieces(q, |start, len, w| {
         let mut acc = vec![0f32; rows * k];
         // SAFETY: acc is rows × k and ours; dy[:, start..start + len] has row stride n; w is
         // len × k, contiguous.
@@ -511,14 +560,7 @@ impl CustomOp3 for FusedLora {
         if wk != k || ak != k || bn != n || br != r {
             candle_core::bail!("fused-lora: x {:?}, W {:?}, A {:?}, B {:?} do not chain", xl.dims(), self.w.dims(), al.dims(), bl.dims());
         }
-        let y = match &self.w {
-            BaseWeight::Dense(w) => {
-                let (ws, wl) = w.storage_and_layout();
-                let candle_core::Storage::Cpu(w) = &*ws else { candle_core::bail!("fused-lora: the base weight is not on the CPU") };
-                x.matmul(w, (1, rows, n, k), xl, &wl.transpose(0, 1)?)?
-            }
-            BaseWeight::Quantized(q, _) => CpuStorage::F32(dequantized_gemm(q, x, xl)?),
-        };
+        let y = CpuStorage::F32(gemm_by_pieces(self.w.rows(), x, xl)?);
         let h = x.matmul(a, (1, rows, r, k), xl, &al.transpose(0, 1)?)?;
         let hb = h.matmul(b, (1, rows, n, r), &Layout::contiguous((rows, r)), &bl.transpose(0, 1)?)?;
         let (CpuStorage::F32(mut y), CpuStorage::F32(hb)) = (y, hb) else { candle_core::bail!("fused-lora: expected f32") };
@@ -539,10 +581,7 @@ impl CustomOp3 for FusedLora {
         let (x, a, b, dy) = (x.detach(), a.detach(), b.detach(), dy.detach().contiguous()?);
         let dyb = (dy.matmul(&b)? * self.scale)?; // (rows, r), tiny
         let h = x.matmul(&a.t()?)?; // (rows, r), tiny
-        let base = match &self.w {
-            BaseWeight::Dense(w) => dy.matmul(w)?,
-            BaseWeight::Quantized(q, _) => quantized_input_grad(q, &dy)?,
-        };
+        let base = input_grad_by_pieces(self.w.rows(), &dy)?;
         let dx = (base + dyb.matmul(&a)?)?;
         let da = dyb.t()?.matmul(&x)?;
         let db = (dy.t()?.matmul(&h)? * self.scale)?;
@@ -597,7 +636,7 @@ impl Linear {
         if training {
             if let [l] = self.lora.as_slice() {
                 let base_on_cpu = match &self.base {
-                    BaseWeight::Dense(w) => crate::fused::applies(w),
+                    BaseWeight::Dense(w) => crate::fused::applies(w) && w.is_contiguous(),
                     BaseWeight::Quantized(q, _) => q.device().is_cpu(),
                 };
                 if l.dropout == 0.0 && base_on_cpu && [x, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)) {

@@ -477,6 +477,14 @@ impl Model {
     /// With a cache, positions continue from what it holds and the new keys/values are appended;
     /// without one, the sequence starts at position 0 and nothing is kept (training, scoring).
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut Cache>, which: Logits) -> Result<Tensor> {
+        let x = self.forward_hidden(ids, cache)?;
+        self.head(&x, which)
+    }
+
+    /// The last decoder layer's output `(b, t, hidden)` for `ids`, before the final norm and the
+    /// vocabulary head (see [`Model::forward`]; training feeds it to
+    /// [`Model::head_cross_entropy_sum`]).
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut Cache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let (offset, pads) = match &cache {
             Some(c) => {
@@ -504,7 +512,7 @@ impl Model {
         if let Some(c) = cache {
             c.len += t;
         }
-        self.head(&x, which)
+        Ok(x)
     }
 
     /// Rotary tables and attention mask for `b` rows of `t` new positions after `offset` cached
@@ -559,6 +567,20 @@ impl Model {
             Logits::Last => logits.squeeze(1)?,
             Logits::All => logits,
         })
+    }
+
+    /// The summed cross-entropy of the vocabulary head over hidden states `x` `(b, t, hidden)`
+    /// against one target per position (row-major, [`crate::cross_entropy::NO_TARGET`] skips a
+    /// position): the final norm, then the head and the loss as one op whose logits never exist
+    /// whole. `None` where that op does not apply (off the CPU, not f32, a LoRA on the head): the
+    /// caller takes [`Model::head`]'s logits instead.
+    pub fn head_cross_entropy_sum(&self, x: &Tensor, targets: &[u32]) -> Result<Option<Tensor>> {
+        let (b, t, h) = x.dims3()?;
+        if !self.lm_head.fuses_cross_entropy(x) {
+            return Ok(None);
+        }
+        let x = self.norm.forward(x, self.training)?;
+        self.lm_head.cross_entropy_sum(&x.reshape((b * t, h))?, targets)
     }
 
     /// Additive mask `(b, 1, 1, t, kv)`: causal, and no attention to left padding. A padding

@@ -10,11 +10,11 @@
 //! so its dropout differs from an unchunked step's, though it is just as random).
 
 use bedside_model::linear::{dropout_rng_state, set_dropout_rng_state};
-use bedside_model::{Logits, Model};
+use bedside_model::Model;
 use candle_core::{backprop::GradStore, Tensor, Var};
 
 use crate::error::{Result, TrainError};
-use crate::loss::{aligned_lm_loss_sum, shift_labels};
+use crate::loss::{head_loss_sum, shift_labels};
 
 /// Positions per chunk of the vocabulary head (32 × 49k vocabulary × 4 bytes = 6.3 MB a tensor;
 /// the loss keeps several such tensors per chunk, so 64 cost ~80 MB more peak on SmolLM2).
@@ -41,12 +41,13 @@ pub fn loss_and_grads(model: &Model, vars: &[(String, Var)], ids: &Tensor, label
     let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut loss = 0f64;
     let mut parts = Vec::new();
-    for start in (0..t).step_by(HEAD_CHUNK) {
-        let len = HEAD_CHUNK.min(t - start);
+    // Where the head and the loss are one op (CPU, f32), no logits exist: one chunk.
+    let chunk = if model.lm_head.fuses_cross_entropy(&x) { t } else { HEAD_CHUNK };
+    for start in (0..t).step_by(chunk) {
+        let len = chunk.min(t - start);
         let part = Var::from_tensor(&x.narrow(1, start, len)?.contiguous()?)?;
         let tg: Vec<Vec<i64>> = targets.iter().map(|r| r[start..start + len].to_vec()).collect();
-        let logits = model.head(part.as_tensor(), Logits::All)?;
-        let (sum, n) = aligned_lm_loss_sum(&logits, &tg)?;
+        let (sum, n) = head_loss_sum(model, part.as_tensor(), &tg)?;
         if n == 0 {
             parts.push(part.as_tensor().zeros_like()?);
             continue;

@@ -4,6 +4,8 @@ use std::sync::OnceLock;
 
 use candle_core::{backprop::GradStore, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
 
+use bedside_model::{Logits, Model};
+
 use crate::error::{Result, TrainError};
 
 /// Label value that takes a position out of the loss (PyTorch's `ignore_index`).
@@ -30,10 +32,40 @@ pub fn shift_labels(labels: &[Vec<i64>]) -> Vec<Vec<i64>> {
 /// (`targets[r][i]` is what position `i` should predict, or [`IGNORE`]).
 pub fn aligned_lm_loss_sum(logits: &Tensor, targets: &[Vec<i64>]) -> Result<(Tensor, usize)> {
     let (b, t, v) = logits.dims3()?;
+    let (flat, n) = flat_targets(targets, b, t, v)?;
+    if n == 0 {
+        return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
+    }
+    let logits = logits.reshape((b * t, v))?;
+    if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+        let op = CrossEntropySum { targets: flat, vocab: v, lse: OnceLock::new() };
+        return Ok((logits.contiguous()?.apply_op1(op)?, n));
+    }
+    composed_lm_loss_sum(&logits, &flat, n)
+}
+
+/// The same sum from the last decoder layer's output `x` `(b, t, hidden)`: the model's final
+/// norm, vocabulary head and this loss. On the CPU in f32 one op folds the head into the loss
+/// (`Model::head_cross_entropy_sum`), so the `(b · t, vocab)` logits and their gradient never
+/// exist; elsewhere the head's logits go to [`aligned_lm_loss_sum`].
+pub fn head_loss_sum(model: &Model, x: &Tensor, targets: &[Vec<i64>]) -> Result<(Tensor, usize)> {
+    let (b, t, _) = x.dims3()?;
+    let (flat, n) = flat_targets(targets, b, t, model.lm_head.out_dim())?;
+    if n == 0 {
+        return Ok((Tensor::zeros((), DType::F32, x.device())?, 0));
+    }
+    match model.head_cross_entropy_sum(x, &flat)? {
+        Some(sum) => Ok((sum, n)),
+        None => aligned_lm_loss_sum(&model.head(x, Logits::All)?, targets),
+    }
+}
+
+/// One target per position, row-major, [`SKIP`] where the position is not scored; and the
+/// number scored. Checks the shape and that every target is in the vocabulary.
+fn flat_targets(targets: &[Vec<i64>], b: usize, t: usize, v: usize) -> Result<(Vec<u32>, usize)> {
     if targets.len() != b || targets.iter().any(|l| l.len() != t) {
         return Err(TrainError::Invalid(format!("targets must be {b} rows of {t}, matching the logits")));
     }
-    // One target per position, SKIP where the position is not scored.
     let mut flat = Vec::with_capacity(b * t);
     for (r, l) in targets.iter().enumerate() {
         for (i, &y) in l.iter().enumerate() {
@@ -48,15 +80,7 @@ pub fn aligned_lm_loss_sum(logits: &Tensor, targets: &[Vec<i64>]) -> Result<(Ten
         }
     }
     let n = flat.iter().filter(|&&y| y != SKIP).count();
-    if n == 0 {
-        return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
-    }
-    let logits = logits.reshape((b * t, v))?;
-    if logits.device().is_cpu() && logits.dtype() == DType::F32 {
-        let op = CrossEntropySum { targets: flat, vocab: v, lse: OnceLock::new() };
-        return Ok((logits.contiguous()?.apply_op1(op)?, n));
-    }
-    composed_lm_loss_sum(&logits, &flat, n)
+    Ok((flat, n))
 }
 
 /// The same sum from candle's differentiable ops (any device and dtype): only the scored rows
@@ -73,8 +97,9 @@ fn composed_lm_loss_sum(logits: &Tensor, targets: &[u32], n: usize) -> Result<(T
     Ok((nll, n))
 }
 
-/// A position that is not scored, in [`CrossEntropySum`]'s targets.
-const SKIP: u32 = u32::MAX;
+/// A position that is not scored, in [`CrossEntropySum`]'s targets (the same value the fused
+/// head's loss skips).
+const SKIP: u32 = bedside_model::cross_entropy::NO_TARGET;
 
 /// Summed cross-entropy of f32 logits `(rows, vocab)` on the CPU as one op with its own
 /// backward. Composed from candle's ops, the log-softmax and its backward are about ten passes

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bedside_generate::{Engine, EngineOptions};
-use bedside_model::{LoadOptions, Logits, Model};
+use bedside_model::{LoadOptions, Model};
 use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -14,7 +14,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::config::{BaseMode, TrainConfig};
 use crate::data::{build_examples, epoch_batches, pad_batch, Example};
 use crate::error::{io_err, Result, TrainError};
-use crate::loss::{causal_lm_loss_sum, collect_grads, ZeroGradGuard, IGNORE};
+use crate::loss::{collect_grads, head_loss_sum, shift_labels, ZeroGradGuard, IGNORE};
 use crate::optim::{clip_grad_norm, learning_rate, AdamW};
 
 #[derive(Debug, Clone, Default)]
@@ -93,8 +93,8 @@ pub fn evaluate(model: &mut Model, examples: &[Example], batch: usize, pad: u32)
         for chunk in examples.chunks(batch.max(1)) {
             let refs: Vec<&Example> = chunk.iter().collect();
             let (ids, labels, _) = batch_tensors(model, &refs, pad)?;
-            let logits = model.forward(&ids, None, Logits::All)?;
-            let (s, k) = causal_lm_loss_sum(&logits.detach(), &labels)?;
+            let x = model.forward_hidden(&ids, None)?;
+            let (s, k) = head_loss_sum(model, &x, &shift_labels(&labels))?;
             sum += s.to_scalar::<f32>()? as f64;
             n += k;
         }
@@ -123,8 +123,12 @@ pub fn loss_and_grads(
     if checkpointing {
         return crate::checkpointing::loss_and_grads(model, vars, ids, labels, scale);
     }
-    let logits = model.forward(ids, None, Logits::All)?;
-    let (s, _) = causal_lm_loss_sum(&logits, labels)?;
+    let (b, t) = ids.dims2()?;
+    if labels.len() != b || labels.iter().any(|l| l.len() != t) {
+        return Err(TrainError::Invalid(format!("labels must be {b} rows of {t}, matching the input ids")));
+    }
+    let x = model.forward_hidden(ids, None)?;
+    let (s, _) = head_loss_sum(model, &x, &shift_labels(labels))?;
     let l = (s / scale)?;
     let loss = l.to_scalar::<f32>()? as f64;
     let store = l.backward()?;

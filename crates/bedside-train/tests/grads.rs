@@ -65,6 +65,17 @@ fn check_grads(name: &str, variant: &str, gguf: bool) {
         assert!(rel < 1e-4, "{name}/{variant} gguf={gguf}: {k} differs by {rel} (relative)");
     }
     eprintln!("{name}/{variant} gguf={gguf}: {} gradients, worst relative difference {worst:.2e}", grads.len());
+
+    // The trainer's own step, whose vocabulary head and loss are one fused op on the CPU,
+    // against PEFT as well.
+    let n = labels.iter().map(|l| l.iter().skip(1).filter(|&&y| y != bedside_train::loss::IGNORE).count()).sum::<usize>();
+    let (l, grads) = bedside_train::trainer::loss_and_grads(&m, &vars, &ids, &labels, n as f64, false).unwrap();
+    assert!((l as f32 - ref_loss).abs() <= 1e-4 * ref_loss.abs(), "{name}/{variant} gguf={gguf}: trainer loss {l} vs PEFT {ref_loss}");
+    for ((k, _), g) in vars.iter().zip(&grads) {
+        let want = &reference[&format!("{k}.grad")];
+        let rel = max_abs(&(g - want).unwrap()) / max_abs(want);
+        assert!(rel < 1e-4, "{name}/{variant} gguf={gguf}: trainer step's {k} differs from PEFT by {rel}");
+    }
 }
 
 #[test]
@@ -246,4 +257,40 @@ fn checkpointed_grads_tiny_llama() {
 #[test]
 fn checkpointed_grads_tiny_mixtral() {
     checkpointed_matches("tiny-mixtral", false);
+}
+
+/// A bf16 base (activations in bf16, LoRA parameters in f32) trains: every LoRA parameter gets a
+/// gradient close to PEFT's f32 one, within what bf16's 8-bit mantissa allows.
+fn bf16_base_follows_peft(name: &str) {
+    let Some(fx) = bedside_testutil::fixture(name) else { return };
+    let ad = fx.join("lora");
+    let opts = LoadOptions { dtype: Some(DType::BF16), ..LoadOptions::default() };
+    let mut m = bedside_model::load_hf_dir(&fx, &opts).unwrap();
+    let adapter = bedside_lora::load_peft(&ad, &Device::Cpu).unwrap();
+    let vars = attach_adapter_trainable(&mut m, &adapter).unwrap();
+    m.set_training(true);
+    let (ids, labels, ref_loss) = ids_labels(&ad);
+    let n = labels.iter().map(|l| l.iter().skip(1).filter(|&&y| y != bedside_train::loss::IGNORE).count()).sum::<usize>();
+    let (l, grads) = bedside_train::trainer::loss_and_grads(&m, &vars, &ids, &labels, n as f64, false).unwrap();
+    assert!((l as f32 - ref_loss).abs() <= 2e-2 * ref_loss.abs(), "{name} bf16: loss {l} vs PEFT {ref_loss}");
+    let reference = load_st(&ad.join("grads.safetensors"));
+    let mut worst = 0f32;
+    for ((k, _), g) in vars.iter().zip(&grads) {
+        assert_eq!(g.dtype(), DType::F32, "{k}: LoRA parameters and their gradients stay f32");
+        let want = &reference[&format!("{k}.grad")];
+        let rel = max_abs(&(g - want).unwrap()) / max_abs(want);
+        worst = worst.max(rel);
+        assert!(rel < 0.1, "{name} bf16: {k} differs from PEFT's f32 gradient by {rel}");
+    }
+    eprintln!("{name} bf16: worst relative difference {worst:.2e}");
+}
+
+#[test]
+fn bf16_base_grads_tiny_llama() {
+    bf16_base_follows_peft("tiny-llama");
+}
+
+#[test]
+fn bf16_base_grads_tiny_mixtral() {
+    bf16_base_follows_peft("tiny-mixtral");
 }
