@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use crate::error::Result;
 use crate::fused::{applies, gemm_f32};
-use crate::linear::{par_try, parallel_pieces, row_blocks, BaseWeight, Linear};
+use crate::linear::{par_try, parallel_pieces, piece_groups, row_blocks, BaseWeight, Linear};
 
 /// A position without a target in [`Linear::cross_entropy_sum`]: not scored.
 pub const NO_TARGET: u32 = u32::MAX;
@@ -103,12 +103,11 @@ impl CustomOp1 for HeadCrossEntropy {
         let max_len = (LOGITS_BLOCK_ELEMS / ns).max(64);
         let budget = (parallel_pieces(n, k).first().map_or(n, |p| p.1) * k).min(max_len * k);
         let pieces = row_blocks(n, k, budget);
-        // A fixed split of the blocks into groups, each folded by one call in block order and
-        // merged in group order: the same input gives the same loss and gradient bit for bit.
-        let groups = pieces.len().min(2 * candle_core::utils::get_num_threads().max(1));
-        let group = |g: usize| &pieces[g * pieces.len() / groups..(g + 1) * pieces.len() / groups];
-        let partials = std::sync::Mutex::new(Vec::with_capacity(groups));
-        par_try(groups, |range| {
+        // Each group of blocks is folded by one call in block order; groups merge in order.
+        let groups = piece_groups(&pieces);
+        let group = |g: usize| groups[g];
+        let partials = std::sync::Mutex::new(Vec::with_capacity(groups.len()));
+        par_try(groups.len(), |range| {
             for g in range {
                 let mut p = Partial { m: vec![f32::NEG_INFINITY; ns], s: vec![0.0; ns], acc: vec![0.0; ns * k], picked: Vec::new() };
                 let mut z = vec![0f32; ns * group(g).iter().map(|b| b.1).max().unwrap_or(0)];

@@ -272,76 +272,89 @@ pub(crate) fn par_try(n_items: usize, f: impl Fn(std::ops::Range<usize>) -> cand
     }
 }
 
-/// Run `f(start, len, rows)` for every piece of `w` on candle's CPU threads, each piece's rows
-/// as f32 (a quantized weight's dequantized by the thread that uses them). Returns the first error.
-fn for_weight_pieces(w: WeightRows, f: impl Fn(usize, usize, &[f32]) + Sync) -> candle_core::Result<()> {
-    let (n, k) = w.dims()?;
-    let pieces = parallel_pieces(n, k);
-    par_try(pieces.len(), |range| {
-        for &(start, len) in &pieces[range] {
-            w.with(start, len, |rows| f(start, len, rows))?;
-        }
-        Ok(())
-    })
+/// `pieces` split into a fixed number of consecutive groups (a few per CPU thread), for work
+/// that folds a group's pieces into one buffer: results merged in group order do not depend on
+/// which thread ran what, so a step repeats bit for bit.
+pub(crate) fn piece_groups(pieces: &[(usize, usize)]) -> Vec<&[(usize, usize)]> {
+    let groups = pieces.len().min(2 * candle_core::utils::get_num_threads().max(1)).max(1);
+    (0..groups).map(|g| &pieces[g * pieces.len() / groups..(g + 1) * pieces.len() / groups]).collect()
 }
 
-/// `x · Wᵀ` for f32 `x: (rows, k)` (`xl` a 2-d layout) on the CPU and a quantized `W: [n, k]`,
-/// as f32 GEMMs over the dequantized weight, a piece of output columns per unit of work on
-/// candle's CPU threads, so that a vocabulary-sized weight is never dense whole. Returns the
-/// `(rows, n)` values, row-major.
-fn gemm_by_pieces(q: WeightRows, x: &CpuStorage, xl: &Layout) -> candle_core::Result<Vec<f32>> {
-    let (n, k) = q.dims()?;
+/// `x · Wᵀ` for f32 `x: (rows, k)` (`xl` a 2-d layout) on the CPU and a frozen `W: [n, k]`
+/// (dense f32, or quantized and dequantized piece by piece), as single-thread GEMMs over pieces of
+/// `W`'s rows on candle's CPU threads, each writing its own output columns: a vocabulary-sized
+/// weight is never dense whole. Returns the `(rows, n)` values, row-major.
+fn gemm_by_pieces(w: WeightRows, x: &CpuStorage, xl: &Layout) -> candle_core::Result<Vec<f32>> {
+    let (n, k) = w.dims()?;
     let (rows, xk) = xl.shape().dims2()?;
     if xk != k {
-        candle_core::bail!("quantized matmul: input has {xk} features, weight expects {k}");
+        candle_core::bail!("frozen matmul: input has {xk} features, weight expects {k}");
     }
     let xs = match (x, xl.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-        _ => candle_core::bail!("quantized matmul: expected a contiguous f32 input"),
+        _ => candle_core::bail!("frozen matmul: expected a contiguous f32 input"),
     };
     let mut y = vec![0f32; rows * n];
     let y_ptr = y.as_mut_ptr() as usize;
-    for_weight_pieces(q, |start, len, w| {
-        // SAFETY: y[:, start..start + len] (row stride n) is this piece's alone; x is rows × k
-        // and w is len × k, both contiguous.
-        unsafe {
-            crate::fused::gemm_f32((rows, len, k), (y_ptr as *mut f32).add(start), (n, 1), false, xs.as_ptr(), (k, 1), w.as_ptr(), (1, k));
+    let pieces = parallel_pieces(n, k);
+    par_try(pieces.len(), |range| {
+        for &(start, len) in &pieces[range] {
+            w.with(start, len, |wp| {
+                // SAFETY: y[:, start..start + len] (row stride n) is this piece's alone; x is
+                // rows × k and wp is len × k, both contiguous.
+                unsafe {
+                    crate::fused::gemm_f32((rows, len, k), (y_ptr as *mut f32).add(start), (n, 1), false, xs.as_ptr(), (k, 1), wp.as_ptr(), (1, k));
+                }
+            })?;
         }
+        Ok(())
     })?;
     Ok(y)
 }
 
-/// `dL/dx = dL/dy · W` for a quantized `W: [n, k]` and `dy: (rows, n)`, dequantizing `W` for
-/// this call only. On the CPU in f32 each piece of rows adds `dy[:, piece] · W[piece]` into its
-/// own buffer, in parallel, and the buffers are summed, so a vocabulary-sized head adds a few
-/// pieces, not a dense copy of itself, to the step's peak memory.
-fn input_grad_by_pieces(q: WeightRows, g: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, k) = q.dims()?;
+/// `dL/dx = dL/dy · W` for a frozen `W: [n, k]` (dense, or quantized and dequantized for this
+/// call only) and `dy: (rows, n)`. On the CPU in f32 each group of row pieces folds
+/// `Σ dy[:, piece] · W[piece]` into its own buffer, in parallel, and the buffers are summed in
+/// group order; a vocabulary-sized head adds a few pieces, not a dense copy of itself, to the
+/// step's peak memory.
+fn input_grad_by_pieces(w: WeightRows, g: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, k) = w.dims()?;
     let rows = g.dim(0)?;
     if !crate::fused::applies(g) {
-        return match q {
+        return match w {
             WeightRows::Dense(w) => g.matmul(&w.to_dtype(g.dtype())?),
             WeightRows::Quantized(q) => g.matmul(&q.dequantize(g.device())?.to_dtype(g.dtype())?),
         };
     }
     let g = g.contiguous()?;
-    let gv = g.flatten_all()?.to_vec1::<f32>()?;
-    let partials = std::sync::Mutex::new(Vec::new());
-    for_weight_pieces(q, |start, len, w| {
-        let mut acc = vec![0f32; rows * k];
-        // SAFETY: acc is rows × k and ours; dy[:, start..start + len] has row stride n; w is
-        // len × k, contiguous.
-        unsafe {
-            crate::fused::gemm_f32((rows, k, len), acc.as_mut_ptr(), (k, 1), false, gv[start..].as_ptr(), (n, 1), w.as_ptr(), (k, 1));
+    let (gs, gl) = g.storage_and_layout();
+    let gv = match (&*gs, gl.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => &v[a..b],
+        _ => candle_core::bail!("frozen matmul backward: expected a contiguous f32 gradient"),
+    };
+    let pieces = parallel_pieces(n, k);
+    let groups = piece_groups(&pieces);
+    let partials = std::sync::Mutex::new(Vec::with_capacity(groups.len()));
+    par_try(groups.len(), |range| {
+        for gi in range {
+            let mut acc = vec![0f32; rows * k];
+            for (j, &(start, len)) in groups[gi].iter().enumerate() {
+                w.with(start, len, |wp| {
+                    // SAFETY: acc is rows × k and ours; dy[:, start..start + len] has row stride
+                    // n; wp is len × k, contiguous.
+                    unsafe {
+                        crate::fused::gemm_f32((rows, k, len), acc.as_mut_ptr(), (k, 1), j > 0, gv[start..].as_ptr(), (n, 1), wp.as_ptr(), (k, 1));
+                    }
+                })?;
+            }
+            partials.lock().unwrap_or_else(|p| p.into_inner()).push((gi, acc));
         }
-        partials.lock().unwrap_or_else(|p| p.into_inner()).push((start, acc));
+        Ok(())
     })?;
-    // Summed in piece order, not in the order threads finished: the same step gives the same
-    // gradient bit for bit (repeatable and resumable runs depend on it).
     let mut parts = partials.into_inner().unwrap_or_else(|p| p.into_inner());
-    parts.sort_by_key(|(start, _)| *start);
+    parts.sort_by_key(|(gi, _)| *gi);
     let mut parts = parts.into_iter().map(|(_, p)| p);
-    let mut dx = parts.next().ok_or_else(|| candle_core::Error::Msg("a quantized weight with no rows".into()))?;
+    let mut dx = parts.next().ok_or_else(|| candle_core::Error::Msg("a weight with no rows".into()))?;
     for p in parts {
         dx.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
     }
