@@ -3,8 +3,11 @@
 //! through it. Memory then holds one layer's graph (plus the vocabulary head's) instead of all
 //! of them, for about one extra forward pass of compute.
 //!
-//! The vocabulary head and the loss run over chunks of positions, so the `(t, vocab)` logits
-//! never exist whole either. LoRA dropout masks are drawn from a per-thread RNG; each layer's recompute restarts that RNG
+//! The vocabulary head and the loss never hold the `(t, vocab)` logits whole either: on the CPU
+//! in f32 they are one op that reads the head a block of rows at a time (all positions at once);
+//! elsewhere they run over chunks of positions.
+//!
+//! LoRA dropout masks are drawn from a per-thread RNG; each layer's recompute restarts that RNG
 //! where the first pass found it, so the masks, and therefore the gradients, are the ones an
 //! ordinary backward would give (a LoRA on the vocabulary head itself draws its masks per chunk,
 //! so its dropout differs from an unchunked step's, though it is just as random).
