@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use crate::error::Result;
 use crate::fused::{applies, gemm_f32};
-use crate::linear::{par_try, parallel_pieces, piece_groups, row_blocks, BaseWeight, Linear};
+use crate::linear::{par_map, parallel_pieces, piece_groups, row_blocks, BaseWeight, Linear};
 
 /// A position without a target in [`Linear::cross_entropy_sum`]: not scored.
 pub const NO_TARGET: u32 = u32::MAX;
@@ -105,62 +105,55 @@ impl CustomOp1 for HeadCrossEntropy {
         let pieces = row_blocks(n, k, budget);
         // Each group of blocks is folded by one call in block order; groups merge in order.
         let groups = piece_groups(&pieces);
-        let group = |g: usize| groups[g];
-        let partials = std::sync::Mutex::new(Vec::with_capacity(groups.len()));
-        par_try(groups.len(), |range| {
-            for g in range {
-                let mut p = Partial { m: vec![f32::NEG_INFINITY; ns], s: vec![0.0; ns], acc: vec![0.0; ns * k], picked: Vec::new() };
-                let mut z = vec![0f32; ns * group(g).iter().map(|b| b.1).max().unwrap_or(0)];
-                for &(start, len) in group(g) {
-                    rows_of.with(start, len, |w| {
-                        // SAFETY: z holds ns × len values and is ours; xs is ns × k and w is
-                        // len × k, both contiguous.
-                        unsafe { gemm_f32((ns, len, k), z.as_mut_ptr(), (len, 1), false, xs.as_ptr(), (k, 1), w.as_ptr(), (1, k)) };
-                        for (i, &r) in scored.iter().enumerate() {
-                            let y = self.targets[r] as usize;
-                            if (start..start + len).contains(&y) {
-                                p.picked.push((i, z[i * len + y - start], w[(y - start) * k..(y - start + 1) * k].to_vec()));
-                            }
+        let mut partials = par_map(groups.len(), |g| {
+            let mut p = Partial { m: vec![f32::NEG_INFINITY; ns], s: vec![0.0; ns], acc: vec![0.0; ns * k], picked: Vec::new() };
+            let mut z = vec![0f32; ns * groups[g].iter().map(|b| b.1).max().unwrap_or(0)];
+            for &(start, len) in groups[g] {
+                rows_of.with(start, len, |w| {
+                    // SAFETY: z holds ns × len values and is ours; xs is ns × k and w is
+                    // len × k, both contiguous.
+                    unsafe { gemm_f32((ns, len, k), z.as_mut_ptr(), (len, 1), false, xs.as_ptr(), (k, 1), w.as_ptr(), (1, k)) };
+                    for (i, &r) in scored.iter().enumerate() {
+                        let y = self.targets[r] as usize;
+                        if (start..start + len).contains(&y) {
+                            p.picked.push((i, z[i * len + y - start], w[(y - start) * k..(y - start + 1) * k].to_vec()));
                         }
-                        for (i, zr) in z[..ns * len].chunks_exact_mut(len).enumerate() {
-                            let m_new = zr.iter().copied().fold(p.m[i], f32::max);
-                            if p.m[i] != f32::NEG_INFINITY && m_new > p.m[i] {
-                                let f = (p.m[i] - m_new).exp();
-                                p.s[i] *= f;
-                                p.acc[i * k..(i + 1) * k].iter_mut().for_each(|a| *a *= f);
-                            }
-                            p.m[i] = m_new;
-                            let mut sum = 0f32;
-                            for v in zr.iter_mut() {
-                                *v = (*v - m_new).exp();
-                                sum += *v;
-                            }
-                            p.s[i] += sum;
+                    }
+                    for (i, zr) in z[..ns * len].chunks_exact_mut(len).enumerate() {
+                        let m_new = zr.iter().copied().fold(p.m[i], f32::max);
+                        if p.m[i] != f32::NEG_INFINITY && m_new > p.m[i] {
+                            let f = (p.m[i] - m_new).exp();
+                            p.s[i] *= f;
+                            p.acc[i * k..(i + 1) * k].iter_mut().for_each(|a| *a *= f);
                         }
-                        // SAFETY: acc is ns × k and ours; z is ns × len, w len × k.
-                        unsafe { gemm_f32((ns, k, len), p.acc.as_mut_ptr(), (k, 1), true, z.as_ptr(), (len, 1), w.as_ptr(), (k, 1)) };
-                    })?;
-                }
-                partials.lock().unwrap_or_else(|e| e.into_inner()).push((g, p));
+                        p.m[i] = m_new;
+                        let mut sum = 0f32;
+                        for v in zr.iter_mut() {
+                            *v = (*v - m_new).exp();
+                            sum += *v;
+                        }
+                        p.s[i] += sum;
+                    }
+                    // SAFETY: acc is ns × k and ours; z is ns × len, w len × k.
+                    unsafe { gemm_f32((ns, k, len), p.acc.as_mut_ptr(), (k, 1), true, z.as_ptr(), (len, 1), w.as_ptr(), (k, 1)) };
+                })?;
             }
-            Ok(())
+            Ok(p)
         })?;
-        let mut partials = partials.into_inner().unwrap_or_else(|e| e.into_inner());
-        partials.sort_by_key(|(g, _)| *g);
         let mut loss = 0f64;
         let mut target_logit = vec![0f32; ns];
         let mut target_row: Vec<Option<Vec<f32>>> = vec![None; ns];
-        for (_, p) in &mut partials {
+        for p in &mut partials {
             for (i, z, w) in p.picked.drain(..) {
                 target_logit[i] = z;
                 target_row[i] = Some(w);
             }
         }
         for (i, &r) in scored.iter().enumerate() {
-            let m = partials.iter().map(|(_, p)| p.m[i]).fold(f32::NEG_INFINITY, f32::max);
+            let m = partials.iter().map(|p| p.m[i]).fold(f32::NEG_INFINITY, f32::max);
             let mut s = 0f32;
             let out = &mut dx[r * k..(r + 1) * k];
-            for (_, p) in &partials {
+            for p in &partials {
                 if p.m[i] == f32::NEG_INFINITY {
                     continue;
                 }

@@ -272,6 +272,22 @@ pub(crate) fn par_try(n_items: usize, f: impl Fn(std::ops::Range<usize>) -> cand
     }
 }
 
+/// `f(i)` for every `i` in `0..n` on candle's CPU threads, the results in index order whatever
+/// thread ran what; the first error if any.
+pub(crate) fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> candle_core::Result<T> + Sync) -> candle_core::Result<Vec<T>> {
+    let out = std::sync::Mutex::new(Vec::with_capacity(n));
+    par_try(n, |range| {
+        for i in range {
+            let v = f(i)?;
+            out.lock().unwrap_or_else(|p| p.into_inner()).push((i, v));
+        }
+        Ok(())
+    })?;
+    let mut out = out.into_inner().unwrap_or_else(|p| p.into_inner());
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, v)| v).collect())
+}
+
 /// `pieces` split into a fixed number of consecutive groups (a few per CPU thread), for work
 /// that folds a group's pieces into one buffer: results merged in group order do not depend on
 /// which thread ran what, so a step repeats bit for bit.
@@ -334,26 +350,20 @@ fn input_grad_by_pieces(w: WeightRows, g: &Tensor) -> candle_core::Result<Tensor
     };
     let pieces = parallel_pieces(n, k);
     let groups = piece_groups(&pieces);
-    let partials = std::sync::Mutex::new(Vec::with_capacity(groups.len()));
-    par_try(groups.len(), |range| {
-        for gi in range {
-            let mut acc = vec![0f32; rows * k];
-            for (j, &(start, len)) in groups[gi].iter().enumerate() {
-                w.with(start, len, |wp| {
-                    // SAFETY: acc is rows × k and ours; dy[:, start..start + len] has row stride
-                    // n; wp is len × k, contiguous.
-                    unsafe {
-                        crate::fused::gemm_f32((rows, k, len), acc.as_mut_ptr(), (k, 1), j > 0, gv[start..].as_ptr(), (n, 1), wp.as_ptr(), (k, 1));
-                    }
-                })?;
-            }
-            partials.lock().unwrap_or_else(|p| p.into_inner()).push((gi, acc));
+    let parts = par_map(groups.len(), |gi| {
+        let mut acc = vec![0f32; rows * k];
+        for (j, &(start, len)) in groups[gi].iter().enumerate() {
+            w.with(start, len, |wp| {
+                // SAFETY: acc is rows × k and ours; dy[:, start..start + len] has row stride n;
+                // wp is len × k, contiguous.
+                unsafe {
+                    crate::fused::gemm_f32((rows, k, len), acc.as_mut_ptr(), (k, 1), j > 0, gv[start..].as_ptr(), (n, 1), wp.as_ptr(), (k, 1));
+                }
+            })?;
         }
-        Ok(())
+        Ok(acc)
     })?;
-    let mut parts = partials.into_inner().unwrap_or_else(|p| p.into_inner());
-    parts.sort_by_key(|(gi, _)| *gi);
-    let mut parts = parts.into_iter().map(|(_, p)| p);
+    let mut parts = parts.into_iter();
     let mut dx = parts.next().ok_or_else(|| candle_core::Error::Msg("a weight with no rows".into()))?;
     for p in parts {
         dx.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
