@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use crate::error::Result;
 use crate::fused::{applies, gemm_f32};
-use crate::linear::{par_map, parallel_pieces, piece_groups, row_blocks, BaseWeight, Linear};
+use crate::linear::{par_map, parallel_piece_elems, piece_groups, row_blocks, BaseWeight, Linear};
 
 /// A position without a target in [`Linear::cross_entropy_sum`]: not scored.
 pub const NO_TARGET: u32 = u32::MAX;
@@ -26,11 +26,7 @@ impl Linear {
     /// Whether [`Linear::cross_entropy_sum`] serves inputs like `x`: f32 on the CPU, a frozen f32
     /// or ggml-quantized base on the CPU, no LoRA branch.
     pub fn fuses_cross_entropy(&self, x: &Tensor) -> bool {
-        let base_ok = match &self.base {
-            BaseWeight::Dense(w) => applies(w) && w.is_contiguous(),
-            BaseWeight::Quantized(q, _) => q.device().is_cpu(),
-        };
-        base_ok && self.lora.is_empty() && applies(x)
+        self.base.readable_by_rows() && self.lora.is_empty() && applies(x)
     }
 
     /// `Σ_r −log softmax(x_r·Wᵀ)[targets[r]]` over the rows `r` of `x` `(rows, in)` that have a
@@ -85,7 +81,7 @@ impl CustomOp1 for HeadCrossEntropy {
         // Only scored rows go through the head.
         let mut scored = Vec::new();
         for (r, &y) in self.targets.iter().enumerate() {
-            if y == crate::cross_entropy::NO_TARGET {
+            if y == NO_TARGET {
                 continue;
             }
             if y as usize >= n {
@@ -101,7 +97,7 @@ impl CustomOp1 for HeadCrossEntropy {
         }
         let xs: Vec<f32> = scored.iter().flat_map(|&r| x[r * k..(r + 1) * k].iter().copied()).collect();
         let max_len = (LOGITS_BLOCK_ELEMS / ns).max(64);
-        let budget = (parallel_pieces(n, k).first().map_or(n, |p| p.1) * k).min(max_len * k);
+        let budget = parallel_piece_elems(n, k).min(max_len * k);
         let pieces = row_blocks(n, k, budget);
         // Each group of blocks is folded by one call in block order; groups merge in order.
         let groups = piece_groups(&pieces);

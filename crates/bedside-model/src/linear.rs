@@ -39,6 +39,15 @@ impl BaseWeight {
         (d[0], d[1])
     }
 
+    /// Whether [`BaseWeight::rows`] can read this weight: a contiguous f32 tensor or a quantized
+    /// one, on the CPU (what the fused training ops over pieces of rows need).
+    pub(crate) fn readable_by_rows(&self) -> bool {
+        match self {
+            BaseWeight::Dense(w) => crate::fused::applies(w) && w.is_contiguous(),
+            BaseWeight::Quantized(q, _) => q.device().is_cpu(),
+        }
+    }
+
     /// The weight read a block of rows at a time as f32 (on the CPU).
     pub(crate) fn rows(&self) -> WeightRows<'_> {
         match self {
@@ -213,8 +222,13 @@ impl CustomOp1 for QMatMulTrain {
 /// in parallel: at least a few per thread (candle's dequantization is one thread's loop, and at
 /// training sizes it costs as much as the GEMM), none above [`DEQUANT_BLOCK_ELEMS`].
 pub(crate) fn parallel_pieces(n: usize, k: usize) -> Vec<(usize, usize)> {
+    row_blocks(n, k, parallel_piece_elems(n, k))
+}
+
+/// The element budget of one of [`parallel_pieces`]'s pieces.
+pub(crate) fn parallel_piece_elems(n: usize, k: usize) -> usize {
     let threads = candle_core::utils::get_num_threads().max(1);
-    row_blocks(n, k, (n * k / (4 * threads)).clamp(1 << 16, DEQUANT_BLOCK_ELEMS))
+    (n * k / (4 * threads)).clamp(1 << 16, DEQUANT_BLOCK_ELEMS)
 }
 
 /// A frozen weight `[n, k]` read a block of rows at a time as f32 on the CPU.
@@ -658,11 +672,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
         if training {
             if let [l] = self.lora.as_slice() {
-                let base_on_cpu = match &self.base {
-                    BaseWeight::Dense(w) => crate::fused::applies(w) && w.is_contiguous(),
-                    BaseWeight::Quantized(q, _) => q.device().is_cpu(),
-                };
-                if l.dropout == 0.0 && base_on_cpu && [x, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)) {
+                if l.dropout == 0.0 && self.base.readable_by_rows() && [x, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)) {
                     return lora_train(x, &self.base, l);
                 }
             }
