@@ -171,11 +171,12 @@ fn bench(a: &TrainArgs) -> Result<()> {
         } else {
             for v in &rows {
                 println!(
-                    "base {:<9} {:>8.1} tok/s  {:>6.2} s/step  peak RSS {:>7.1} MiB{}",
+                    "base {:<9} {:>8.1} tok/s  {:>6.2} s/step  peak RSS {:>7.1} MiB ({:.1} MiB loaded){}",
                     v["base"].as_str().unwrap_or("?"),
                     v["tokens_per_sec"].as_f64().unwrap_or(f64::NAN),
                     v["secs_per_step"].as_f64().unwrap_or(f64::NAN),
                     v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
+                    v["loaded_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
                     if v["checkpointing"].as_bool() == Some(true) { "  (activation checkpointing)" } else { "" }
                 );
             }
@@ -203,7 +204,7 @@ fn bench(a: &TrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "base {:?}{}: {:.1} tok/s ({:.2} s/step, seq {}, r {}, {} trainable params), peak RSS {:.1} MiB",
+            "base {:?}{}: {:.1} tok/s ({:.2} s/step, seq {}, r {}, {} trainable params), peak RSS {:.1} MiB ({:.1} MiB after loading)",
             r.base,
             if r.checkpointing { " with activation checkpointing" } else { "" },
             r.tokens_per_sec,
@@ -211,7 +212,8 @@ fn bench(a: &TrainArgs) -> Result<()> {
             r.seq_len,
             r.r,
             r.trainable_params,
-            r.peak_rss_bytes.unwrap_or(0) as f64 / 1048576.0
+            r.peak_rss_bytes.unwrap_or(0) as f64 / 1048576.0,
+            r.loaded_rss_bytes.unwrap_or(0) as f64 / 1048576.0
         );
     }
     Ok(())

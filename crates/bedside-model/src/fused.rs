@@ -680,29 +680,55 @@ mod tests {
     }
 
     /// A projection with one LoRA branch in training (the fused op) against the composed ops over
-    /// `dense`, the base weight's values: outputs and the gradients of the input, A and B.
-    fn check_lora_projection(base: crate::linear::BaseWeight, dense: &Tensor, r: usize, scale: f64, seed: u64) {
-        use crate::linear::{Linear, LoraBranch};
+    /// `dense`, the base weight's values: outputs and the gradients of the input, A and B. With
+    /// `dropout`, both start from the same dropout RNG state: the fused op must apply the mask the
+    /// composed [`crate::linear::seeded_dropout`] draws and leave the state where it does.
+    fn check_lora_projection(base: crate::linear::BaseWeight, dense: &Tensor, r: usize, scale: f64, dropout: f32, seed: u64) {
+        use crate::linear::{dropout_rng_state, seeded_dropout, set_dropout_rng_state, Linear, LoraBranch};
         let (n, k) = base.dims();
-        check(
-            &[randn(&[2, 3, k], seed), randn(&[r, k], seed + 1), randn(&[n, r], seed + 2)],
-            |v| {
-                let lin = Linear { base: base.clone(), lora: vec![LoraBranch { a: v[1].clone(), b: v[2].clone(), scale, dropout: 0.0 }] };
-                lin.forward(&v[0], true).unwrap()
-            },
-            |v| {
-                let base = v[0].broadcast_matmul(&dense.t().unwrap()).unwrap();
-                let branch = v[0].broadcast_matmul(&v[1].t().unwrap()).unwrap().broadcast_matmul(&v[2].t().unwrap()).unwrap();
-                (base + (branch * scale).unwrap()).unwrap()
-            },
-            1e-5,
-        );
+        let state = 0x5eed ^ seed;
+        let states = std::cell::RefCell::new(Vec::new());
+        let inputs = [randn(&[2, 3, k], seed), randn(&[r, k], seed + 1), randn(&[n, r], seed + 2)];
+        let fused = |v: &[Tensor], p: f32| {
+            set_dropout_rng_state(state);
+            let lin = Linear { base: base.clone(), lora: vec![LoraBranch { a: v[1].clone(), b: v[2].clone(), scale, dropout: p }] };
+            let y = lin.forward(&v[0], true).unwrap();
+            states.borrow_mut().push(dropout_rng_state());
+            y
+        };
+        check(&inputs, |v| fused(v, dropout), |v| {
+            set_dropout_rng_state(state);
+            let xb = if dropout > 0.0 { seeded_dropout(&v[0], dropout).unwrap() } else { v[0].clone() };
+            states.borrow_mut().push(dropout_rng_state());
+            let base = v[0].broadcast_matmul(&dense.t().unwrap()).unwrap();
+            let branch = xb.broadcast_matmul(&v[1].t().unwrap()).unwrap().broadcast_matmul(&v[2].t().unwrap()).unwrap();
+            (base + (branch * scale).unwrap()).unwrap()
+        }, 1e-5);
+        let states = states.borrow().clone();
+        assert!(states.windows(2).all(|w| w[0] == w[1]), "the dropout RNG advanced differently: {states:?}");
+        if dropout > 0.0 {
+            assert_ne!(states[0], state, "no mask was drawn");
+            // The mask mattered: without it the output differs.
+            let d = max_abs_diff(&fused(&inputs, dropout), &fused(&inputs, 0.0));
+            assert!(d > 1e-3, "dropout changed nothing ({d})");
+        }
     }
 
     #[test]
     fn dense_lora_projection_matches_composed_ops_for_input_and_both_factors() {
         let w = randn(&[7, 10], 10);
-        check_lora_projection(crate::linear::BaseWeight::Dense(w.clone()), &w, 3, 2.5, 11);
+        check_lora_projection(crate::linear::BaseWeight::Dense(w.clone()), &w, 3, 2.5, 0.0, 11);
+    }
+
+    /// LoRA dropout inside the fused op: the same mask as the composed dropout, in the forward
+    /// and (regenerated) in the backward.
+    #[test]
+    fn lora_projection_with_dropout_matches_composed_dropout() {
+        let w = randn(&[7, 10], 12);
+        check_lora_projection(crate::linear::BaseWeight::Dense(w.clone()), &w, 3, 2.5, 0.3, 13);
+        let q = candle_core::quantized::QTensor::quantize(&randn(&[40, 64], 14), candle_core::quantized::GgmlDType::Q4_1).unwrap();
+        let wd = q.dequantize(&Device::Cpu).unwrap();
+        check_lora_projection(crate::linear::BaseWeight::quantized(q).unwrap(), &wd, 4, 0.75, 0.5, 15);
     }
 
     /// The same op over a ggml-quantized base: equal to the composed ops over the dequantized
@@ -716,7 +742,7 @@ mod tests {
             let wd = q.dequantize(&Device::Cpu).unwrap();
             let base = crate::linear::BaseWeight::quantized(q).unwrap();
             assert!(matches!(base, crate::linear::BaseWeight::Quantized(..)));
-            check_lora_projection(base, &wd, 4, 0.75, 21);
+            check_lora_projection(base, &wd, 4, 0.75, 0.0, 21);
         }
     }
 

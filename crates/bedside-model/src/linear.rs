@@ -520,34 +520,61 @@ pub fn set_dropout_rng_state(state: u64) {
     DROPOUT_RNG.with(|c| c.set(state));
 }
 
-/// Inverted dropout with a mask drawn from [`DROPOUT_RNG`] on the CPU (same masks on any device).
-fn seeded_dropout(x: &Tensor, p: f32) -> Result<Tensor> {
-    if !(0.0..1.0).contains(&p) {
-        return Err(candle_core::Error::Msg(format!("dropout probability must be in [0, 1), got {p}")).into());
+/// One LoRA dropout mask: where [`DROPOUT_RNG`] stood when it was drawn, and the drop
+/// probability. The mask's values follow from these, so the fused LoRA op regenerates it in the
+/// backward instead of holding a mask the size of its input.
+#[derive(Debug, Clone, Copy)]
+struct DropoutDraw {
+    state: u64,
+    p: f32,
+}
+
+const SPLITMIX_STEP: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl DropoutDraw {
+    /// Draw a mask of `n` values: record the state and advance it past them.
+    fn take(n: usize, p: f32) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(candle_core::Error::Msg(format!("dropout probability must be in [0, 1), got {p}")).into());
+        }
+        let state = DROPOUT_RNG.with(|c| {
+            let s = c.get();
+            c.set(s.wrapping_add((n as u64).wrapping_mul(SPLITMIX_STEP)));
+            s
+        });
+        Ok(Self { state, p })
     }
-    let scale = 1.0 / (1.0 - p);
-    let n = x.elem_count();
-    let mask: Vec<f32> = DROPOUT_RNG.with(|c| {
-        let mut s = c.get();
-        let m = (0..n)
+
+    /// The mask's `n` values: `1 / (1 - p)` where kept, 0 where dropped (inverted dropout).
+    fn values(&self, n: usize) -> Vec<f32> {
+        let scale = 1.0 / (1.0 - self.p);
+        let mut s = self.state;
+        (0..n)
             .map(|_| {
-                s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                s = s.wrapping_add(SPLITMIX_STEP);
                 let mut z = s;
                 z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
                 z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
                 z ^= z >> 31;
                 let u = (z >> 40) as f32 / (1u64 << 24) as f32;
-                if u >= p {
+                if u >= self.p {
                     scale
                 } else {
                     0.0
                 }
             })
-            .collect();
-        c.set(s);
-        m
-    });
-    let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
+            .collect()
+    }
+
+    /// The mask as a CPU tensor of `shape`.
+    fn tensor(&self, shape: &Shape) -> candle_core::Result<Tensor> {
+        Tensor::from_vec(self.values(shape.elem_count()), shape, &candle_core::Device::Cpu)
+    }
+}
+
+/// Inverted dropout with a mask drawn from [`DROPOUT_RNG`] on the CPU (same masks on any device).
+pub(crate) fn seeded_dropout(x: &Tensor, p: f32) -> Result<Tensor> {
+    let mask = DropoutDraw::take(x.elem_count(), p)?.tensor(x.shape())?.to_device(x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
 }
 
@@ -556,13 +583,16 @@ fn seeded_dropout(x: &Tensor, p: f32) -> Result<Tensor> {
 /// `B` their gradients (never `W`'s). Composed, the branch is four nodes (two matmuls, the
 /// scaling, the sum) whose backward writes three output-sized buffers and zero-fills as many
 /// more for candle's gradient sums; here the forward adds the branch into the base product in
-/// place and the backward writes only `dx` at full size.
+/// place and the backward writes only `dx` at full size. LoRA dropout on the branch input is
+/// part of the op: the same mask [`seeded_dropout`] would draw, regenerated in the backward
+/// (composed, the mask and the masked input are two more input-sized tensors per projection).
 fn lora_train(x: &Tensor, w: &BaseWeight, l: &LoraBranch) -> Result<Tensor> {
     let dims = x.dims();
     let in_dim = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.contiguous()?.reshape((rows, in_dim))?;
-    let op = FusedLora { w: w.clone(), scale: l.scale };
+    let dropout = if l.dropout > 0.0 { Some(DropoutDraw::take(rows * in_dim, l.dropout)?) } else { None };
+    let op = FusedLora { w: w.clone(), scale: l.scale, dropout };
     let y = x2.apply_op3(&l.a.contiguous()?, &l.b.contiguous()?, op)?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = w.dims().0;
@@ -573,6 +603,8 @@ struct FusedLora {
     /// The frozen base weight `[out, in]`.
     w: BaseWeight,
     scale: f64,
+    /// The dropout mask on the branch input `(rows, in)`, if any.
+    dropout: Option<DropoutDraw>,
 }
 
 impl CustomOp3 for FusedLora {
@@ -598,7 +630,16 @@ impl CustomOp3 for FusedLora {
             candle_core::bail!("fused-lora: x {:?}, W {:?}, A {:?}, B {:?} do not chain", xl.dims(), self.w.dims(), al.dims(), bl.dims());
         }
         let y = CpuStorage::F32(gemm_by_pieces(self.w.rows(), x, xl)?);
-        let h = x.matmul(a, (1, rows, r, k), xl, &al.transpose(0, 1)?)?;
+        let h = match &self.dropout {
+            None => x.matmul(a, (1, rows, r, k), xl, &al.transpose(0, 1)?)?,
+            Some(d) => {
+                let (CpuStorage::F32(xv), Some((o0, o1))) = (x, xl.contiguous_offsets()) else {
+                    candle_core::bail!("fused-lora: expected a contiguous f32 input")
+                };
+                let xm: Vec<f32> = xv[o0..o1].iter().zip(d.values(rows * k)).map(|(x, m)| x * m).collect();
+                CpuStorage::F32(xm).matmul(a, (1, rows, r, k), &Layout::contiguous((rows, k)), &al.transpose(0, 1)?)?
+            }
+        };
         let hb = h.matmul(b, (1, rows, n, r), &Layout::contiguous((rows, r)), &bl.transpose(0, 1)?)?;
         let (CpuStorage::F32(mut y), CpuStorage::F32(hb)) = (y, hb) else { candle_core::bail!("fused-lora: expected f32") };
         let s = self.scale as f32;
@@ -616,11 +657,22 @@ impl CustomOp3 for FusedLora {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Detached: the backward builds no graph of its own.
         let (x, a, b, dy) = (x.detach(), a.detach(), b.detach(), dy.detach().contiguous()?);
+        let mask = self.dropout.map(|d| d.tensor(x.shape())).transpose()?;
+        // The branch's input: x, or x with the forward's dropout mask.
+        let xb = match &mask {
+            Some(m) => (&x * m)?,
+            None => x,
+        };
         let dyb = (dy.matmul(&b)? * self.scale)?; // (rows, r), tiny
-        let h = x.matmul(&a.t()?)?; // (rows, r), tiny
+        let h = xb.matmul(&a.t()?)?; // (rows, r), tiny
         let base = input_grad_by_pieces(self.w.rows(), &dy)?;
-        let dx = (base + dyb.matmul(&a)?)?;
-        let da = dyb.t()?.matmul(&x)?;
+        let branch = dyb.matmul(&a)?;
+        let branch = match &mask {
+            Some(m) => (branch * m)?,
+            None => branch,
+        };
+        let dx = (base + branch)?;
+        let da = dyb.t()?.matmul(&xb)?;
         let db = (dy.t()?.matmul(&h)? * self.scale)?;
         Ok((Some(dx), Some(da), Some(db)))
     }
@@ -672,7 +724,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
         if training {
             if let [l] = self.lora.as_slice() {
-                if l.dropout == 0.0 && self.base.readable_by_rows() && [x, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)) {
+                if self.base.readable_by_rows() && [x, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)) {
                     return lora_train(x, &self.base, l);
                 }
             }

@@ -38,6 +38,9 @@ pub struct BenchResult {
     pub secs_per_step: f64,
     pub tokens_per_sec: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// Resident memory once the model is loaded and the adapter attached, before the first step:
+    /// the peak minus this is what the step itself holds (activations, gradients, optimizer).
+    pub loaded_rss_bytes: Option<u64>,
 }
 
 pub fn bench_step(o: &BenchOptions) -> Result<BenchResult> {
@@ -76,6 +79,7 @@ pub fn bench_step(o: &BenchOptions) -> Result<BenchResult> {
         max_grad_norm: 1.0,
     };
     let mut opt = AdamW::new(&optim, &vars)?;
+    let loaded_rss_bytes = crate::trainer::rss_bytes();
     let mut times = Vec::new();
     for i in 0..o.warmup + o.steps.max(1) {
         let t0 = Instant::now();
@@ -102,5 +106,6 @@ pub fn bench_step(o: &BenchOptions) -> Result<BenchResult> {
         secs_per_step: med,
         tokens_per_sec: (o.seq_len * o.batch) as f64 / med,
         peak_rss_bytes: crate::trainer::peak_rss_bytes(),
+        loaded_rss_bytes,
     })
 }
