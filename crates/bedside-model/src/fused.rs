@@ -54,19 +54,23 @@ fn par_fill(n: usize, unit: usize, f: impl Fn(Range<usize>, &mut [f32]) + Sync) 
 // ---------------------------------------------------------------------------------------------
 // Attention: softmax(scale · Q·Kᵀ + mask)·V, keeping only each row's log-sum-exp
 
-/// `softmax(scale · Q·Kᵀ + mask) · V` for training, with `q` `(b, nh, t, d)`, `k` and `v`
-/// `(b, nkv, kv, d)` (grouped-query attention: query head `h` reads key/value head
-/// `h / (nh / nkv)`) and `mask` an additive `(b, 1, 1, t, kv)` tensor (−∞ blocks a position).
-/// Returns `(b, t, nh · d)`, the layout the output projection reads.
+/// `softmax(scale · Q·Kᵀ + mask) · V` for training, straight from the projections' outputs:
+/// `q` `(b, t, nh, d)`, `k` and `v` `(b, kv, nkv, d)` (grouped-query attention: query head `h`
+/// reads key/value head `h / (nh / nkv)`), `mask` an additive `(b, 1, 1, t, kv)` tensor (−∞ blocks
+/// a position), and `rope` rotary tables `(cos, sin)`, `(t, d/2)` or per sequence `(b, t, d/2)`,
+/// applied to `q` and `k` first in HF's "rotate half" pairing (needs `kv == t`). Returns
+/// `(b, t, nh · d)`, the layout the output projection reads.
 ///
 /// On the CPU in f32 this is one op that keeps only each query row's log-sum-exp from the
 /// forward; the backward recomputes a head's probabilities from it (as FlashAttention does), so
 /// no `(t × kv)` score or probability tensor lives from the forward to the backward: composed,
 /// each layer kept two of them (SmolLM2 at 256 tokens: 2.4 MB each per layer, 140 MB in all).
-/// Elsewhere it composes candle's differentiable ops.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let (b, nh, t, d) = q.dims4()?;
-    let (kb, nkv, kv, kd) = k.dims4()?;
+/// It reads the heads in the projections' layout and rotates them as it goes, so neither
+/// head-major copies of q, k, v nor rotated q and k are kept for the backward either (another
+/// 1.7 MB per layer there). Elsewhere it composes candle's differentiable ops.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: Option<(&Tensor, &Tensor)>, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, t, nh, d) = q.dims4()?;
+    let (kb, kv, nkv, kd) = k.dims4()?;
     if kb != b || kd != d || v.dims() != k.dims() || nkv == 0 || nh % nkv != 0 {
         return Err(candle_core::Error::Msg(format!("attention: q {:?}, k {:?}, v {:?} do not fit", q.dims(), k.dims(), v.dims())).into());
     }
@@ -75,18 +79,40 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&T
             return Err(candle_core::Error::Msg(format!("attention: mask {:?} does not cover (b {b}, t {t}, kv {kv})", m.dims())).into());
         }
     }
-    if !([q, k, v].iter().all(|x| applies(x)) && mask.is_none_or(applies)) {
-        return attention_composed(q, k, v, scale, mask);
+    if let Some((cos, sin)) = rope {
+        let fits = cos.dims() == sin.dims()
+            && kv == t
+            && match cos.dims() {
+                [ct, h] => *ct == t && *h * 2 == d,
+                [cb, ct, h] => *cb == b && *ct == t && *h * 2 == d,
+                _ => false,
+            };
+        if !fits {
+            return Err(candle_core::Error::Msg(format!("attention: rotary tables {:?} do not fit q {:?}, k {:?}", cos.dims(), q.dims(), k.dims())).into());
+        }
     }
-    let op = Attention { scale: scale as f32, mask: mask.map(|m| m.contiguous()).transpose()?, lse: std::sync::OnceLock::new() };
+    let tensors = [q, k, v].into_iter().chain(mask).chain(rope.into_iter().flat_map(|(c, s)| [c, s]));
+    if !tensors.into_iter().all(applies) {
+        return attention_composed(q, k, v, rope, scale, mask);
+    }
+    let rope = match rope {
+        Some((cos, sin)) => Some(RopeTables { cos: held_f32(cos, "attention")?.into(), sin: held_f32(sin, "attention")?.into(), per_row: cos.rank() == 3 }),
+        None => None,
+    };
+    let op = Attention { scale: scale as f32, mask: mask.map(|m| m.contiguous()).transpose()?, rope, lse: std::sync::OnceLock::new() };
     Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
 /// The same from candle's ops (any device and dtype): scores in f32, the query heads that share
 /// a key/value head folded into the row dimension so keys are not copied.
-fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let (b, nh, t, d) = q.dims4()?;
-    let (_, nkv, kv, _) = k.dims4()?;
+fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, rope: Option<(&Tensor, &Tensor)>, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, t, nh, d) = q.dims4()?;
+    let (_, kv, nkv, _) = k.dims4()?;
+    let (q, k, v) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+    let (q, k) = match rope {
+        Some((cos, sin)) => (rope_composed(&q, cos, sin)?, rope_composed(&k, cos, sin)?),
+        None => (q, k),
+    };
     let rep = nh / nkv;
     let scores = q.reshape((b, nkv, rep * t, d))?.matmul(&k.t()?)?;
     let scores = (scores * scale)?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv))?;
@@ -95,13 +121,43 @@ fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Opti
         None => scores,
     };
     let p = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv))?;
-    Ok(p.matmul(v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?)
+    Ok(p.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?)
+}
+
+/// Rotary tables held by an op: `(t, d/2)` shared by every sequence, or `(b, t, d/2)`.
+struct RopeTables {
+    cos: std::sync::Arc<[f32]>,
+    sin: std::sync::Arc<[f32]>,
+    per_row: bool,
+}
+
+impl RopeTables {
+    /// The `(cos, sin)` halves for position `i` of sequence `bi` (of `t` positions).
+    fn row(&self, bi: usize, t: usize, i: usize, half: usize) -> (&[f32], &[f32]) {
+        let r = if self.per_row { bi * t + i } else { i };
+        (&self.cos[r * half..(r + 1) * half], &self.sin[r * half..(r + 1) * half])
+    }
+}
+
+/// Rotate one head vector `x` into `out` by the angles whose cosines and sines are `c` and `s`
+/// ("rotate half" pairing), or by their negatives (`sign` −1: the transpose, for the backward).
+fn rotate_half(x: &[f32], out: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
+    let half = c.len();
+    let (x1, x2) = x.split_at(half);
+    let (o1, o2) = out.split_at_mut(half);
+    for j in 0..half {
+        let sj = sign * s[j];
+        o1[j] = x1[j] * c[j] - x2[j] * sj;
+        o2[j] = x2[j] * c[j] + x1[j] * sj;
+    }
 }
 
 struct Attention {
     scale: f32,
     /// Contiguous, `b · t · kv` values.
     mask: Option<Tensor>,
+    /// Rotary embedding applied to q and k inside the op.
+    rope: Option<RopeTables>,
     /// Log-sum-exp of each query row's scaled, masked scores, `(b, nh, t)`, from the forward.
     lse: std::sync::OnceLock<Vec<f32>>,
 }
@@ -159,15 +215,17 @@ struct AttnDims {
 
 impl AttnDims {
     fn of(ql: &Layout, kl: &Layout) -> candle_core::Result<Self> {
-        let (b, nh, t, d) = ql.shape().dims4()?;
-        let (_, nkv, kv, _) = kl.shape().dims4()?;
+        let (b, t, nh, d) = ql.shape().dims4()?;
+        let (_, kv, nkv, _) = kl.shape().dims4()?;
         Ok(AttnDims { b, nh, nkv, t, kv, d })
     }
-    /// Offsets of head `(bi, h)`'s queries (`t × d`) and of its key/value head (`kv × d`).
+    /// For work unit `unit` (query head `h` of sequence `bi`): `bi`, the offset of its first query
+    /// row in q (and in the output; rows `nh · d` apart) and of its key/value head's first row in
+    /// k and v (rows `nkv · d` apart).
     fn offsets(&self, unit: usize) -> (usize, usize, usize) {
         let (bi, h) = (unit / self.nh, unit % self.nh);
         let g = h / (self.nh / self.nkv);
-        (bi, unit * self.t * self.d, (bi * self.nkv + g) * self.kv * self.d)
+        (bi, (bi * self.t * self.nh + h) * self.d, (bi * self.kv * self.nkv + g) * self.d)
     }
 }
 
@@ -177,15 +235,47 @@ impl Attention {
         self.mask.as_ref().map(|m| held_f32(m, "attention")).transpose()
     }
 
-    /// Fill `p` (`t × kv`) with head `unit`'s probabilities: the scaled, masked scores of
-    /// `q_h · k_gᵀ`, then a softmax per row. With `lse` given, rows are normalised by it
-    /// (recomputing the forward's values); otherwise each row's log-sum-exp is written to `out_lse`.
+    /// Copy `rows` head vectors of sequence `bi` (`d` values each, `stride` apart in `src`) into
+    /// `dst` (`rows × d`), rotated by the rotary tables when there are any.
+    fn gather(&self, dm: AttnDims, bi: usize, src: &[f32], stride: usize, rows: usize, dst: &mut [f32]) {
+        let d = dm.d;
+        for (i, out) in dst[..rows * d].chunks_exact_mut(d).enumerate() {
+            let x = &src[i * stride..i * stride + d];
+            match &self.rope {
+                Some(r) => {
+                    let (c, s) = r.row(bi, dm.t, i, d / 2);
+                    rotate_half(x, out, c, s, 1.0);
+                }
+                None => out.copy_from_slice(x),
+            }
+        }
+    }
+
+    /// Write `src` (`rows × d`, gradients with respect to the rotated vectors) to `dst` rows
+    /// `stride` apart, rotated back: the gradients with respect to the op's inputs.
+    fn scatter(&self, dm: AttnDims, bi: usize, src: &[f32], dst: &mut [f32], stride: usize) {
+        let d = dm.d;
+        for (i, g) in src.chunks_exact(d).enumerate() {
+            let out = &mut dst[i * stride..i * stride + d];
+            match &self.rope {
+                Some(r) => {
+                    let (c, s) = r.row(bi, dm.t, i, d / 2);
+                    rotate_half(g, out, c, s, -1.0);
+                }
+                None => out.copy_from_slice(g),
+            }
+        }
+    }
+
+    /// Fill `p` (`t × kv`) with one head's probabilities from its (rotated, contiguous) queries
+    /// `qh` (`t × d`) and keys `kh` (`kv × d`): the scaled, masked scores, then a softmax per row.
+    /// With `lse` given (this head's `t` values), rows are normalised by it (recomputing the
+    /// forward's values); otherwise each row's log-sum-exp is written to `out_lse`.
     #[allow(clippy::too_many_arguments)]
-    fn probabilities(&self, dm: AttnDims, unit: usize, q: &[f32], k: &[f32], mask: Option<&[f32]>, p: &mut [f32], lse: Option<&[f32]>, out_lse: &mut [f32]) {
+    fn probabilities(&self, dm: AttnDims, bi: usize, qh: &[f32], kh: &[f32], mask: Option<&[f32]>, p: &mut [f32], lse: Option<&[f32]>, out_lse: &mut [f32]) {
         let AttnDims { t, kv, d, .. } = dm;
-        let (bi, qo, ko) = dm.offsets(unit);
-        // SAFETY: q holds t × d values from qo, k holds kv × d from ko, p is t × kv and ours.
-        unsafe { gemm_f32((t, kv, d), p.as_mut_ptr(), (kv, 1), false, q[qo..].as_ptr(), (d, 1), k[ko..].as_ptr(), (1, d)) };
+        // SAFETY: qh holds t × d values, kh kv × d, p is t × kv and ours.
+        unsafe { gemm_f32((t, kv, d), p.as_mut_ptr(), (kv, 1), false, qh.as_ptr(), (d, 1), kh.as_ptr(), (1, d)) };
         for (i, row) in p.chunks_exact_mut(kv).enumerate() {
             let mrow = mask.map(|m| &m[(bi * t + i) * kv..(bi * t + i + 1) * kv]);
             match mrow {
@@ -193,7 +283,7 @@ impl Attention {
                 None => row.iter_mut().for_each(|s| *s *= self.scale),
             }
             let l = match lse {
-                Some(l) => l[unit * t + i],
+                Some(l) => l[i],
                 None => {
                     let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let l = if m == f32::NEG_INFINITY { m } else { m + row.iter().map(|&s| (s - m).exp()).sum::<f32>().ln() };
@@ -227,22 +317,23 @@ impl CustomOp3 for Attention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (q, k, v) = (f32_data(qs, ql, self.name())?, f32_data(ks, kl, self.name())?, f32_data(vs, vl, self.name())?);
         let dm = AttnDims::of(ql, kl)?;
-        let AttnDims { b, nh, t, kv, d, .. } = dm;
+        let AttnDims { b, nh, nkv, t, kv, d } = dm;
         let mask = self.mask_data()?;
         let mut y = vec![0f32; b * t * nh * d];
         let y_ptr = y.as_mut_ptr() as usize;
         // One head per unit of work; each writes its own rows of `lse` and its own columns of `y`.
         let lse = par_fill(b * nh * t, t, |range, out_lse| {
-            let mut p = vec![0f32; t * kv];
+            let (mut qh, mut kh, mut p) = (vec![0f32; t * d], vec![0f32; kv * d], vec![0f32; t * kv]);
             for (unit, lse_h) in (range.start / t..range.end / t).zip(out_lse.chunks_exact_mut(t)) {
-                self.probabilities(dm, unit, q, k, mask.as_deref(), &mut p, None, lse_h);
-                let (bi, h) = (unit / nh, unit % nh);
-                let (_, _, vo) = dm.offsets(unit);
-                // SAFETY: head h's output is y[bi, :, h, :] (t rows of d, row stride nh · d),
-                // written by this unit only; y outlives the pool call.
+                let (bi, qo, ko) = dm.offsets(unit);
+                self.gather(dm, bi, &q[qo..], nh * d, t, &mut qh);
+                self.gather(dm, bi, &k[ko..], nkv * d, kv, &mut kh);
+                self.probabilities(dm, bi, &qh, &kh, mask.as_deref(), &mut p, None, lse_h);
+                // SAFETY: this head's output is t rows of d from qo, nh · d apart, written by
+                // this unit only; v holds kv rows of d from ko, nkv · d apart; y outlives the call.
                 unsafe {
-                    let dst = (y_ptr as *mut f32).add((bi * t * nh + h) * d);
-                    gemm_f32((t, d, kv), dst, (nh * d, 1), false, p.as_ptr(), (kv, 1), v[vo..].as_ptr(), (d, 1));
+                    let dst = (y_ptr as *mut f32).add(qo);
+                    gemm_f32((t, d, kv), dst, (nh * d, 1), false, p.as_ptr(), (kv, 1), v[ko..].as_ptr(), (nkv * d, 1));
                 }
             }
         });
@@ -256,23 +347,25 @@ impl CustomOp3 for Attention {
         let dm = AttnDims::of(q.layout(), k.layout())?;
         let AttnDims { b, nh, nkv, t, kv, d } = dm;
         let mask = self.mask_data()?;
-        // Per query head: dK and dV of its share, summed over the heads of a group below.
+        // Per query head, in rotated coordinates: dK and dV of its share (summed over the heads
+        // of a group below) and dQ (rotated back and scattered into q's layout below).
         let mut dk_h = vec![0f32; b * nh * kv * d];
         let mut dv_h = vec![0f32; b * nh * kv * d];
         let (dk_ptr, dv_ptr) = (dk_h.as_mut_ptr() as usize, dv_h.as_mut_ptr() as usize);
-        let dq = par_fill(b * nh * t * d, t * d, |range, dq_h| {
+        let dq_h = par_fill(b * nh * t * d, t * d, |range, dq_h| {
+            let (mut qh, mut kh) = (vec![0f32; t * d], vec![0f32; kv * d]);
             let (mut p, mut dp) = (vec![0f32; t * kv], vec![0f32; t * kv]);
             for (unit, dq_h) in (range.start / (t * d)..range.end / (t * d)).zip(dq_h.chunks_exact_mut(t * d)) {
-                self.probabilities(dm, unit, &qd, &kd, mask.as_deref(), &mut p, Some(lse), &mut []);
-                let (bi, h) = (unit / nh, unit % nh);
-                let (_, qo, ko) = dm.offsets(unit);
-                let dyo = (bi * t * nh + h) * d;
+                let (bi, qo, ko) = dm.offsets(unit);
+                self.gather(dm, bi, &qd[qo..], nh * d, t, &mut qh);
+                self.gather(dm, bi, &kd[ko..], nkv * d, kv, &mut kh);
+                self.probabilities(dm, bi, &qh, &kh, mask.as_deref(), &mut p, Some(&lse[unit * t..(unit + 1) * t]), &mut []);
                 let out = unit * kv * d;
                 // SAFETY: operands address whole matrices under the strides given; dp, dq_h and
                 // this unit's dk_h / dv_h blocks are written by this unit only.
                 unsafe {
                     // dP = dY · Vᵀ
-                    gemm_f32((t, kv, d), dp.as_mut_ptr(), (kv, 1), false, dyd[dyo..].as_ptr(), (nh * d, 1), vd[ko..].as_ptr(), (1, d));
+                    gemm_f32((t, kv, d), dp.as_mut_ptr(), (kv, 1), false, dyd[qo..].as_ptr(), (nh * d, 1), vd[ko..].as_ptr(), (1, nkv * d));
                 }
                 // dS = scale · P ⊙ (dP − Σ_j P ⊙ dP), in place of dP.
                 for (pr, gr) in p.chunks_exact(kv).zip(dp.chunks_exact_mut(kv)) {
@@ -281,31 +374,48 @@ impl CustomOp3 for Attention {
                 }
                 unsafe {
                     // dQ = dS · K
-                    gemm_f32((t, d, kv), dq_h.as_mut_ptr(), (d, 1), false, dp.as_ptr(), (kv, 1), kd[ko..].as_ptr(), (d, 1));
+                    gemm_f32((t, d, kv), dq_h.as_mut_ptr(), (d, 1), false, dp.as_ptr(), (kv, 1), kh.as_ptr(), (d, 1));
                     // dK = dSᵀ · Q
-                    gemm_f32((kv, d, t), (dk_ptr as *mut f32).add(out), (d, 1), false, dp.as_ptr(), (1, kv), qd[qo..].as_ptr(), (d, 1));
+                    gemm_f32((kv, d, t), (dk_ptr as *mut f32).add(out), (d, 1), false, dp.as_ptr(), (1, kv), qh.as_ptr(), (d, 1));
                     // dV = Pᵀ · dY
-                    gemm_f32((kv, d, t), (dv_ptr as *mut f32).add(out), (d, 1), false, p.as_ptr(), (1, kv), dyd[dyo..].as_ptr(), (nh * d, 1));
+                    gemm_f32((kv, d, t), (dv_ptr as *mut f32).add(out), (d, 1), false, p.as_ptr(), (1, kv), dyd[qo..].as_ptr(), (nh * d, 1));
                 }
             }
         });
-        // Sum each group's query heads into its key/value head.
+        // Rotate dQ back into q's layout; sum each group's query heads into its key/value head
+        // and put dK (rotated back) and dV into k's and v's layout.
+        let mut dq = vec![0f32; b * t * nh * d];
+        for (unit, src) in dq_h.chunks_exact(t * d).enumerate() {
+            let (bi, qo, _) = dm.offsets(unit);
+            self.scatter(dm, bi, src, &mut dq[qo..], nh * d);
+        }
         let rep = nh / nkv;
-        let group_sum = |per_head: &[f32]| -> Vec<f32> {
+        let to_kv_layout = |per_head: &[f32], rotate: bool| -> Vec<f32> {
             let block = kv * d;
-            let mut out = vec![0f32; b * nkv * block];
-            for (unit, src) in per_head.chunks_exact(block).enumerate() {
-                let (bi, h) = (unit / nh, unit % nh);
-                let dst = &mut out[(bi * nkv + h / rep) * block..][..block];
-                dst.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+            let mut sum = vec![0f32; block];
+            let mut out = vec![0f32; b * kv * nkv * d];
+            for bi in 0..b {
+                for g in 0..nkv {
+                    sum.fill(0.0);
+                    for h in g * rep..(g + 1) * rep {
+                        let src = &per_head[(bi * nh + h) * block..][..block];
+                        sum.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+                    }
+                    let dst = &mut out[(bi * kv * nkv + g) * d..];
+                    if rotate {
+                        self.scatter(dm, bi, &sum, dst, nkv * d);
+                    } else {
+                        sum.chunks_exact(d).enumerate().for_each(|(j, s)| dst[j * nkv * d..j * nkv * d + d].copy_from_slice(s));
+                    }
+                }
             }
             out
         };
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), dev)?),
-            Some(Tensor::from_vec(group_sum(&dk_h), k.shape(), dev)?),
-            Some(Tensor::from_vec(group_sum(&dv_h), v.shape(), dev)?),
+            Some(Tensor::from_vec(to_kv_layout(&dk_h, true), k.shape(), dev)?),
+            Some(Tensor::from_vec(to_kv_layout(&dv_h, false), v.shape(), dev)?),
         ))
     }
 }
@@ -397,27 +507,12 @@ impl CustomOp2 for RmsNormBwd {
 }
 
 // ---------------------------------------------------------------------------------------------
-// rotary embeddings, "rotate half" pairing
+// rotary embeddings, "rotate half" pairing (the fused attention rotates q and k itself)
 
 /// Rotary embeddings in HF's "rotate half" pairing on `x` `(b, heads, t, d)` with `cos`/`sin`
-/// `(t, d/2)` or `(b, t, d/2)`: `y₁ = x₁·cos − x₂·sin`, `y₂ = x₂·cos + x₁·sin` on the two halves
-/// of the head dimension. Differentiable with respect to `x` (the backward rotates back).
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (b, _, t, d) = x.dims4()?;
-    let tables_fit = match cos.dims() {
-        [ct, h] => *ct == t && *h * 2 == d,
-        [cb, ct, h] => *cb == b && *ct == t && *h * 2 == d,
-        _ => false,
-    };
-    if !applies(x) || !applies(cos) || !applies(sin) || !tables_fit || cos.dims() != sin.dims() {
-        return rope_composed(x, cos, sin);
-    }
-    let op = Rope { cos: held_f32(cos, "rope")?.into(), sin: held_f32(sin, "rope")?.into(), per_row: cos.rank() == 3, inverse: false };
-    Ok(x.contiguous()?.apply_op1(op)?)
-}
-
-/// The same rotation from candle's differentiable ops (any device and dtype).
-fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+/// `(t, d/2)` or `(b, t, d/2)`, from candle's differentiable ops (any device and dtype):
+/// `y₁ = x₁·cos − x₂·sin`, `y₂ = x₂·cos + x₁·sin` on the two halves of the head dimension.
+pub(crate) fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let half = x.dim(D::Minus1)? / 2;
     // The tables are f32; a bf16 or f16 model rotates in its own dtype.
     let cos = Tensor::cat(&[cos, cos], D::Minus1)?.to_dtype(x.dtype())?;
@@ -431,50 +526,6 @@ fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x2 = x.narrow(D::Minus1, half, half)?;
     let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
-}
-
-struct Rope {
-    cos: std::sync::Arc<[f32]>,
-    sin: std::sync::Arc<[f32]>,
-    /// Tables are `(b, t, d/2)` (one set per sequence) rather than `(t, d/2)`.
-    per_row: bool,
-    /// Rotate by −θ: the backward of the forward rotation.
-    inverse: bool,
-}
-
-impl CustomOp1 for Rope {
-    fn name(&self) -> &'static str {
-        "rope"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(storage, layout, self.name())?;
-        let (_, heads, t, d) = layout.shape().dims4()?;
-        let half = d / 2;
-        let sign = if self.inverse { -1.0 } else { 1.0 };
-        let y = par_fill(x.len(), d, |range, out| {
-            for (r, (xr, o)) in (range.start / d..).zip(x[range].chunks_exact(d).zip(out.chunks_exact_mut(d))) {
-                let i = r % t;
-                let table_row = if self.per_row { (r / (heads * t)) * t + i } else { i };
-                let c = &self.cos[table_row * half..(table_row + 1) * half];
-                let s = &self.sin[table_row * half..(table_row + 1) * half];
-                let (x1, x2) = xr.split_at(half);
-                let (o1, o2) = o.split_at_mut(half);
-                for j in 0..half {
-                    let sj = sign * s[j];
-                    o1[j] = x1[j] * c[j] - x2[j] * sj;
-                    o2[j] = x2[j] * c[j] + x1[j] * sj;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // The rotation is orthogonal: its transpose is the rotation by −θ.
-        let back = Rope { cos: self.cos.clone(), sin: self.sin.clone(), per_row: self.per_row, inverse: !self.inverse };
-        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&back)?))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -624,10 +675,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn attention_matches_composed_ops_with_grouped_heads_and_blocked_positions() {
-        let (b, nh, nkv, t, d) = (2, 4, 2, 5, 8);
-        // Causal mask, and the first position of the second row blocked as left padding.
+    /// Causal mask `(b, 1, 1, t, t)`, with the first position of the second sequence blocked as
+    /// left padding.
+    fn causal_mask_with_padding(b: usize, t: usize) -> Tensor {
         let mut m = vec![0f32; b * t * t];
         for row in 0..b {
             for i in 0..t {
@@ -638,18 +688,55 @@ mod tests {
                 }
             }
         }
-        let mask = Tensor::from_vec(m, (b, 1, 1, t, t), &Device::Cpu).unwrap();
+        Tensor::from_vec(m, (b, 1, 1, t, t), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn attention_matches_composed_ops_with_grouped_heads_and_blocked_positions() {
+        let (b, nh, nkv, t, d) = (2, 4, 2, 5, 8);
+        let mask = causal_mask_with_padding(b, t);
         let scale = 0.35;
-        let inputs = [randn(&[b, nh, t, d], 1), randn(&[b, nkv, t, d], 2), randn(&[b, nkv, t, d], 3)];
+        let inputs = [randn(&[b, t, nh, d], 1), randn(&[b, t, nkv, d], 2), randn(&[b, t, nkv, d], 3)];
         check(
             &inputs,
-            |v| attention(&v[0], &v[1], &v[2], scale, Some(&mask)).unwrap(),
-            |v| attention_composed(&v[0], &v[1], &v[2], scale, Some(&mask)).unwrap(),
+            |v| attention(&v[0], &v[1], &v[2], None, scale, Some(&mask)).unwrap(),
+            |v| attention_composed(&v[0], &v[1], &v[2], None, scale, Some(&mask)).unwrap(),
             1e-5,
         );
         // No mask, more keys than queries (a continuation after cached positions).
-        let inputs = [randn(&[1, nh, 3, d], 4), randn(&[1, nkv, 7, d], 5), randn(&[1, nkv, 7, d], 6)];
-        check(&inputs, |v| attention(&v[0], &v[1], &v[2], scale, None).unwrap(), |v| attention_composed(&v[0], &v[1], &v[2], scale, None).unwrap(), 1e-5);
+        let inputs = [randn(&[1, 3, nh, d], 4), randn(&[1, 7, nkv, d], 5), randn(&[1, 7, nkv, d], 6)];
+        check(
+            &inputs,
+            |v| attention(&v[0], &v[1], &v[2], None, scale, None).unwrap(),
+            |v| attention_composed(&v[0], &v[1], &v[2], None, scale, None).unwrap(),
+            1e-5,
+        );
+    }
+
+    /// With the rotary embedding applied inside the op, against rotating with candle's ops first:
+    /// tables shared by every sequence and per sequence (left-padded batches).
+    #[test]
+    fn attention_with_rotary_embedding_matches_composed_ops() {
+        let (b, nh, nkv, t, d) = (2, 6, 2, 5, 8);
+        let mask = causal_mask_with_padding(b, t);
+        let inputs = [randn(&[b, t, nh, d], 7), randn(&[b, t, nkv, d], 8), randn(&[b, t, nkv, d], 9)];
+        for angles in [randn(&[t, d / 2], 10), randn(&[b, t, d / 2], 11)] {
+            let (cos, sin) = ((&angles * 3.0).unwrap().cos().unwrap(), (&angles * 3.0).unwrap().sin().unwrap());
+            let rope = Some((&cos, &sin));
+            check(
+                &inputs,
+                |v| attention(&v[0], &v[1], &v[2], rope, 0.35, Some(&mask)).unwrap(),
+                |v| attention_composed(&v[0], &v[1], &v[2], rope, 0.35, Some(&mask)).unwrap(),
+                1e-5,
+            );
+            // The rotation mattered.
+            let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
+            let d = max_abs_diff(&attention(q, k, v, rope, 0.35, Some(&mask)).unwrap(), &attention(q, k, v, None, 0.35, Some(&mask)).unwrap());
+            assert!(d > 1e-2, "rotary embedding changed nothing ({d})");
+        }
+        // Tables that do not fit are an error, not a silent misuse.
+        let short = randn(&[t - 1, d / 2], 12);
+        assert!(attention(&inputs[0], &inputs[1], &inputs[2], Some((&short, &short)), 0.35, None).is_err());
     }
 
     #[test]
@@ -665,18 +752,6 @@ mod tests {
             },
             1e-5,
         );
-    }
-
-    #[test]
-    fn rope_matches_composed_ops_with_shared_and_per_row_tables() {
-        let (b, h, t, d) = (2, 3, 5, 8);
-        let x = randn(&[b, h, t, d], 5);
-        let angles = randn(&[t, d / 2], 6);
-        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-        check(&[x.clone()], |v| rope(&v[0], &cos, &sin).unwrap(), |v| rope_composed(&v[0], &cos, &sin).unwrap(), 1e-5);
-        let angles = randn(&[b, t, d / 2], 7);
-        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-        check(&[x], |v| rope(&v[0], &cos, &sin).unwrap(), |v| rope_composed(&v[0], &cos, &sin).unwrap(), 1e-5);
     }
 
     /// A projection with one LoRA branch in training (the fused op) against the composed ops over

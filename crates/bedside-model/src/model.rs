@@ -613,11 +613,19 @@ impl Model {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let tr = self.training;
-        let q = a.q_proj.forward(x, tr)?.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?;
-        let k = a.k_proj.forward(x, tr)?.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
-        let v = a.v_proj.forward(x, tr)?.reshape((b, t, nkv, d))?.transpose(1, 2)?;
+        let q = a.q_proj.forward(x, tr)?.reshape((b, t, nh, d))?;
+        let k = a.k_proj.forward(x, tr)?.reshape((b, t, nkv, d))?;
+        let v = a.v_proj.forward(x, tr)?.reshape((b, t, nkv, d))?;
+        if tr && kv.is_none() {
+            // One op with its own backward (on the CPU in f32; candle's differentiable ops
+            // elsewhere) that reads the heads in the projections' layout, rotates q and k itself
+            // and keeps no score tensor for the backward.
+            let y = crate::fused::attention(&q, &k, &v, Some((cos, sin)), 1.0 / (d as f64).sqrt(), mask)?;
+            return a.o_proj.forward(&y, tr);
+        }
+        let (q, k, v) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?);
         let (q, k) = if tr {
-            (crate::fused::rope(&q, cos, sin)?, crate::fused::rope(&k, cos, sin)?)
+            (crate::fused::rope_composed(&q, cos, sin)?, crate::fused::rope_composed(&k, cos, sin)?)
         } else {
             let (c, s) = (cos.to_dtype(q.dtype())?, sin.to_dtype(q.dtype())?);
             (candle_nn::rotary_emb::rope(&q, &c, &s)?, candle_nn::rotary_emb::rope(&k, &c, &s)?)
@@ -632,12 +640,6 @@ impl Model {
         if t == 1 && b > 1 && cached && !tr && q.device().is_cpu() && q.dtype() == DType::F32 {
             let y = decode_attention_cpu(&q, &k, &v, &pos.pads)?;
             return a.o_proj.forward(&y.reshape((b, t, nh * d))?, tr);
-        }
-        if tr {
-            // One op with its own backward on the CPU in f32 (it keeps no score tensor for the
-            // backward), candle's differentiable ops elsewhere.
-            let y = crate::fused::attention(&q, &k, &v, 1.0 / (d as f64).sqrt(), mask)?;
-            return a.o_proj.forward(&y, tr);
         }
         let kv_len = k.dim(2)?;
         // Grouped-query attention without copying keys: fold the query heads that share a
