@@ -438,15 +438,48 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
-struct RmsNorm {
+/// An RMS norm with a frozen weight, as the fused ops hold it.
+pub(crate) struct RmsNorm {
     weight: Vec<f32>,
     eps: f32,
 }
 
 impl RmsNorm {
+    /// The norm of `weight` (f32) and `eps`.
+    pub(crate) fn new(weight: &Tensor, eps: f64) -> candle_core::Result<Self> {
+        Ok(RmsNorm { weight: held_f32(weight, "rms-norm")?, eps: eps as f32 })
+    }
+
     fn inv_rms(&self, x: &[f32]) -> f32 {
         let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
         1.0 / (ms + self.eps).sqrt()
+    }
+
+    /// Normalised rows of `x` (rows of the weight's length), on candle's CPU threads.
+    pub(crate) fn normalise(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let h = self.weight.len();
+        if h == 0 || x.len() % h != 0 {
+            candle_core::bail!("rms-norm: {} values are not rows of the weight's {h}", x.len());
+        }
+        Ok(par_fill(x.len(), h, |range, out| {
+            for (xr, o) in x[range].chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+                let r = self.inv_rms(xr);
+                for ((o, &v), &w) in o.iter_mut().zip(xr).zip(&self.weight) {
+                    *o = v * r * w;
+                }
+            }
+        }))
+    }
+
+    /// The normalised tensor, recording no backward (for backward passes).
+    pub(crate) fn forward_no_bwd(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(&RmsNorm { weight: self.weight.clone(), eps: self.eps })
+    }
+
+    /// The gradient with respect to `x` from the gradient `dy` with respect to the norm's output.
+    pub(crate) fn backward(&self, x: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
+        let bwd = RmsNormBwd(RmsNorm { weight: self.weight.clone(), eps: self.eps });
+        x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &bwd)
     }
 }
 
@@ -461,20 +494,11 @@ impl CustomOp1 for RmsNorm {
         if layout.dims().last() != Some(&h) {
             candle_core::bail!("rms-norm: input {:?} does not end in the weight's {h}", layout.dims());
         }
-        let y = par_fill(x.len(), h, |range, out| {
-            for (xr, o) in x[range].chunks_exact(h).zip(out.chunks_exact_mut(h)) {
-                let r = self.inv_rms(xr);
-                for ((o, &v), &w) in o.iter_mut().zip(xr).zip(&self.weight) {
-                    *o = v * r * w;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        Ok((CpuStorage::F32(self.normalise(x)?), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let bwd = RmsNormBwd(RmsNorm { weight: self.weight.clone(), eps: self.eps });
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &bwd)?))
+        Ok(Some(self.backward(arg, grad_res)?))
     }
 }
 
@@ -563,21 +587,32 @@ impl CustomOp2 for Swiglu {
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = f32_data(gs, gl, self.name())?;
         let u = f32_data(us, ul, self.name())?;
-        same_len(g, u, self.name())?;
-        let y = par_fill(g.len(), ELEMWISE_UNIT, |range, out| {
-            for ((o, &g), &u) in out.iter_mut().zip(&g[range.clone()]).zip(&u[range]) {
-                *o = g * sigmoid(g) * u;
-            }
-        });
-        Ok((CpuStorage::F32(y), gl.shape().clone()))
+        Ok((CpuStorage::F32(swiglu_values(g, u)?), gl.shape().clone()))
     }
 
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = grad_res.contiguous()?;
-        let d_gate = dy.apply_op3_no_bwd(gate, up, &SwigluBwdGate)?;
-        let d_up = dy.apply_op2_no_bwd(gate, &SwigluBwdUp)?;
+        let (d_gate, d_up) = swiglu_backward(gate, up, grad_res)?;
         Ok((Some(d_gate), Some(d_up)))
     }
+}
+
+/// `silu(g) · u` elementwise, on candle's CPU threads.
+pub(crate) fn swiglu_values(g: &[f32], u: &[f32]) -> candle_core::Result<Vec<f32>> {
+    same_len(g, u, "swiglu")?;
+    Ok(par_fill(g.len(), ELEMWISE_UNIT, |range, out| {
+        for ((o, &g), &u) in out.iter_mut().zip(&g[range.clone()]).zip(&u[range]) {
+            *o = g * sigmoid(g) * u;
+        }
+    }))
+}
+
+/// The gradients with respect to `gate` and `up` of `silu(gate) · up` from the gradient `dy` of
+/// its output (contiguous f32 CPU tensors of one shape).
+pub(crate) fn swiglu_backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let dy = dy.contiguous()?;
+    let d_gate = dy.apply_op3_no_bwd(gate, up, &SwigluBwdGate)?;
+    let d_up = dy.apply_op2_no_bwd(gate, &SwigluBwdUp)?;
+    Ok((d_gate, d_up))
 }
 
 /// `d gate = dy · up · σ(g) · (1 + g · (1 − σ(g)))`.
@@ -787,6 +822,50 @@ mod tests {
             let d = max_abs_diff(&fused(&inputs, dropout), &fused(&inputs, 0.0));
             assert!(d > 1e-3, "dropout changed nothing ({d})");
         }
+    }
+
+    /// The RMS norm before the projection, or `silu(g) ⊙ u`, formed inside the fused op (with
+    /// dropout on the branch): against the norm or the gate composed from candle's ops, then the
+    /// projection composed too.
+    #[test]
+    fn lora_projection_with_the_norm_or_the_gate_inside_matches_composed_ops() {
+        use crate::linear::{seeded_dropout, set_dropout_rng_state, BaseWeight, Linear, LoraBranch};
+        let (n, k, r, scale, p) = (7, 10, 3, 1.5, 0.2);
+        let w = randn(&[n, k], 30);
+        let norm_w = randn(&[k], 31);
+        let lin = |a: &Tensor, b: &Tensor| Linear { base: BaseWeight::Dense(w.clone()), lora: vec![LoraBranch { a: a.clone(), b: b.clone(), scale, dropout: p }] };
+        let composed = |x: &Tensor, a: &Tensor, b: &Tensor| {
+            let xb = seeded_dropout(x, p).unwrap();
+            let branch = xb.broadcast_matmul(&a.t().unwrap()).unwrap().broadcast_matmul(&b.t().unwrap()).unwrap();
+            (x.broadcast_matmul(&w.t().unwrap()).unwrap() + (branch * scale).unwrap()).unwrap()
+        };
+        check(
+            &[randn(&[2, 3, k], 32), randn(&[r, k], 33), randn(&[n, r], 34)],
+            |v| {
+                set_dropout_rng_state(7);
+                lin(&v[1], &v[2]).forward_train_normed(&v[0], &norm_w, 1e-5).unwrap()
+            },
+            |v| {
+                let ms = v[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                let h = v[0].broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&norm_w).unwrap();
+                set_dropout_rng_state(7);
+                composed(&h, &v[1], &v[2])
+            },
+            1e-5,
+        );
+        check(
+            &[randn(&[2, 3, k], 35), randn(&[2, 3, k], 36), randn(&[r, k], 37), randn(&[n, r], 38)],
+            |v| {
+                set_dropout_rng_state(8);
+                lin(&v[2], &v[3]).forward_train_gated(&v[0], &v[1]).unwrap()
+            },
+            |v| {
+                let h = (candle_nn::ops::silu(&v[0]).unwrap() * &v[1]).unwrap();
+                set_dropout_rng_state(8);
+                composed(&h, &v[2], &v[3])
+            },
+            1e-5,
+        );
     }
 
     #[test]

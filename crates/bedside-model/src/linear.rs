@@ -113,10 +113,6 @@ fn dense_prefill_enabled() -> bool {
 /// Row count from which a CPU quantized matmul dequantizes the weight and runs an f32 GEMM.
 pub const DENSE_ROWS: usize = 16;
 
-/// Quantized weights larger than this many elements (16 MB as f32) are dequantized a block of
-/// rows at a time in the dense CPU paths: SmolLM2's 49k × 576 tied head is 113 MB dense.
-const DEQUANT_BLOCK_ELEMS: usize = 1 << 22;
-
 /// `(start, len)` row ranges of an `[n, k]` weight, each at most `budget` elements (one row at
 /// least), covering all `n` rows in order.
 pub(crate) fn row_blocks(n: usize, k: usize, budget: usize) -> Vec<(usize, usize)> {
@@ -218,9 +214,14 @@ impl CustomOp1 for QMatMulTrain {
     }
 }
 
+/// The most elements of one of [`parallel_pieces`]'s pieces: 4 MB as f32, so the pieces that
+/// the threads hold dequantized at once stay a few MB whatever the weight (SmolLM2's 49k × 576
+/// tied head is 113 MB dense; with 16 MB pieces it added 21 MiB to a training step's peak).
+const PARALLEL_PIECE_MAX_ELEMS: usize = 1 << 20;
+
 /// Row ranges of a quantized `[n, k]` weight for the CPU's threads to dequantize and multiply
 /// in parallel: at least a few per thread (candle's dequantization is one thread's loop, and at
-/// training sizes it costs as much as the GEMM), none above [`DEQUANT_BLOCK_ELEMS`].
+/// training sizes it costs as much as the GEMM), none above [`PARALLEL_PIECE_MAX_ELEMS`].
 pub(crate) fn parallel_pieces(n: usize, k: usize) -> Vec<(usize, usize)> {
     row_blocks(n, k, parallel_piece_elems(n, k))
 }
@@ -228,7 +229,7 @@ pub(crate) fn parallel_pieces(n: usize, k: usize) -> Vec<(usize, usize)> {
 /// The element budget of one of [`parallel_pieces`]'s pieces.
 pub(crate) fn parallel_piece_elems(n: usize, k: usize) -> usize {
     let threads = candle_core::utils::get_num_threads().max(1);
-    (n * k / (4 * threads)).clamp(1 << 16, DEQUANT_BLOCK_ELEMS)
+    (n * k / (4 * threads)).clamp(1 << 16, PARALLEL_PIECE_MAX_ELEMS)
 }
 
 /// A frozen weight `[n, k]` read a block of rows at a time as f32 on the CPU.
@@ -545,6 +546,11 @@ impl DropoutDraw {
         Ok(Self { state, p })
     }
 
+    /// The mask of branch `l` over `n` input values while training, if it has dropout.
+    fn for_branch(l: &LoraBranch, n: usize) -> Result<Option<Self>> {
+        Ok(if l.dropout > 0.0 { Some(Self::take(n, l.dropout)?) } else { None })
+    }
+
     /// The mask's `n` values: `1 / (1 - p)` where kept, 0 where dropped (inverted dropout).
     fn values(&self, n: usize) -> Vec<f32> {
         let scale = 1.0 / (1.0 - self.p);
@@ -586,14 +592,37 @@ pub(crate) fn seeded_dropout(x: &Tensor, p: f32) -> Result<Tensor> {
 /// place and the backward writes only `dx` at full size. LoRA dropout on the branch input is
 /// part of the op: the same mask [`seeded_dropout`] would draw, regenerated in the backward
 /// (composed, the mask and the masked input are two more input-sized tensors per projection).
-fn lora_train(x: &Tensor, w: &BaseWeight, l: &LoraBranch) -> Result<Tensor> {
+///
+/// With `norm`, the op's input is `x` before the RMS norm that precedes the projection: the op
+/// normalises it itself and again in the backward, so the normalised activations (which the
+/// three attention or two MLP input projections share) are not kept from forward to backward.
+fn lora_train(x: &Tensor, w: &BaseWeight, l: &LoraBranch, norm: Option<(&Tensor, f64)>) -> Result<Tensor> {
     let dims = x.dims();
     let in_dim = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.contiguous()?.reshape((rows, in_dim))?;
-    let dropout = if l.dropout > 0.0 { Some(DropoutDraw::take(rows * in_dim, l.dropout)?) } else { None };
-    let op = FusedLora { w: w.clone(), scale: l.scale, dropout };
+    let norm = norm.map(|(w, eps)| crate::fused::RmsNorm::new(w, eps)).transpose()?;
+    let op = FusedLora { w: w.clone(), scale: l.scale, dropout: DropoutDraw::for_branch(l, rows * in_dim)?, norm };
     let y = x2.apply_op3(&l.a.contiguous()?, &l.b.contiguous()?, op)?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = w.dims().0;
+    Ok(y.reshape(out_dims)?)
+}
+
+/// `silu(g) ⊙ u` through the projection and its LoRA branch, as one op: the gated activations
+/// (the MLP's widest tensor) are formed inside and again in the backward instead of being kept.
+/// `A` and `B` travel packed in one tensor, since an op takes at most three inputs.
+fn lora_train_gated(g: &Tensor, u: &Tensor, w: &BaseWeight, l: &LoraBranch) -> Result<Tensor> {
+    let dims = g.dims();
+    if u.dims() != dims {
+        return Err(candle_core::Error::Msg(format!("gated projection: gate {:?} and up {:?} differ", g.dims(), u.dims())).into());
+    }
+    let in_dim = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let (g2, u2) = (g.contiguous()?.reshape((rows, in_dim))?, u.contiguous()?.reshape((rows, in_dim))?);
+    let ab = Tensor::cat(&[&l.a.flatten_all()?, &l.b.flatten_all()?], 0)?;
+    let core = FusedLora { w: w.clone(), scale: l.scale, dropout: DropoutDraw::for_branch(l, rows * in_dim)?, norm: None };
+    let y = g2.apply_op3(&u2, &ab, FusedGatedLora { core, r: l.rank() })?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = w.dims().0;
     Ok(y.reshape(out_dims)?)
@@ -605,22 +634,14 @@ struct FusedLora {
     scale: f64,
     /// The dropout mask on the branch input `(rows, in)`, if any.
     dropout: Option<DropoutDraw>,
+    /// The RMS norm applied to the op's input first, if any.
+    norm: Option<crate::fused::RmsNorm>,
 }
 
-impl CustomOp3 for FusedLora {
-    fn name(&self) -> &'static str {
-        "fused-lora"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        a: &CpuStorage,
-        al: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+impl FusedLora {
+    /// `x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ` for `x` `(rows, k)`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_values(&self, x: &CpuStorage, xl: &Layout, a: &CpuStorage, al: &Layout, b: &CpuStorage, bl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
         let (rows, k) = xl.shape().dims2()?;
         let (n, wk) = self.w.dims();
@@ -647,14 +668,8 @@ impl CustomOp3 for FusedLora {
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        a: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    /// Gradients `(dx, dA, dB)` of the product above for `x` `(rows, k)` from `dy` `(rows, n)`.
+    fn backward(&self, x: Tensor, a: &Tensor, b: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         // Detached: the backward builds no graph of its own.
         let (x, a, b, dy) = (x.detach(), a.detach(), b.detach(), dy.detach().contiguous()?);
         let mask = self.dropout.map(|d| d.tensor(x.shape())).transpose()?;
@@ -674,7 +689,113 @@ impl CustomOp3 for FusedLora {
         let dx = (base + branch)?;
         let da = dyb.t()?.matmul(&xb)?;
         let db = (dy.t()?.matmul(&h)? * self.scale)?;
+        Ok((dx, da, db))
+    }
+}
+
+impl CustomOp3 for FusedLora {
+    fn name(&self) -> &'static str {
+        "fused-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match &self.norm {
+            None => self.forward_values(x, xl, a, al, b, bl),
+            Some(norm) => {
+                let (CpuStorage::F32(xv), Some((o0, o1))) = (x, xl.contiguous_offsets()) else {
+                    candle_core::bail!("fused-lora: expected a contiguous f32 input")
+                };
+                let h = CpuStorage::F32(norm.normalise(&xv[o0..o1])?);
+                self.forward_values(&h, &Layout::contiguous(xl.shape()), a, al, b, bl)
+            }
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, da, db) = match &self.norm {
+            None => self.backward(x.clone(), a, b, dy)?,
+            Some(norm) => {
+                let (dh, da, db) = self.backward(norm.forward_no_bwd(&x.detach())?, a, b, dy)?;
+                (norm.backward(&x.detach(), &dh)?, da, db)
+            }
+        };
         Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
+/// [`FusedLora`] over `silu(g) ⊙ u`, with `A` and `B` packed in the third input.
+struct FusedGatedLora {
+    core: FusedLora,
+    /// LoRA rank: `A` is the first `r · in` packed values, `B` the remaining `out · r`.
+    r: usize,
+}
+
+impl FusedGatedLora {
+    fn factor_layouts(&self, k: usize, abl: &Layout) -> candle_core::Result<(Layout, Layout)> {
+        let (r, n) = (self.r, self.core.w.dims().0);
+        let o = abl.contiguous_offsets().map(|(o, _)| o).ok_or_else(|| candle_core::Error::Msg("fused-lora: packed factors not contiguous".into()))?;
+        if abl.shape().elem_count() != r * (k + n) {
+            candle_core::bail!("fused-lora: {} packed factor values for rank {r}, in {k}, out {n}", abl.shape().elem_count());
+        }
+        Ok((Layout::contiguous_with_offset((r, k), o), Layout::contiguous_with_offset((n, r), o + r * k)))
+    }
+}
+
+impl CustomOp3 for FusedGatedLora {
+    fn name(&self) -> &'static str {
+        "fused-gated-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        gl: &Layout,
+        u: &CpuStorage,
+        ul: &Layout,
+        ab: &CpuStorage,
+        abl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(gv), Some((g0, g1)), CpuStorage::F32(uv), Some((u0, u1))) = (g, gl.contiguous_offsets(), u, ul.contiguous_offsets()) else {
+            candle_core::bail!("fused-gated-lora: expected contiguous f32 inputs")
+        };
+        let p = CpuStorage::F32(crate::fused::swiglu_values(&gv[g0..g1], &uv[u0..u1])?);
+        let (al, bl) = self.factor_layouts(gl.shape().dims2()?.1, abl)?;
+        self.core.forward_values(&p, &Layout::contiguous(gl.shape()), ab, &al, ab, &bl)
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        ab: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (g, u, ab) = (g.detach(), u.detach(), ab.detach());
+        let (rows, k) = g.dims2()?;
+        let (r, n) = (self.r, self.core.w.dims().0);
+        let a = ab.narrow(0, 0, r * k)?.reshape((r, k))?;
+        let b = ab.narrow(0, r * k, n * r)?.reshape((n, r))?;
+        let p = crate::fused::swiglu_values(&g.flatten_all()?.to_vec1::<f32>()?, &u.flatten_all()?.to_vec1::<f32>()?)?;
+        let (dp, da, db) = self.core.backward(Tensor::from_vec(p, (rows, k), g.device())?, &a, &b, dy)?;
+        let (dg, du) = crate::fused::swiglu_backward(&g, &u, &dp)?;
+        let dab = Tensor::cat(&[&da.flatten_all()?, &db.flatten_all()?], 0)?;
+        Ok((Some(dg), Some(du), Some(dab)))
     }
 }
 
@@ -722,12 +843,8 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        if training {
-            if let [l] = self.lora.as_slice() {
-                if self.base.readable_by_rows() && [x, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)) {
-                    return lora_train(x, &self.base, l);
-                }
-            }
+        if training && self.fuses_in_training(x) {
+            return lora_train(x, &self.base, &self.lora[0], None);
         }
         let mut y = if training { self.base.forward_train(x)? } else { self.base.forward(x)? };
         for l in &self.lora {
@@ -735,6 +852,33 @@ impl Linear {
             y = (y + d)?;
         }
         Ok(y)
+    }
+
+    /// Whether a training forward on `x` takes the fused op ([`lora_train`]): one LoRA branch over
+    /// a base it reads by rows, f32 tensors on the CPU.
+    pub fn fuses_in_training(&self, x: &Tensor) -> bool {
+        match self.lora.as_slice() {
+            [l] => self.base.readable_by_rows() && [x, &l.a, &l.b].iter().all(|t| crate::fused::applies(t)),
+            _ => false,
+        }
+    }
+
+    /// Training forward of `rms_norm(x, norm_weight, eps)`, with the norm inside the fused op when
+    /// it applies (so the normalised input is not kept for the backward), else composed.
+    pub fn forward_train_normed(&self, x: &Tensor, norm_weight: &Tensor, eps: f64) -> Result<Tensor> {
+        if self.fuses_in_training(x) && crate::fused::applies(norm_weight) {
+            return lora_train(x, &self.base, &self.lora[0], Some((norm_weight, eps)));
+        }
+        self.forward(&crate::fused::rms_norm(x, norm_weight, eps)?, true)
+    }
+
+    /// Training forward of `silu(g) ⊙ u`, formed inside the fused op when it applies (so the
+    /// gated activations are not kept for the backward), else composed.
+    pub fn forward_train_gated(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        if self.fuses_in_training(g) && crate::fused::applies(u) {
+            return lora_train_gated(g, u, &self.base, &self.lora[0]);
+        }
+        self.forward(&crate::fused::swiglu(g, u)?, true)
     }
 
     /// Fold every LoRA branch into a dense base weight (`W + scale·B·A`) of `dtype`.
@@ -856,8 +1000,8 @@ mod tests {
     #[test]
     fn blocked_dequantization_matches_the_dense_weight() {
         let dev = Device::Cpu;
-        let (out, inp) = (DEQUANT_BLOCK_ELEMS / 512 + 128, 512);
-        assert!(row_blocks(out, inp, DEQUANT_BLOCK_ELEMS).len() == 2);
+        let (out, inp) = (PARALLEL_PIECE_MAX_ELEMS / 512 + 128, 512);
+        assert!(parallel_pieces(out, inp).len() >= 2);
         let w = Tensor::from_vec(values(out * inp, 6), (out, inp), &dev).unwrap();
         let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
         let wd = q.dequantize(&dev).unwrap();

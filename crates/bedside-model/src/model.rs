@@ -320,6 +320,28 @@ fn decode_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, pads: &[usize]) -> R
 }
 
 /// `silu(gate) · up`; in training on the CPU in f32 one fused op with its own backward.
+/// A projection's input: hidden states as they are, or before the RMS norm that the fused
+/// training op applies itself.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Plain(&'a Tensor),
+    Normed(&'a Tensor, &'a RmsNorm),
+}
+
+impl Input<'_> {
+    fn tensor(&self) -> &Tensor {
+        match self {
+            Input::Plain(x) | Input::Normed(x, _) => x,
+        }
+    }
+    fn project(&self, l: &Linear, training: bool) -> Result<Tensor> {
+        match self {
+            Input::Plain(x) => l.forward(x, training),
+            Input::Normed(x, n) => l.forward_train_normed(x, &n.weight, n.eps),
+        }
+    }
+}
+
 fn gated(gate: &Tensor, up: &Tensor, training: bool) -> Result<Tensor> {
     if training {
         crate::fused::swiglu(gate, up)
@@ -546,11 +568,15 @@ impl Model {
     /// layer (checkpointing) calls this directly.
     pub fn block_forward(&self, i: usize, x: &Tensor, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>) -> Result<Tensor> {
         let layer = self.layers.get(i).ok_or_else(|| ModelError::Candle(candle_core::Error::Msg(format!("no layer {i}"))))?;
-        let h = layer.input_layernorm.forward(x, self.training)?;
-        let h = self.attention(&layer.self_attn, &h, pos, kv)?;
+        let a = &layer.self_attn;
+        let h = if self.training && [&a.q_proj, &a.k_proj, &a.v_proj].iter().all(|l| l.fuses_in_training(x)) {
+            // Each input projection normalises x itself (see `Linear::forward_train_normed`).
+            self.attention(a, Input::Normed(x, &layer.input_layernorm), pos, kv)?
+        } else {
+            self.attention(a, Input::Plain(&layer.input_layernorm.forward(x, self.training)?), pos, kv)?
+        };
         let x = (x + h)?;
-        let h = layer.post_attention_layernorm.forward(&x, self.training)?;
-        let h = self.feed_forward(&layer.ffn, &h)?;
+        let h = self.feed_forward(&layer.ffn, &layer.post_attention_layernorm, &x)?;
         Ok((x + h)?)
     }
 
@@ -602,20 +628,14 @@ impl Model {
         Ok(Tensor::from_vec(m, (b, 1, 1, t, kv), &self.device)?)
     }
 
-    fn attention(
-        &self,
-        a: &Attention,
-        x: &Tensor,
-        pos: &Positions,
-        kv: Option<(&mut Option<LayerKv>, usize)>,
-    ) -> Result<Tensor> {
+    fn attention(&self, a: &Attention, x: Input, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>) -> Result<Tensor> {
         let (cos, sin, mask) = (&pos.cos, &pos.sin, pos.mask.as_ref());
-        let (b, t, _) = x.dims3()?;
+        let (b, t, _) = x.tensor().dims3()?;
         let (nh, nkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let tr = self.training;
-        let q = a.q_proj.forward(x, tr)?.reshape((b, t, nh, d))?;
-        let k = a.k_proj.forward(x, tr)?.reshape((b, t, nkv, d))?;
-        let v = a.v_proj.forward(x, tr)?.reshape((b, t, nkv, d))?;
+        let q = x.project(&a.q_proj, tr)?.reshape((b, t, nh, d))?;
+        let k = x.project(&a.k_proj, tr)?.reshape((b, t, nkv, d))?;
+        let v = x.project(&a.v_proj, tr)?.reshape((b, t, nkv, d))?;
         if tr && kv.is_none() {
             // One op with its own backward (on the CPU in f32; candle's differentiable ops
             // elsewhere) that reads the heads in the projections' layout, rotates q and k itself
@@ -657,13 +677,24 @@ impl Model {
         a.o_proj.forward(&y, tr)
     }
 
-    fn feed_forward(&self, f: &FeedForward, x: &Tensor) -> Result<Tensor> {
+    /// The MLP on `norm(x)`.
+    fn feed_forward(&self, f: &FeedForward, norm: &RmsNorm, x: &Tensor) -> Result<Tensor> {
         let tr = self.training;
         match f {
             FeedForward::Dense { gate_proj, up_proj, down_proj } => {
-                down_proj.forward(&gated(&gate_proj.forward(x, tr)?, &up_proj.forward(x, tr)?, tr)?, tr)
+                let input = if tr && gate_proj.fuses_in_training(x) && up_proj.fuses_in_training(x) {
+                    Input::Normed(x, norm)
+                } else {
+                    Input::Plain(&norm.forward(x, tr)?)
+                };
+                let (g, u) = (input.project(gate_proj, tr)?, input.project(up_proj, tr)?);
+                if tr && down_proj.fuses_in_training(&g) {
+                    // silu(g)·u formed inside the down projection (see `Linear::forward_train_gated`).
+                    return down_proj.forward_train_gated(&g, &u);
+                }
+                down_proj.forward(&gated(&g, &u, tr)?, tr)
             }
-            FeedForward::Moe { gate, experts, top_k } => self.moe(gate, experts, *top_k, x),
+            FeedForward::Moe { gate, experts, top_k } => self.moe(gate, experts, *top_k, &norm.forward(x, tr)?),
         }
     }
 
