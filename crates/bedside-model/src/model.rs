@@ -319,19 +319,26 @@ fn decode_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, pads: &[usize]) -> R
     Ok(Tensor::cat(&rows, 0)?.transpose(1, 2)?)
 }
 
-/// `silu(gate) · up`; in training on the CPU in f32 one fused op with its own backward.
-/// A projection's input: hidden states as they are, or before the RMS norm that the fused
-/// training op applies itself.
-#[derive(Clone, Copy)]
+/// The input of the projections that follow an RMS norm: normalised, or (training, when every
+/// one of them takes the fused op) the hidden states before the norm, which each fused op
+/// normalises itself so the normalised copy is not kept for the backward.
 enum Input<'a> {
-    Plain(&'a Tensor),
+    Plain(Tensor),
     Normed(&'a Tensor, &'a RmsNorm),
 }
 
-impl Input<'_> {
+impl<'a> Input<'a> {
+    fn new(norm: &'a RmsNorm, x: &'a Tensor, projections: &[&Linear], training: bool) -> Result<Self> {
+        Ok(if training && projections.iter().all(|l| l.fuses_in_training(x)) {
+            Input::Normed(x, norm)
+        } else {
+            Input::Plain(norm.forward(x, training)?)
+        })
+    }
     fn tensor(&self) -> &Tensor {
         match self {
-            Input::Plain(x) | Input::Normed(x, _) => x,
+            Input::Plain(x) => x,
+            Input::Normed(x, _) => x,
         }
     }
     fn project(&self, l: &Linear, training: bool) -> Result<Tensor> {
@@ -342,6 +349,7 @@ impl Input<'_> {
     }
 }
 
+/// `silu(gate) · up`; in training on the CPU in f32 one fused op with its own backward.
 fn gated(gate: &Tensor, up: &Tensor, training: bool) -> Result<Tensor> {
     if training {
         crate::fused::swiglu(gate, up)
@@ -569,12 +577,7 @@ impl Model {
     pub fn block_forward(&self, i: usize, x: &Tensor, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>) -> Result<Tensor> {
         let layer = self.layers.get(i).ok_or_else(|| ModelError::Candle(candle_core::Error::Msg(format!("no layer {i}"))))?;
         let a = &layer.self_attn;
-        let h = if self.training && [&a.q_proj, &a.k_proj, &a.v_proj].iter().all(|l| l.fuses_in_training(x)) {
-            // Each input projection normalises x itself (see `Linear::forward_train_normed`).
-            self.attention(a, Input::Normed(x, &layer.input_layernorm), pos, kv)?
-        } else {
-            self.attention(a, Input::Plain(&layer.input_layernorm.forward(x, self.training)?), pos, kv)?
-        };
+        let h = self.attention(a, &Input::new(&layer.input_layernorm, x, &[&a.q_proj, &a.k_proj, &a.v_proj], self.training)?, pos, kv)?;
         let x = (x + h)?;
         let h = self.feed_forward(&layer.ffn, &layer.post_attention_layernorm, &x)?;
         Ok((x + h)?)
@@ -628,7 +631,7 @@ impl Model {
         Ok(Tensor::from_vec(m, (b, 1, 1, t, kv), &self.device)?)
     }
 
-    fn attention(&self, a: &Attention, x: Input, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>) -> Result<Tensor> {
+    fn attention(&self, a: &Attention, x: &Input, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>) -> Result<Tensor> {
         let (cos, sin, mask) = (&pos.cos, &pos.sin, pos.mask.as_ref());
         let (b, t, _) = x.tensor().dims3()?;
         let (nh, nkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
@@ -682,11 +685,7 @@ impl Model {
         let tr = self.training;
         match f {
             FeedForward::Dense { gate_proj, up_proj, down_proj } => {
-                let input = if tr && gate_proj.fuses_in_training(x) && up_proj.fuses_in_training(x) {
-                    Input::Normed(x, norm)
-                } else {
-                    Input::Plain(&norm.forward(x, tr)?)
-                };
+                let input = Input::new(norm, x, &[gate_proj, up_proj], tr)?;
                 let (g, u) = (input.project(gate_proj, tr)?, input.project(up_proj, tr)?);
                 if tr && down_proj.fuses_in_training(&g) {
                     // silu(g)·u formed inside the down projection (see `Linear::forward_train_gated`).
