@@ -6,7 +6,7 @@
 #   3. evaluate base vs tuned on the held-out test split, the safety set and the equity probes
 #      (configs/eval-smollm2-demo.toml): empathy, knowledge, safety, equity, statistics;
 #   4. print the summary table and where the report is.
-# Measured on three 2-core machines after the build: 1.5-3 minutes training, 8-13 evaluating (11-16 in all).
+# Measured on three 2-core machines after the build: 1.3-3 minutes training, 7.5-13 evaluating (9-16 in all).
 # Rerunning reuses the adapter and cached answers; delete runs/demo to start over. Extra arguments go to `bedside eval run` (e.g. --limit 5).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -55,7 +55,8 @@ pub struct TrainArgs {
     /// Print the run summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Measure tokens/s of one LoRA step (r=8 on all seven projections, AdamW) and peak memory.
+    /// Measure tokens/s of one LoRA step (r=8 on all seven projections, AdamW), peak memory and
+    /// the memory after loading (the step holds the difference).
     #[arg(long)]
     pub bench: bool,
     /// Bench: sequence length.

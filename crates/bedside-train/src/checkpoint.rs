@@ -52,8 +52,7 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     bedside_lora::save_peft(&tmp, lora, vars)?;
-    let bytes = bedside_lora::peft::safetensors_bytes(&opt.state_tensors(vars), &Default::default())?;
-    bedside_lora::atomic_write(&tmp.join(OPTIMIZER_FILE), &bytes)?;
+    bedside_lora::peft::atomic_write_safetensors(&tmp.join(OPTIMIZER_FILE), &opt.state_tensors(vars), &Default::default())?;
     let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Invalid(e.to_string()))?;
     bedside_lora::atomic_write(&tmp.join(STATE_FILE), json.as_bytes())?;
     if dir.exists() {
