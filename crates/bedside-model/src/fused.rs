@@ -824,11 +824,11 @@ mod tests {
         }
     }
 
-    /// The RMS norm before the projection, or `silu(g) ⊙ u`, formed inside the fused op (with
-    /// dropout on the branch): against the norm or the gate composed from candle's ops, then the
-    /// projection composed too.
+    /// The RMS norm before the projection, `silu(g) ⊙ u`, or the residual after it, formed inside
+    /// the fused op (with dropout on the branch): against the norm, the gate or the sum composed
+    /// from candle's ops around the composed projection.
     #[test]
-    fn lora_projection_with_the_norm_or_the_gate_inside_matches_composed_ops() {
+    fn lora_projection_with_the_norm_gate_or_residual_inside_matches_composed_ops() {
         use crate::linear::{seeded_dropout, set_dropout_rng_state, BaseWeight, Linear, LoraBranch};
         let (n, k, r, scale, p) = (7, 10, 3, 1.5, 0.2);
         let w = randn(&[n, k], 30);
@@ -863,6 +863,18 @@ mod tests {
                 let h = (candle_nn::ops::silu(&v[0]).unwrap() * &v[1]).unwrap();
                 set_dropout_rng_state(8);
                 composed(&h, &v[2], &v[3])
+            },
+            1e-5,
+        );
+        check(
+            &[randn(&[2, 3, k], 39), randn(&[2, 3, n], 40), randn(&[r, k], 41), randn(&[n, r], 42)],
+            |v| {
+                set_dropout_rng_state(9);
+                lin(&v[2], &v[3]).forward_train_residual(&v[0], &v[1]).unwrap()
+            },
+            |v| {
+                set_dropout_rng_state(9);
+                (&v[1] + composed(&v[0], &v[2], &v[3])).unwrap()
             },
             1e-5,
         );

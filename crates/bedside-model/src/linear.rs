@@ -622,9 +622,28 @@ fn lora_train_gated(g: &Tensor, u: &Tensor, w: &BaseWeight, l: &LoraBranch) -> R
     let (g2, u2) = (g.contiguous()?.reshape((rows, in_dim))?, u.contiguous()?.reshape((rows, in_dim))?);
     let ab = Tensor::cat(&[&l.a.flatten_all()?, &l.b.flatten_all()?], 0)?;
     let core = FusedLora { w: w.clone(), scale: l.scale, dropout: DropoutDraw::for_branch(l, rows * in_dim)?, norm: None };
-    let y = g2.apply_op3(&u2, &ab, FusedGatedLora { core, r: l.rank() })?;
+    let y = g2.apply_op3(&u2, &ab, FusedPackedLora { core, r: l.rank(), input: PackedInput::Gated })?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = w.dims().0;
+    Ok(y.reshape(out_dims)?)
+}
+
+/// `residual + x·Wᵀ + s·(x·Aᵀ)·Bᵀ` as one op, so the projection's own output (which the sum
+/// would keep as an input) is never a tensor; `A` and `B` packed as in [`lora_train_gated`].
+fn lora_train_residual(x: &Tensor, residual: &Tensor, w: &BaseWeight, l: &LoraBranch) -> Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = w.dims().0;
+    if residual.dims() != out_dims.as_slice() {
+        return Err(candle_core::Error::Msg(format!("residual {:?} does not match the projection's output {out_dims:?}", residual.dims())).into());
+    }
+    let x2 = x.contiguous()?.reshape((rows, in_dim))?;
+    let r2 = residual.contiguous()?.reshape((rows, w.dims().0))?;
+    let ab = Tensor::cat(&[&l.a.flatten_all()?, &l.b.flatten_all()?], 0)?;
+    let core = FusedLora { w: w.clone(), scale: l.scale, dropout: DropoutDraw::for_branch(l, rows * in_dim)?, norm: None };
+    let y = x2.apply_op3(&r2, &ab, FusedPackedLora { core, r: l.rank(), input: PackedInput::Residual })?;
     Ok(y.reshape(out_dims)?)
 }
 
@@ -738,14 +757,25 @@ impl CustomOp3 for FusedLora {
     }
 }
 
-/// [`FusedLora`] over `silu(g) ⊙ u`, with `A` and `B` packed in the third input.
-struct FusedGatedLora {
+/// What a [`FusedPackedLora`] op's first two inputs are.
+#[derive(Clone, Copy)]
+enum PackedInput {
+    /// `g` and `u`: the projection multiplies `silu(g) ⊙ u`.
+    Gated,
+    /// `x` and a residual: the projection multiplies `x` and adds the residual to its output.
+    Residual,
+}
+
+/// [`FusedLora`] with two inputs besides the LoRA factors, `A` and `B` packed in the third (an
+/// op takes at most three inputs).
+struct FusedPackedLora {
     core: FusedLora,
     /// LoRA rank: `A` is the first `r · in` packed values, `B` the remaining `out · r`.
     r: usize,
+    input: PackedInput,
 }
 
-impl FusedGatedLora {
+impl FusedPackedLora {
     fn factor_layouts(&self, k: usize, abl: &Layout) -> candle_core::Result<(Layout, Layout)> {
         let (r, n) = (self.r, self.core.w.dims().0);
         let o = abl.contiguous_offsets().map(|(o, _)| o).ok_or_else(|| candle_core::Error::Msg("fused-lora: packed factors not contiguous".into()))?;
@@ -756,46 +786,73 @@ impl FusedGatedLora {
     }
 }
 
-impl CustomOp3 for FusedGatedLora {
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("fused-lora: expected contiguous f32 inputs"),
+    }
+}
+
+impl CustomOp3 for FusedPackedLora {
     fn name(&self) -> &'static str {
-        "fused-gated-lora"
+        "fused-packed-lora"
     }
 
     fn cpu_fwd(
         &self,
-        g: &CpuStorage,
-        gl: &Layout,
-        u: &CpuStorage,
-        ul: &Layout,
+        x: &CpuStorage,
+        xl: &Layout,
+        z: &CpuStorage,
+        zl: &Layout,
         ab: &CpuStorage,
         abl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(gv), Some((g0, g1)), CpuStorage::F32(uv), Some((u0, u1))) = (g, gl.contiguous_offsets(), u, ul.contiguous_offsets()) else {
-            candle_core::bail!("fused-gated-lora: expected contiguous f32 inputs")
-        };
-        let p = CpuStorage::F32(crate::fused::swiglu_values(&gv[g0..g1], &uv[u0..u1])?);
-        let (al, bl) = self.factor_layouts(gl.shape().dims2()?.1, abl)?;
-        self.core.forward_values(&p, &Layout::contiguous(gl.shape()), ab, &al, ab, &bl)
+        let (al, bl) = self.factor_layouts(xl.shape().dims2()?.1, abl)?;
+        match self.input {
+            PackedInput::Gated => {
+                let p = CpuStorage::F32(crate::fused::swiglu_values(contiguous_f32(x, xl)?, contiguous_f32(z, zl)?)?);
+                self.core.forward_values(&p, &Layout::contiguous(xl.shape()), ab, &al, ab, &bl)
+            }
+            PackedInput::Residual => {
+                let (y, shape) = self.core.forward_values(x, xl, ab, &al, ab, &bl)?;
+                let (CpuStorage::F32(mut y), res) = (y, contiguous_f32(z, zl)?) else { candle_core::bail!("fused-lora: expected f32") };
+                if res.len() != y.len() {
+                    candle_core::bail!("fused-lora: residual of {} values for an output of {}", res.len(), y.len());
+                }
+                // Added last, as `y + residual` composed would: the same values bit for bit.
+                y.iter_mut().zip(res).for_each(|(y, r)| *y += r);
+                Ok((CpuStorage::F32(y), shape))
+            }
+        }
     }
 
     fn bwd(
         &self,
-        g: &Tensor,
-        u: &Tensor,
+        x: &Tensor,
+        z: &Tensor,
         ab: &Tensor,
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (g, u, ab) = (g.detach(), u.detach(), ab.detach());
-        let (rows, k) = g.dims2()?;
+        let (x, z, ab) = (x.detach(), z.detach(), ab.detach());
+        let (rows, k) = x.dims2()?;
         let (r, n) = (self.r, self.core.w.dims().0);
         let a = ab.narrow(0, 0, r * k)?.reshape((r, k))?;
         let b = ab.narrow(0, r * k, n * r)?.reshape((n, r))?;
-        let p = crate::fused::swiglu_values(&g.flatten_all()?.to_vec1::<f32>()?, &u.flatten_all()?.to_vec1::<f32>()?)?;
-        let (dp, da, db) = self.core.backward(Tensor::from_vec(p, (rows, k), g.device())?, &a, &b, dy)?;
-        let (dg, du) = crate::fused::swiglu_backward(&g, &u, &dp)?;
+        let (dx, dz, da, db) = match self.input {
+            PackedInput::Gated => {
+                let p = crate::fused::swiglu_values(&x.flatten_all()?.to_vec1::<f32>()?, &z.flatten_all()?.to_vec1::<f32>()?)?;
+                let (dp, da, db) = self.core.backward(Tensor::from_vec(p, (rows, k), x.device())?, &a, &b, dy)?;
+                let (dg, du) = crate::fused::swiglu_backward(&x, &z, &dp)?;
+                (dg, du, da, db)
+            }
+            PackedInput::Residual => {
+                let (dx, da, db) = self.core.backward(x, &a, &b, dy)?;
+                (dx, dy.clone(), da, db)
+            }
+        };
         let dab = Tensor::cat(&[&da.flatten_all()?, &db.flatten_all()?], 0)?;
-        Ok((Some(dg), Some(du), Some(dab)))
+        Ok((Some(dx), Some(dz), Some(dab)))
     }
 }
 
@@ -879,6 +936,15 @@ impl Linear {
             return lora_train_gated(g, u, &self.base, &self.lora[0]);
         }
         self.forward(&crate::fused::swiglu(g, u)?, true)
+    }
+
+    /// Training forward of `residual + self(x)`, the residual added inside the fused op when it
+    /// applies (so the projection's own output is not kept for the backward), else composed.
+    pub fn forward_train_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if self.fuses_in_training(x) && crate::fused::applies(residual) {
+            return lora_train_residual(x, residual, &self.base, &self.lora[0]);
+        }
+        Ok((residual + self.forward(x, true)?)?)
     }
 
     /// Fold every LoRA branch into a dense base weight (`W + scale·B·A`) of `dtype`.

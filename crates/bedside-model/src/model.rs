@@ -577,8 +577,13 @@ impl Model {
     pub fn block_forward(&self, i: usize, x: &Tensor, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>) -> Result<Tensor> {
         let layer = self.layers.get(i).ok_or_else(|| ModelError::Candle(candle_core::Error::Msg(format!("no layer {i}"))))?;
         let a = &layer.self_attn;
-        let h = self.attention(a, &Input::new(&layer.input_layernorm, x, &[&a.q_proj, &a.k_proj, &a.v_proj], self.training)?, pos, kv)?;
-        let x = (x + h)?;
+        let y = self.attention(a, &Input::new(&layer.input_layernorm, x, &[&a.q_proj, &a.k_proj, &a.v_proj], self.training)?, pos, kv)?;
+        let x = if self.training {
+            // The residual added inside the fused op, so o_proj's own output is not kept.
+            a.o_proj.forward_train_residual(&y, x)?
+        } else {
+            (x + a.o_proj.forward(&y, false)?)?
+        };
         let h = self.feed_forward(&layer.ffn, &layer.post_attention_layernorm, &x)?;
         Ok((x + h)?)
     }
@@ -631,6 +636,7 @@ impl Model {
         Ok(Tensor::from_vec(m, (b, 1, 1, t, kv), &self.device)?)
     }
 
+    /// Self-attention's heads `(b, t, nh · d)`, before the output projection.
     fn attention(&self, a: &Attention, x: &Input, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>) -> Result<Tensor> {
         let (cos, sin, mask) = (&pos.cos, &pos.sin, pos.mask.as_ref());
         let (b, t, _) = x.tensor().dims3()?;
@@ -644,7 +650,7 @@ impl Model {
             // elsewhere) that reads the heads in the projections' layout, rotates q and k itself
             // and keeps no score tensor for the backward.
             let y = crate::fused::attention(&q, &k, &v, Some((cos, sin)), 1.0 / (d as f64).sqrt(), mask)?;
-            return a.o_proj.forward(&y, tr);
+            return Ok(y);
         }
         let (q, k, v) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?);
         let (q, k) = if tr {
@@ -662,7 +668,7 @@ impl Model {
         // SmolLM2 Q4_1), so single-sequence decoding keeps the matmul path and its exact numerics.
         if t == 1 && b > 1 && cached && !tr && q.device().is_cpu() && q.dtype() == DType::F32 {
             let y = decode_attention_cpu(&q, &k, &v, &pos.pads)?;
-            return a.o_proj.forward(&y.reshape((b, t, nh * d))?, tr);
+            return Ok(y.reshape((b, t, nh * d))?);
         }
         let kv_len = k.dim(2)?;
         // Grouped-query attention without copying keys: fold the query heads that share a
@@ -676,8 +682,7 @@ impl Model {
         };
         let p = softmax(&scores, tr)?;
         let p = p.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv_len))?;
-        let y = p.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
-        a.o_proj.forward(&y, tr)
+        Ok(p.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?)
     }
 
     /// The MLP on `norm(x)`.
