@@ -613,37 +613,36 @@ fn lora_train(x: &Tensor, w: &BaseWeight, l: &LoraBranch, norm: Option<(&Tensor,
 /// (the MLP's widest tensor) are formed inside and again in the backward instead of being kept.
 /// `A` and `B` travel packed in one tensor, since an op takes at most three inputs.
 fn lora_train_gated(g: &Tensor, u: &Tensor, w: &BaseWeight, l: &LoraBranch) -> Result<Tensor> {
-    let dims = g.dims();
-    if u.dims() != dims {
+    if u.dims() != g.dims() {
         return Err(candle_core::Error::Msg(format!("gated projection: gate {:?} and up {:?} differ", g.dims(), u.dims())).into());
     }
-    let in_dim = dims[dims.len() - 1];
-    let rows: usize = dims[..dims.len() - 1].iter().product();
-    let (g2, u2) = (g.contiguous()?.reshape((rows, in_dim))?, u.contiguous()?.reshape((rows, in_dim))?);
-    let ab = Tensor::cat(&[&l.a.flatten_all()?, &l.b.flatten_all()?], 0)?;
-    let core = FusedLora { w: w.clone(), scale: l.scale, dropout: DropoutDraw::for_branch(l, rows * in_dim)?, norm: None };
-    let y = g2.apply_op3(&u2, &ab, FusedPackedLora { core, r: l.rank(), input: PackedInput::Gated })?;
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("rank >= 1") = w.dims().0;
-    Ok(y.reshape(out_dims)?)
+    lora_train_packed(g, u, w, l, PackedInput::Gated)
 }
 
 /// `residual + x·Wᵀ + s·(x·Aᵀ)·Bᵀ` as one op, so the projection's own output (which the sum
 /// would keep as an input) is never a tensor; `A` and `B` packed as in [`lora_train_gated`].
 fn lora_train_residual(x: &Tensor, residual: &Tensor, w: &BaseWeight, l: &LoraBranch) -> Result<Tensor> {
     let dims = x.dims();
-    let in_dim = dims[dims.len() - 1];
-    let rows: usize = dims[..dims.len() - 1].iter().product();
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("rank >= 1") = w.dims().0;
+    let out_dims: Vec<usize> = dims[..dims.len() - 1].iter().copied().chain([w.dims().0]).collect();
     if residual.dims() != out_dims.as_slice() {
         return Err(candle_core::Error::Msg(format!("residual {:?} does not match the projection's output {out_dims:?}", residual.dims())).into());
     }
-    let x2 = x.contiguous()?.reshape((rows, in_dim))?;
-    let r2 = residual.contiguous()?.reshape((rows, w.dims().0))?;
+    lora_train_packed(x, residual, w, l, PackedInput::Residual)
+}
+
+/// A [`FusedPackedLora`] op over `x` (`(…, in)`) and `z` (the up projection's output or the
+/// residual), returning `(…, out)`.
+fn lora_train_packed(x: &Tensor, z: &Tensor, w: &BaseWeight, l: &LoraBranch, input: PackedInput) -> Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let z_dim = z.dims()[z.rank() - 1];
+    let (x2, z2) = (x.contiguous()?.reshape((rows, in_dim))?, z.contiguous()?.reshape((rows, z_dim))?);
     let ab = Tensor::cat(&[&l.a.flatten_all()?, &l.b.flatten_all()?], 0)?;
     let core = FusedLora { w: w.clone(), scale: l.scale, dropout: DropoutDraw::for_branch(l, rows * in_dim)?, norm: None };
-    let y = x2.apply_op3(&r2, &ab, FusedPackedLora { core, r: l.rank(), input: PackedInput::Residual })?;
+    let y = x2.apply_op3(&z2, &ab, FusedPackedLora { core, r: l.rank(), input })?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = w.dims().0;
     Ok(y.reshape(out_dims)?)
 }
 
