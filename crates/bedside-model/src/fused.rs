@@ -18,7 +18,7 @@ pub fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => candle_core::bail!("{op}: expected a contiguous tensor"),
@@ -473,13 +473,12 @@ impl RmsNorm {
 
     /// The normalised tensor, recording no backward (for backward passes).
     pub(crate) fn forward_no_bwd(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(&RmsNorm { weight: self.weight.clone(), eps: self.eps })
+        x.contiguous()?.apply_op1_no_bwd(self)
     }
 
     /// The gradient with respect to `x` from the gradient `dy` with respect to the norm's output.
     pub(crate) fn backward(&self, x: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
-        let bwd = RmsNormBwd(RmsNorm { weight: self.weight.clone(), eps: self.eps });
-        x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &bwd)
+        x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &RmsNormBwd(self))
     }
 }
 
@@ -503,9 +502,9 @@ impl CustomOp1 for RmsNorm {
 }
 
 /// `dx = r · (dy ⊙ w) − r³/n · x · Σ (dy ⊙ w ⊙ x)` per row, with `r = 1/sqrt(mean(x²) + eps)`.
-struct RmsNormBwd(RmsNorm);
+struct RmsNormBwd<'a>(&'a RmsNorm);
 
-impl CustomOp2 for RmsNormBwd {
+impl CustomOp2 for RmsNormBwd<'_> {
     fn name(&self) -> &'static str {
         "rms-norm-bwd"
     }

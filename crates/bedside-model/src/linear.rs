@@ -672,10 +672,7 @@ impl FusedLora {
         let h = match &self.dropout {
             None => x.matmul(a, (1, rows, r, k), xl, &al.transpose(0, 1)?)?,
             Some(d) => {
-                let (CpuStorage::F32(xv), Some((o0, o1))) = (x, xl.contiguous_offsets()) else {
-                    candle_core::bail!("fused-lora: expected a contiguous f32 input")
-                };
-                let xm: Vec<f32> = xv[o0..o1].iter().zip(d.values(rows * k)).map(|(x, m)| x * m).collect();
+                let xm: Vec<f32> = crate::fused::f32_data(x, xl, "fused-lora")?.iter().zip(d.values(rows * k)).map(|(x, m)| x * m).collect();
                 CpuStorage::F32(xm).matmul(a, (1, rows, r, k), &Layout::contiguous((rows, k)), &al.transpose(0, 1)?)?
             }
         };
@@ -728,10 +725,7 @@ impl CustomOp3 for FusedLora {
         match &self.norm {
             None => self.forward_values(x, xl, a, al, b, bl),
             Some(norm) => {
-                let (CpuStorage::F32(xv), Some((o0, o1))) = (x, xl.contiguous_offsets()) else {
-                    candle_core::bail!("fused-lora: expected a contiguous f32 input")
-                };
-                let h = CpuStorage::F32(norm.normalise(&xv[o0..o1])?);
+                let h = CpuStorage::F32(norm.normalise(crate::fused::f32_data(x, xl, "fused-lora")?)?);
                 self.forward_values(&h, &Layout::contiguous(xl.shape()), a, al, b, bl)
             }
         }
@@ -785,13 +779,6 @@ impl FusedPackedLora {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("fused-lora: expected contiguous f32 inputs"),
-    }
-}
-
 impl CustomOp3 for FusedPackedLora {
     fn name(&self) -> &'static str {
         "fused-packed-lora"
@@ -809,12 +796,12 @@ impl CustomOp3 for FusedPackedLora {
         let (al, bl) = self.factor_layouts(xl.shape().dims2()?.1, abl)?;
         match self.input {
             PackedInput::Gated => {
-                let p = CpuStorage::F32(crate::fused::swiglu_values(contiguous_f32(x, xl)?, contiguous_f32(z, zl)?)?);
+                let p = CpuStorage::F32(crate::fused::swiglu_values(crate::fused::f32_data(x, xl, "fused-lora")?, crate::fused::f32_data(z, zl, "fused-lora")?)?);
                 self.core.forward_values(&p, &Layout::contiguous(xl.shape()), ab, &al, ab, &bl)
             }
             PackedInput::Residual => {
                 let (y, shape) = self.core.forward_values(x, xl, ab, &al, ab, &bl)?;
-                let (CpuStorage::F32(mut y), res) = (y, contiguous_f32(z, zl)?) else { candle_core::bail!("fused-lora: expected f32") };
+                let (CpuStorage::F32(mut y), res) = (y, crate::fused::f32_data(z, zl, "fused-lora")?) else { candle_core::bail!("fused-lora: expected f32") };
                 if res.len() != y.len() {
                     candle_core::bail!("fused-lora: residual of {} values for an output of {}", res.len(), y.len());
                 }
