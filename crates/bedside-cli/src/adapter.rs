@@ -46,7 +46,7 @@ struct InfoArgs {
 #[derive(Args)]
 #[command(
     about = "Merge adapters into their base and write an HF checkpoint (model.safetensors, config.json, tokenizer)",
-    after_help = "Examples:\n  bedside adapter merge --adapter runs/demo/adapter --output merged/\n  bedside adapter merge --model meta-llama/Llama-3.2-1B-Instruct --adapter a/ --adapter b/:0.5 --output merged/ --dtype bf16\n\nA quantized GGUF base is dequantized: the merged checkpoint holds dense weights."
+    after_help = "Examples:\n  bedside adapter merge --adapter runs/demo/adapter --output merged/\n  bedside adapter merge --model meta-llama/Llama-3.2-1B-Instruct --adapter a/ --adapter b/:0.5 --output merged/ --dtype bf16\n\nA quantized GGUF base is dequantized: the merged checkpoint holds dense weights and computes\nwhat `generate --dequantize --adapter DIR` computes (the quantized run rounds activations to\n8 bits, so near-tied tokens can differ)."
 )]
 struct MergeArgs {
     /// Base model: a GGUF file, an HF model directory or a hub id.

@@ -39,7 +39,10 @@ pub struct ModelArgs {
     /// Weight and activation dtype for safetensors models (and for --dequantize).
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
-    /// Dequantize GGUF weights instead of running quantized matmuls.
+    /// Dequantize GGUF weights instead of running quantized matmuls. The same weights, but
+    /// activations are no longer rounded to 8 bits in one-row matmuls (decoding), so where two
+    /// tokens are nearly tied the answer can differ from the quantized run's, with or without
+    /// an adapter (f32 is also what training on a quantized base computes).
     #[arg(long)]
     pub dequantize: bool,
     /// Use only the local hub cache (also HF_HUB_OFFLINE=1).
