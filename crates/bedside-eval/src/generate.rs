@@ -313,8 +313,7 @@ pub fn answer_nll(engine: &Engine, messages: &[ChatMessage], answer: &str) -> Re
 /// [`answer_nll`] for several answers to the same `messages`: the prompt runs through the model
 /// once and each answer continues from a copy of its key/value cache.
 pub fn answers_nll(engine: &Engine, messages: &[ChatMessage], answers: &[&str]) -> Result<Vec<(usize, f64)>> {
-    let prompt_text = engine.render_chat(messages, true)?;
-    let prompt_ids = engine.tokenizer.encode(&prompt_text, false)?;
+    let prompt_ids = engine.encode_chat(messages)?;
     let ctx = engine.model.context_length();
     anyhow::ensure!(prompt_ids.len() < ctx, "the prompt fills the context window; nothing of the answer is left to score");
     anyhow::ensure!(!prompt_ids.is_empty(), "the chat template rendered an empty prompt");
@@ -327,12 +326,11 @@ pub fn answers_nll(engine: &Engine, messages: &[ChatMessage], answers: &[&str]) 
     for answer in answers {
         let mut full = messages.to_vec();
         full.push(ChatMessage::new("assistant", *answer));
-        let full_text = engine.render_chat(&full, false)?;
-        let mut ids = engine.tokenizer.encode(&full_text, false)?;
+        let mut ids = engine.encode_chat_with(&full, false)?;
         if !ids.starts_with(&prompt_ids) || ids.len() <= prompt_ids.len() {
             // A template whose prompt is not a prefix of the full chat: score the bare answer.
             ids = prompt_ids.clone();
-            ids.extend(engine.tokenizer.encode(answer, false)?);
+            ids.extend(engine.tokenizer.encode_plain(answer)?);
         }
         ids.truncate(ctx);
         let targets = &ids[prompt_ids.len()..];

@@ -89,21 +89,32 @@ impl Engine {
         Ok(Self { model: loaded.model, tokenizer, template, location })
     }
 
-    /// Render messages with the chat template (with the assistant generation prompt).
-    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let t = self.template.as_ref().ok_or_else(|| {
+    fn chat_template(&self) -> Result<&ChatTemplate> {
+        self.template.as_ref().ok_or_else(|| {
             GenerateError::Invalid(format!(
                 "{}: the model has no chat template; pass --chat-template FILE (a Jinja template) or use a plain --prompt",
                 self.location.path().display()
             ))
-        })?;
-        Ok(t.render(messages, add_generation_prompt)?)
+        })
     }
 
-    /// Token ids of a chat prompt. The template already writes BOS where the model wants it.
+    /// Render messages with the chat template, as text (to show or compare; to tokenize a chat,
+    /// use [`Engine::encode_chat`], which keeps message text from becoming special tokens).
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        Ok(self.chat_template()?.render(messages, add_generation_prompt)?)
+    }
+
+    /// Token ids of a chat prompt, with the assistant generation prompt. The template already
+    /// writes BOS where the model wants it; message text is always plain text
+    /// ([`ModelTokenizer::encode_chat`]).
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.render_chat(messages, true)?;
-        Ok(self.tokenizer.encode(&text, false)?)
+        self.encode_chat_with(messages, true)
+    }
+
+    /// [`Engine::encode_chat`], with or without the generation prompt (a whole conversation to
+    /// score or train on ends with the assistant's message instead).
+    pub fn encode_chat_with(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode_chat(self.chat_template()?, messages, add_generation_prompt)?)
     }
 
     /// Token ids of a raw prompt (BOS added if the model expects it).

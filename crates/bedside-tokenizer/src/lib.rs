@@ -9,15 +9,20 @@
 //! templates the way `transformers` does ([`ChatTemplate`]). Tests compare all of this with
 //! fixtures produced by HF transformers and llama.cpp.
 
+mod chat;
 mod error;
 mod gguf;
 mod hf;
 mod stream;
 mod template;
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::gguf_file::Content;
+use tokenizers::pre_tokenizers::metaspace::PrependScheme;
+use tokenizers::PreTokenizerWrapper;
 
 pub use error::{Result, TokenizerError};
 pub use stream::TokenStream;
@@ -74,6 +79,13 @@ pub struct ModelTokenizer {
     eos_id: Option<u32>,
     eog_ids: Vec<u32>,
     add_bos: bool,
+    /// The special tokens' texts and ids: what message text must never turn into.
+    specials: chat::Specials,
+    special_ids: HashSet<u32>,
+    /// `inner` with special-token matching off, for text that is never markup: as it is (for
+    /// text at the start of a prompt), and with a `Metaspace` "first" prefix switched off (for
+    /// text after a special token, which a whole-prompt encode would not prefix either).
+    plain: OnceLock<Arc<(tokenizers::Tokenizer, tokenizers::Tokenizer)>>,
 }
 
 impl ModelTokenizer {
@@ -108,6 +120,15 @@ impl ModelTokenizer {
             .collect();
         extra.sort_unstable();
         eog_ids.extend(extra);
+        let special_tokens: Vec<(u32, String)> = p
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        let special_ids = special_tokens.iter().map(|(id, _)| *id).collect();
+        let specials = chat::Specials::new(special_tokens.into_iter().map(|(_, t)| t).collect());
         Self {
             eos_id: p.eos_id,
             inner: p.inner,
@@ -118,6 +139,9 @@ impl ModelTokenizer {
             bos_id: p.bos_id,
             eog_ids,
             add_bos: p.add_bos,
+            specials,
+            special_ids,
+            plain: OnceLock::new(),
         }
     }
 
@@ -142,6 +166,87 @@ impl ModelTokenizer {
             .encode(text, add_special)
             .map(|enc| enc.get_ids().to_vec())
             .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// Encode text that is never markup: a special token's text in it (`<|im_start|>`) becomes
+    /// the ordinary tokens that spell it, not the special token. No BOS is added.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_plain_at(text, true)
+    }
+
+    /// [`Self::encode_plain`] for text at the start of a prompt (`at_start`) or after a
+    /// special token.
+    fn encode_plain_at(&self, text: &str, at_start: bool) -> Result<Vec<u32>> {
+        let plain = self.plain.get_or_init(|| {
+            let mut first = self.inner.clone();
+            first.set_encode_special_tokens(true);
+            let mut later = first.clone();
+            if let Some(pre) = later.get_pre_tokenizer().cloned() {
+                later.with_pre_tokenizer(Some(without_first_prefix(pre)));
+            }
+            Arc::new((first, later))
+        });
+        let tok = if at_start { &plain.0 } else { &plain.1 };
+        tok.encode(text, false)
+            .map(|enc| enc.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// Token ids of `messages` rendered by `template`, with special tokens only where the
+    /// template writes them: the text of every message (role and content) is plain text, so a
+    /// patient cannot forge a turn by typing `<|im_end|>` or `[/INST]`. Every caller that turns
+    /// a chat into ids (generation, scoring, training data) goes through here, so all of them
+    /// see the same ids for the same chat. Add no BOS: templates write their own.
+    pub fn encode_chat(
+        &self,
+        template: &ChatTemplate,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let coded: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: self.specials.encode_codes(&m.role).into_owned(),
+                content: self.specials.encode_codes(&m.content).into_owned(),
+            })
+            .collect();
+        let text = template.render(&coded, add_generation_prompt)?;
+        if !chat::Specials::has_codes(&text) {
+            return self.encode(&text, false);
+        }
+        // The template's own special tokens split the prompt into stretches of text; each
+        // stretch that holds message text with codes is tokenized again as plain text.
+        let enc = self
+            .inner
+            .encode(text.as_str(), false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len());
+        let mut stretch: Vec<u32> = Vec::new();
+        let mut start = 0;
+        let flush =
+            |ids: &mut Vec<u32>, stretch: &mut Vec<u32>, from: usize, to: usize| -> Result<()> {
+                let piece = text.get(from..to).unwrap_or("");
+                if chat::Specials::has_codes(piece) {
+                    ids.extend(
+                        self.encode_plain_at(&self.specials.decode_codes(piece), from == 0)?,
+                    );
+                } else {
+                    ids.append(stretch);
+                }
+                stretch.clear();
+                Ok(())
+            };
+        for (&id, &(s, e)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            if self.special_ids.contains(&id) {
+                flush(&mut ids, &mut stretch, start, s.max(start))?;
+                ids.push(id);
+                start = e.max(start);
+            } else {
+                stretch.push(id);
+            }
+        }
+        flush(&mut ids, &mut stretch, start, text.len())?;
+        Ok(ids)
     }
 
     /// Decode ids; `skip_special` drops special tokens (BOS, `<|im_end|>`, …).
@@ -187,5 +292,22 @@ impl ModelTokenizer {
     /// Whether plain text (no chat template) should start with BOS; `encode(_, true)` does so.
     pub fn add_bos(&self) -> bool {
         self.add_bos
+    }
+}
+
+/// `pre` with every `Metaspace` that prefixes only the first piece of a text prefixing none.
+fn without_first_prefix(pre: PreTokenizerWrapper) -> PreTokenizerWrapper {
+    match pre {
+        PreTokenizerWrapper::Metaspace(mut m) if m.get_prepend_scheme() == PrependScheme::First => {
+            m.set_prepend_scheme(PrependScheme::Never);
+            PreTokenizerWrapper::Metaspace(m)
+        }
+        PreTokenizerWrapper::Sequence(mut seq) => {
+            for p in seq.as_mut() {
+                *p = without_first_prefix(p.clone());
+            }
+            PreTokenizerWrapper::Sequence(seq)
+        }
+        other => other,
     }
 }

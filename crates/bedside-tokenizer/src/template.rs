@@ -16,6 +16,8 @@ use crate::error::{Result, TokenizerError};
 use crate::hf::read_json;
 
 const TEMPLATE_NAME: &str = "chat_template";
+/// What a message's content is replaced by when a render error is re-checked for content.
+const CONTENT_PLACEHOLDER: &str = "(message text)";
 
 /// One chat turn.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,11 +105,51 @@ impl ChatTemplate {
     }
 
     /// Render `messages`, appending the assistant header when `add_generation_prompt`.
+    ///
+    /// To tokenize a chat, use [`crate::ModelTokenizer::encode_chat`]: tokenizing this text
+    /// would let message text that spells a special token become one. A template error never
+    /// carries message text (see [`ChatTemplate::safe_error`]).
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| TokenizerError::TemplateRender(e.to_string()))?;
+        self.render_raw(messages, add_generation_prompt)
+            .map_err(|e| {
+                TokenizerError::TemplateRender(self.safe_error(&e, messages, add_generation_prompt))
+            })
+    }
+
+    /// A render error's message that cannot carry message text: a template may put a message
+    /// into its error (`raise_exception('cannot handle ' + message.content)`), and errors reach
+    /// logs. The chat is rendered again with every message's content replaced by a placeholder;
+    /// if that fails too, its error is shown (it holds no content); if not, the error depended on
+    /// the content, and only where it happened is shown.
+    fn safe_error(
+        &self,
+        e: &JinjaError,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> String {
+        let blank: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage::new(m.role.clone(), CONTENT_PLACEHOLDER))
+            .collect();
+        match self.render_raw(&blank, add_generation_prompt) {
+            Err(e2) => render_error(&e2),
+            Ok(_) => {
+                let line = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
+                format!(
+                    "{}{line}; the error depends on the message text, so its message is not shown (messages are never \
+                     written to errors or logs)",
+                    e.kind()
+                )
+            }
+        }
+    }
+
+    fn render_raw(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> std::result::Result<String, JinjaError> {
+        let template = self.env.get_template(TEMPLATE_NAME)?;
         let mut ctx: BTreeMap<&str, Value> = BTreeMap::new();
         ctx.insert("messages", Value::from_serialize(messages));
         ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
@@ -117,9 +159,7 @@ impl ChatTemplate {
         if let Some(eos) = &self.eos_token {
             ctx.insert("eos_token", Value::from(eos.as_str()));
         }
-        template
-            .render(ctx)
-            .map_err(|e| TokenizerError::TemplateRender(render_error(&e)))
+        template.render(ctx)
     }
 
     pub fn source(&self) -> &str {

@@ -44,11 +44,10 @@ pub fn encode_conversation(engine: &Engine, messages: &[ChatMessage], max_len: u
     if last.role != "assistant" {
         return Err(TrainError::Data(format!("the last message must be the assistant's, found role '{}'", last.role)));
     }
-    let prompt = engine.render_chat(head, true)?;
-    let full = engine.render_chat(messages, false)?;
-    let p_ids = engine.tokenizer.encode(&prompt, false)?;
-    let f_ids = engine.tokenizer.encode(&full, false)?;
-    if !full.starts_with(&prompt) || f_ids.len() <= p_ids.len() || f_ids[..p_ids.len()] != p_ids[..] {
+    // The ids inference sees for the same chat (message text never becomes special tokens).
+    let p_ids = engine.encode_chat_with(head, true)?;
+    let f_ids = engine.encode_chat_with(messages, false)?;
+    if f_ids.len() <= p_ids.len() || f_ids[..p_ids.len()] != p_ids[..] {
         return Err(TrainError::Data(
             "the chat template's prompt tokens are not a prefix of the full conversation's tokens (a token merge crosses the prompt/answer boundary), so the loss mask cannot be derived".into(),
         ));
