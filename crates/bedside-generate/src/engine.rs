@@ -201,6 +201,7 @@ impl Engine {
         let mut cache = Cache::with_padding(&self.model, pads);
         let ids = Tensor::from_vec(flat, (prompts.len(), max_len), &device)?;
         let mut logits = self.model.forward(&ids, Some(&mut cache), Logits::Last)?.to_vec2::<f32>()?;
+        check_finite(&logits, 0)?;
         let prompt_secs = start.elapsed().as_secs_f64();
         let decode_start = Instant::now();
         let mut active: Vec<usize> = (0..rows.len()).collect();
@@ -250,6 +251,7 @@ impl Engine {
             let toks: Vec<u32> = next.iter().map(|(_, t)| *t).collect();
             let ids = Tensor::from_vec(toks, (active.len(), 1), &device)?;
             logits = self.model.forward(&ids, Some(&mut cache), Logits::Last)?.to_vec2::<f32>()?;
+            check_finite(&logits, rows.iter().map(|r| r.out.len()).max().unwrap_or(0))?;
         }
         let decode_secs = decode_start.elapsed().as_secs_f64();
         Ok(rows
@@ -263,6 +265,18 @@ impl Engine {
                 decode_secs,
             })
             .collect())
+    }
+}
+
+/// Stop with an error instead of sampling from logits that hold NaN or infinity (weights or an
+/// adapter the model cannot compute with): sampling them gives an empty or arbitrary answer
+/// that looks like a real one.
+fn check_finite(logits: &[Vec<f32>], generated: usize) -> Result<()> {
+    match logits.iter().flatten().find(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(x) => Err(GenerateError::Invalid(format!(
+            "the model computed non-finite logits ({x}) after {generated} generated tokens: its weights or adapters hold values it cannot compute with"
+        ))),
     }
 }
 

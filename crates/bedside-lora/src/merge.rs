@@ -92,7 +92,17 @@ pub fn write_merged_safetensors(
             if t.dims() != shape.as_slice() {
                 return Err(LoraError::Mismatch(format!("tensor '{tname}' has shape {:?}, expected {shape:?}", t.dims())));
             }
-            write_tensor(&mut w, &t.to_dtype(dtype)?).map_err(io_err(&tmp))?;
+            let t = t.to_dtype(dtype)?;
+            // A NaN or infinity (from the base, or an update too large for the dtype) would make
+            // a checkpoint that loads and answers nothing: refuse it, and keep no partial file.
+            let flat = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(i) = flat.iter().position(|x| !x.is_finite()) {
+                return Err(LoraError::Mismatch(format!(
+                    "merged tensor '{tname}' would hold a non-finite value ({}) at element {i} as {dtype:?}; nothing was written",
+                    flat[i]
+                )));
+            }
+            write_tensor(&mut w, &t).map_err(io_err(&tmp))?;
             progress(k + 1, total);
         }
         let f = w.into_inner().map_err(|e| LoraError::Io { path: tmp.clone(), err: e.into_error() })?;

@@ -162,6 +162,9 @@ fn check_tensors(path: &Path, config: &LoraConfig, raw: HashMap<String, Tensor>)
         return Err(err("holds no tensors".into()));
     }
     let mut tensors = BTreeMap::new();
+    // In key order, so the error a broken file gives is always the same one.
+    let mut raw: Vec<(String, Tensor)> = raw.into_iter().collect();
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, t) in raw {
         let (module, f) = parse_key(&key).map_err(err)?;
         if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) {
@@ -169,6 +172,17 @@ fn check_tensors(path: &Path, config: &LoraConfig, raw: HashMap<String, Tensor>)
         }
         if t.rank() != 2 {
             return Err(err(format!("tensor '{key}' has shape {:?}; LoRA factors are 2-D", t.dims())));
+        }
+        // PEFT saves factors only for modules its config targets; anything else is an adapter
+        // of some other shape (or a tampered file) that must not be applied as if it were this.
+        if !config.target_modules.is_empty() && !config.matches(&module) {
+            return Err(err(format!(
+                "tensor '{key}' is for module '{module}', which adapter_config.json's target_modules ({}) does not include",
+                config.target_modules.join(", ")
+            )));
+        }
+        if let Some((i, x)) = first_non_finite(&t)? {
+            return Err(err(format!("tensor '{key}' holds a non-finite value ({x}) at element {i}")));
         }
         let canon = peft_key(&module, f);
         if tensors.insert(canon.clone(), t).is_some() {
@@ -200,9 +214,57 @@ fn check_tensors(path: &Path, config: &LoraConfig, raw: HashMap<String, Tensor>)
                     "tensor '{key}' has rank {r} but adapter_config.json gives module '{module}' rank {want}"
                 )));
             }
+            // The largest element B·A can reach, times the scaling: finite factors whose product
+            // overflows (1e30 · 1e30) would still turn the model into NaN.
+            let bound = update_bound(t, o, config.scale_for(&module))?;
+            if !bound.is_finite() || bound > MAX_UPDATE {
+                return Err(err(format!(
+                    "module '{module}': its factors can add up to {bound:e} to a weight (scaling {} × rank {r} × max |lora_B| × max |lora_A|); a trained adapter adds well under 1, so these are not usable values",
+                    config.scale_for(&module)
+                )));
+            }
         }
     }
     Ok(tensors)
+}
+
+/// Largest per-element update (`r · max|B| · max|A| · |scale|`) an adapter may make to a base
+/// weight. Trained adapters stay far below 1 (base weights are of order 0.1); an adapter or a
+/// weight past this bound is broken or hostile, and would drive the model's values to NaN.
+pub const MAX_UPDATE: f64 = 1e4;
+
+/// Largest |element| of a tensor, in f64.
+fn max_abs(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F32)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64)
+}
+
+/// The first non-finite element of `t` (flat index and value).
+fn first_non_finite(t: &Tensor) -> Result<Option<(usize, f32)>> {
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])))
+}
+
+/// An upper bound on `|scale · (B·A)[i, j]|` for factors `a` `[r, in]` and `b` `[out, r]`.
+fn update_bound(a: &Tensor, b: &Tensor, scale: f64) -> Result<f64> {
+    Ok(a.dims()[0] as f64 * max_abs(a)? * max_abs(b)? * scale.abs())
+}
+
+/// A weight an adapter is applied with: finite, and not so large that the update it scales
+/// passes [`MAX_UPDATE`] (`--adapter DIR:-1e30`).
+fn check_weight(adapter: &Adapter, weight: f64) -> Result<()> {
+    if !weight.is_finite() {
+        return Err(LoraError::Mismatch(format!("adapter weight must be a finite number, found {weight}")));
+    }
+    for p in adapter.pairs() {
+        let bound = update_bound(p.a, p.b, adapter.config.scale_for(&p.module))? * weight.abs();
+        if !bound.is_finite() || bound > MAX_UPDATE {
+            return Err(LoraError::Mismatch(format!(
+                "adapter weight {weight} scales module '{}' to add up to {bound:e} to a weight; that is no longer the adapter (1 = as trained)",
+                p.module
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Check an adapter against a model without changing it: every pair must name a projection the
@@ -250,9 +312,7 @@ fn plan(model: &mut Model, adapter: &Adapter) -> Result<Vec<(String, Tensor, Ten
 /// Attach a loaded adapter for inference, its PEFT scaling multiplied by `weight`. Several
 /// adapters may be attached; each adds its own branch. Nothing is changed if any key does not fit.
 pub fn attach(model: &mut Model, adapter: &Adapter, weight: f64) -> Result<()> {
-    if !weight.is_finite() {
-        return Err(LoraError::Mismatch(format!("adapter weight must be a finite number, found {weight}")));
-    }
+    check_weight(adapter, weight)?;
     let plan = plan(model, adapter)?;
     let (dtype, device) = (model.dtype(), model.device().clone());
     let mut branches: HashMap<String, LoraBranch> = HashMap::new();
@@ -281,9 +341,7 @@ pub struct Unmerge(Vec<(String, BaseWeight)>);
 /// (use [`attach`]). Adapters merged one after another add up; `saved` keeps each replaced
 /// weight's original across calls.
 pub fn merge_into(model: &mut Model, adapter: &Adapter, weight: f64, saved: &mut Unmerge) -> Result<bool> {
-    if !weight.is_finite() {
-        return Err(LoraError::Mismatch(format!("adapter weight must be a finite number, found {weight}")));
-    }
+    check_weight(adapter, weight)?;
     let targets: std::collections::HashSet<String> = plan(model, adapter)?.into_iter().map(|(m, ..)| m).collect();
     let dense_f32 = |l: &bedside_model::Linear| matches!(&l.base, BaseWeight::Dense(w) if w.dtype() == DType::F32);
     if !model.linears_mut().into_iter().filter(|(n, _)| targets.contains(n)).all(|(_, l)| l.lora.is_empty() && dense_f32(l)) {

@@ -159,3 +159,62 @@ fn modules_the_model_lacks_and_wrong_features() {
     let e = attach(&mut model, &ad, 1.0).unwrap_err().to_string();
     assert!(e.contains(QA) && e.contains("[4, 64]"), "{e}");
 }
+
+/// Issue 18: NaN, infinity and factors whose product overflows were loaded silently (generate
+/// answered nothing, merge wrote NaN files). Every value is checked on load.
+#[test]
+fn non_finite_and_overflowing_factors_are_refused() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let Some(e) = tensors_edit(|t| {
+            let mut v = t[QB].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v[3] = bad;
+            t.insert(QB.into(), Tensor::from_vec(v, t[QB].dims(), &Device::Cpu).unwrap());
+        }) else {
+            return;
+        };
+        assert!(e.contains(QB) && e.contains("non-finite") && e.contains("element 3"), "{e}");
+    }
+    // Finite factors of 1e30: B·A overflows f32.
+    let Some(e) = tensors_edit(|t| {
+        for k in [QA, QB] {
+            t.insert(k.into(), (t[k].ones_like().unwrap() * 1e30).unwrap());
+        }
+    }) else {
+        return;
+    };
+    assert!(e.contains("self_attn.q_proj") && e.contains("not usable"), "{e}");
+}
+
+/// A tensor for a module that adapter_config.json's target_modules leaves out was applied
+/// anyway; now the mismatch names both sides.
+#[test]
+fn tensors_outside_target_modules_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ad");
+    if copy_fixture("lora", &dir).is_none() {
+        return;
+    }
+    let cfg = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["target_modules"] = serde_json::json!(["v_proj"]);
+    std::fs::write(dir.join("adapter_config.json"), v.to_string()).unwrap();
+    let e = load_peft(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("target_modules (v_proj) does not include") && e.contains("down_proj.lora_A.weight"), "{e}");
+}
+
+/// `--adapter DIR:-1e30` scaled a finite adapter into NaN logits; a weight whose update passes
+/// the bound is refused by attach and merge alike.
+#[test]
+fn absurd_adapter_weights_are_refused() {
+    let Some(fx) = bedside_testutil::fixture("tiny-llama") else { return };
+    let adapter = load_peft(&fx.join("lora"), &Device::Cpu).unwrap();
+    let mut model = bedside_model::load_hf_dir(&fx, &LoadOptions::default()).unwrap();
+    for w in [-1e30, 1e12, f64::NAN] {
+        let e = attach(&mut model, &adapter, w).unwrap_err().to_string();
+        assert!(e.contains("weight"), "{w}: {e}");
+        let e = bedside_lora::merge_into(&mut model, &adapter, w, &mut Default::default()).unwrap_err().to_string();
+        assert!(e.contains("weight"), "{w}: {e}");
+    }
+    assert!(model.linears_mut().iter().all(|(_, l)| l.lora.is_empty()), "a refused adapter changed the model");
+    attach(&mut model, &adapter, -2.0).unwrap();
+}

@@ -151,6 +151,19 @@ impl ModelConfig {
                 }
             }
         };
+        // The architecture code computes SiLU-gated MLPs; anything else would run silently wrong.
+        for key in ["hidden_act", "hidden_activation"] {
+            match v.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(a)) if a == "silu" || a == "swish" => {}
+                Some(x) => return Err(err(format!("field '{key}' is {x}; bedside runs only \"silu\" (SwiGLU) MLPs"))),
+            }
+        }
+        let tie_word_embeddings = match v.get("tie_word_embeddings") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(x) => return Err(err(format!("field 'tie_word_embeddings' must be true or false, found {x}"))),
+        };
         let moe = match arch {
             Arch::Mixtral => Some(MoeConfig {
                 num_experts: usize_field("num_local_experts")?,
@@ -171,15 +184,88 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings: opt_usize("max_position_embeddings")?.unwrap_or(4096),
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tie_word_embeddings,
             moe,
         };
-        if let Some(m) = &cfg.moe {
-            if m.top_k > m.num_experts {
-                return Err(err(format!("num_experts_per_tok {} exceeds num_local_experts {}", m.top_k, m.num_experts)));
+        cfg.validate(|f| format!("field '{}'", f.hf())).map_err(err)?;
+        Ok(cfg)
+    }
+
+    /// Check values no model can run with, before anything is sized from them: positive and
+    /// finite rope base and norm epsilon, sizes whose products fit (a hostile `hidden_size` must
+    /// not overflow into a small allocation), a context the rotary tables can be built for.
+    /// `name` spells a field as the file does.
+    fn validate(&self, name: impl Fn(Field) -> String) -> std::result::Result<(), String> {
+        let positive = |f: Field, x: f64| -> std::result::Result<(), String> {
+            if x.is_finite() && x > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{} must be a positive finite number, found {x}", name(f)))
+            }
+        };
+        positive(Field::RopeTheta, self.rope_theta)?;
+        positive(Field::RmsNormEps, self.rms_norm_eps)?;
+        if self.rms_norm_eps >= 1.0 {
+            let eps = self.rms_norm_eps;
+            return Err(format!("{} is {eps}; an RMS-norm epsilon is a small number (1e-5, 1e-6)", name(Field::RmsNormEps)));
+        }
+        match &self.rope_scaling {
+            Some(RopeScaling::Linear { factor }) => positive(Field::RopeScalingFactor, *factor)?,
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+                positive(Field::RopeScalingFactor, *factor)?;
+                positive(Field::RopeScalingFactor, *low_freq_factor)?;
+                positive(Field::RopeScalingFactor, *high_freq_factor)?;
+                if high_freq_factor <= low_freq_factor || *original_max_position_embeddings == 0 {
+                    return Err(format!(
+                        "{}: llama3 rope scaling needs high_freq_factor > low_freq_factor and original_max_position_embeddings > 0",
+                        name(Field::RopeScalingFactor)
+                    ));
+                }
+            }
+            None => {}
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return Err(format!("{} is {}; rotary embeddings need an even, positive head size", name(Field::HeadDim), self.head_dim));
+        }
+        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+            let (h, kv) = (self.num_heads, self.num_kv_heads);
+            return Err(format!("{} ({h}) is not a multiple of {} ({kv})", name(Field::Heads), name(Field::KvHeads)));
+        }
+        // Every size the loader multiplies must fit with room to spare; real models are far
+        // below these (Llama 3 405B: hidden 16384, FFN 53248, vocabulary 128256, 126 layers).
+        let sizes = [
+            (Field::Hidden, self.hidden_size),
+            (Field::Intermediate, self.intermediate_size),
+            (Field::Heads, self.num_heads),
+            (Field::HeadDim, self.head_dim),
+            (Field::Vocab, self.vocab_size),
+        ];
+        for (f, n) in sizes {
+            if n > MAX_DIM {
+                return Err(format!("{} is {n}, larger than any model bedside can run (at most {MAX_DIM})", name(f)));
             }
         }
-        Ok(cfg)
+        if self.num_layers > MAX_LAYERS {
+            let n = self.num_layers;
+            return Err(format!("{} is {n}, larger than any model bedside can run (at most {MAX_LAYERS})", name(Field::Layers)));
+        }
+        if let Some(m) = &self.moe {
+            if m.num_experts > MAX_EXPERTS {
+                return Err(format!("{} is {}, more than bedside supports ({MAX_EXPERTS})", name(Field::Experts), m.num_experts));
+            }
+            if m.top_k == 0 || m.top_k > m.num_experts {
+                let (k, n) = (m.top_k, m.num_experts);
+                return Err(format!("{} ({k}) must be between 1 and {} ({n})", name(Field::TopK), name(Field::Experts)));
+            }
+        }
+        if self.max_position_embeddings == 0 || self.max_position_embeddings > MAX_CONTEXT {
+            return Err(format!(
+                "{} is {}; bedside builds rotary tables for contexts of 1 to {MAX_CONTEXT} tokens",
+                name(Field::Context),
+                self.max_position_embeddings
+            ));
+        }
+        Ok(())
     }
 
     /// Read hyperparameters from GGUF metadata (`llama.*` keys).
@@ -251,7 +337,7 @@ impl ModelConfig {
         } else {
             None
         };
-        Ok(ModelConfig {
+        let cfg = ModelConfig {
             arch: if moe.is_some() { Arch::Mixtral } else { Arch::Llama },
             hidden_size,
             intermediate_size: need_u("feed_forward_length")?,
@@ -266,6 +352,72 @@ impl ModelConfig {
             max_position_embeddings: get_u("context_length")?.unwrap_or(4096),
             tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
             moe,
-        })
+        };
+        cfg.validate(|f| format!("metadata key '{}'", key(f.gguf()))).map_err(err)?;
+        Ok(cfg)
+    }
+}
+
+/// The largest hidden, FFN, head or vocabulary size accepted (2^20).
+const MAX_DIM: usize = 1 << 20;
+const MAX_LAYERS: usize = 4096;
+const MAX_EXPERTS: usize = 1024;
+/// The longest context accepted: the rotary tables are built for all of it at load time.
+pub const MAX_CONTEXT: usize = 1 << 21;
+
+/// A hyperparameter, for naming it in an error as HF `config.json` or GGUF metadata spells it.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    RopeTheta,
+    RmsNormEps,
+    RopeScalingFactor,
+    HeadDim,
+    Heads,
+    KvHeads,
+    Hidden,
+    Intermediate,
+    Vocab,
+    Layers,
+    Experts,
+    TopK,
+    Context,
+}
+
+impl Field {
+    fn hf(self) -> &'static str {
+        match self {
+            Field::RopeTheta => "rope_theta",
+            Field::RmsNormEps => "rms_norm_eps",
+            Field::RopeScalingFactor => "rope_scaling",
+            Field::HeadDim => "head_dim",
+            Field::Heads => "num_attention_heads",
+            Field::KvHeads => "num_key_value_heads",
+            Field::Hidden => "hidden_size",
+            Field::Intermediate => "intermediate_size",
+            Field::Vocab => "vocab_size",
+            Field::Layers => "num_hidden_layers",
+            Field::Experts => "num_local_experts",
+            Field::TopK => "num_experts_per_tok",
+            Field::Context => "max_position_embeddings",
+        }
+    }
+
+    /// The key after `{arch}.`.
+    fn gguf(self) -> &'static str {
+        match self {
+            Field::RopeTheta => "rope.freq_base",
+            Field::RmsNormEps => "attention.layer_norm_rms_epsilon",
+            Field::RopeScalingFactor => "rope.scaling.factor",
+            Field::HeadDim => "attention.key_length",
+            Field::Heads => "attention.head_count",
+            Field::KvHeads => "attention.head_count_kv",
+            Field::Hidden => "embedding_length",
+            Field::Intermediate => "feed_forward_length",
+            Field::Vocab => "vocab_size",
+            Field::Layers => "block_count",
+            Field::Experts => "expert_count",
+            Field::TopK => "expert_used_count",
+            Field::Context => "context_length",
+        }
     }
 }

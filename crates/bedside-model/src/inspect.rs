@@ -52,7 +52,13 @@ pub fn inspect(loc: &ModelLocation) -> Result<(ModelInfo, Option<gguf_file::Cont
     match loc {
         ModelLocation::Gguf(p) => {
             let content = crate::read_gguf_header(p)?;
+            // What loading checks, without reading the weights: every tensor's type and extent
+            // against the file's real size, the hyperparameters, the layer count on disk.
+            let file_len = std::fs::metadata(p).map_err(crate::error::io_err(p))?.len();
+            crate::weights::check_gguf_tensors(p, &content, file_len)?;
             let config = ModelConfig::from_gguf(p, &content)?;
+            let on_disk = crate::weights::layers_on_disk(content.tensor_infos.keys(), "blk.");
+            crate::weights::check_layer_count(p, "metadata key 'llama.block_count'", config.num_layers, on_disk)?;
             let mut types = BTreeMap::new();
             let mut params = 0;
             for info in content.tensor_infos.values() {
@@ -71,7 +77,7 @@ pub fn inspect(loc: &ModelLocation) -> Result<(ModelInfo, Option<gguf_file::Cont
                     .get("general.file_type")
                     .and_then(|v| v.to_u32().ok().or_else(|| v.to_i32().ok().map(|x| x as u32)))
                     .map(|n| gguf_file_type(n).to_string()),
-                bytes: std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+                bytes: file_len,
             };
             Ok((info, Some(content)))
         }
@@ -80,7 +86,9 @@ pub fn inspect(loc: &ModelLocation) -> Result<(ModelInfo, Option<gguf_file::Cont
 }
 
 fn inspect_hf(dir: &Path) -> Result<ModelInfo> {
-    let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+    let cfg_path = dir.join("config.json");
+    let config = ModelConfig::from_hf_file(&cfg_path)?;
+    let mut names = Vec::new();
     let mut types = BTreeMap::new();
     let mut params = 0;
     let mut bytes = 0;
@@ -95,11 +103,14 @@ fn inspect_hf(dir: &Path) -> Result<ModelInfo> {
         // Safety: read-only mapping of a file bedside does not modify.
         let st = unsafe { MmapedSafetensors::new(&f) }
             .map_err(|e| ModelError::Safetensors { path: f.clone(), msg: e.to_string() })?;
-        for (_, view) in st.tensors() {
+        for (name, view) in st.tensors() {
             params += view.shape().iter().product::<usize>();
+            names.push(name);
             *types.entry(format!("{:?}", view.dtype()).to_uppercase()).or_insert(0) += 1;
         }
     }
+    let on_disk = crate::weights::layers_on_disk(names.iter(), "model.layers.");
+    crate::weights::check_layer_count(&cfg_path, "field 'num_hidden_layers'", config.num_layers, on_disk)?;
     Ok(ModelInfo {
         path: dir.display().to_string(),
         format: "safetensors",

@@ -70,8 +70,10 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(Model, gguf_file::C
 }
 
 pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
-    let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+    let cfg_path = dir.join("config.json");
+    let cfg = ModelConfig::from_hf_file(&cfg_path)?;
     let mut src = weights::SafetensorsSource::open(dir, &opts.device, opts.dtype.unwrap_or(DType::F32))?;
+    weights::check_layer_count(&cfg_path, "field 'num_hidden_layers'", cfg.num_layers, src.layers_on_disk())?;
     Model::load(&mut src, cfg, &opts.device, "safetensors")
 }
 

@@ -99,25 +99,9 @@ impl GgufSource {
         let mut file = File::open(path).map_err(io_err(path))?;
         let file_len = file.metadata().map_err(io_err(path))?.len();
         let content = read_gguf_content(path, &mut file)?;
-        // Check every tensor's extent before reading any, so a truncated download is reported
-        // as such (naming the first tensor that runs off the end) instead of as a read error.
-        let mut infos: Vec<_> = content.tensor_infos.iter().collect();
-        infos.sort_by_key(|(_, i)| i.offset);
-        for (name, info) in infos {
-            if !supported_ggml(info.ggml_dtype) {
-                return Err(ModelError::UnsupportedDType {
-                    path: path.into(),
-                    tensor: name.clone(),
-                    dtype: format!("{:?}", info.ggml_dtype),
-                });
-            }
-            let start = content.tensor_data_offset + info.offset;
-            let end = start + tensor_bytes(info) as u64;
-            if end > file_len {
-                return Err(ModelError::Truncated { path: path.into(), tensor: name.clone(), start, end, file_len });
-            }
-        }
+        check_gguf_tensors(path, &content, file_len)?;
         let cfg = ModelConfig::from_gguf(path, &content)?;
+        check_layer_count(path, "metadata key 'llama.block_count'", cfg.num_layers, layers_on_disk(content.tensor_infos.keys(), "blk."))?;
         let src = GgufSource {
             path: path.into(),
             file,
@@ -195,7 +179,118 @@ impl GgufSource {
 }
 
 fn tensor_bytes(info: &gguf_file::TensorInfo) -> usize {
-    info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
+    checked_tensor_bytes(info).unwrap_or(usize::MAX)
+}
+
+/// Bytes of a tensor's data, or `None` when its shape overflows or is not whole blocks.
+fn checked_tensor_bytes(info: &gguf_file::TensorInfo) -> Option<usize> {
+    let elems = info.shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    let block = info.ggml_dtype.block_size();
+    if block == 0 || elems % block != 0 {
+        return None;
+    }
+    (elems / block).checked_mul(info.ggml_dtype.type_size())
+}
+
+/// Every tensor of a GGUF header has a type bedside runs and lies inside the file (the header's
+/// shapes and offsets are checked against the file's real size before anything is read or
+/// allocated), so a truncated download names the first tensor that runs off the end. `info`
+/// checks what loading checks.
+pub(crate) fn check_gguf_tensors(path: &Path, content: &gguf_file::Content, file_len: u64) -> Result<()> {
+    let mut infos: Vec<_> = content.tensor_infos.iter().collect();
+    infos.sort_by_key(|(_, i)| i.offset);
+    for (name, info) in infos {
+        if !supported_ggml(info.ggml_dtype) {
+            return Err(ModelError::UnsupportedDType { path: path.into(), tensor: name.clone(), dtype: format!("{:?}", info.ggml_dtype) });
+        }
+        let Some(bytes) = checked_tensor_bytes(info) else {
+            return Err(ModelError::Gguf {
+                path: path.into(),
+                msg: format!(
+                    "tensor '{name}' has shape {:?}, which is not a whole number of {:?} blocks or is impossibly large",
+                    info.shape.dims(),
+                    info.ggml_dtype
+                ),
+            });
+        };
+        let start = (content.tensor_data_offset as u128) + (info.offset as u128);
+        let end = start + bytes as u128;
+        if end > file_len as u128 {
+            let clamp = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
+            return Err(ModelError::Truncated { path: path.into(), tensor: name.clone(), start: clamp(start), end: clamp(end), file_len });
+        }
+    }
+    Ok(())
+}
+
+/// One more than the highest layer index in tensor names `{prefix}{N}.…` (0 when none).
+pub(crate) fn layers_on_disk<'a>(names: impl Iterator<Item = &'a String>, prefix: &str) -> usize {
+    names.filter_map(|n| n.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok()).map(|i| i.saturating_add(1)).max().unwrap_or(0)
+}
+
+/// The configured layer count is the one on disk: more would read missing tensors (or, for a
+/// hostile count, size a huge allocation first); fewer would silently drop layers.
+pub(crate) fn check_layer_count(path: &Path, field: &str, configured: usize, on_disk: usize) -> Result<()> {
+    if configured != on_disk {
+        return Err(ModelError::Config {
+            path: path.into(),
+            msg: format!("{field} says {configured} layers, but the weights hold {on_disk} (layers 0 to {})", on_disk.saturating_sub(1)),
+        });
+    }
+    Ok(())
+}
+
+/// Rows of `t` read a block at a time as f32: the first non-finite value, as (row, value).
+fn first_non_finite(t: &Tensor) -> Result<Option<(usize, f32)>> {
+    let rows = t.dims().first().copied().unwrap_or(1).max(1);
+    let per_row = t.elem_count() / rows;
+    let block = ((1 << 20) / per_row.max(1)).max(1);
+    let t = if t.rank() == 0 { t.reshape(1)? } else { t.clone() };
+    for start in (0..rows).step_by(block) {
+        let len = block.min(rows - start);
+        let v = t.narrow(0, start, len)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Ok(Some((start + i / per_row.max(1), v[i])));
+        }
+    }
+    Ok(None)
+}
+
+/// A weight the forward pass reads whole and early (norms, the embedding table) must be finite:
+/// a NaN there turns every answer into nothing. A cheap check (one pass over a few vectors and
+/// one table) that names the tensor and row.
+fn check_finite(path: &Path, tensor: &str, t: &Tensor) -> Result<()> {
+    match first_non_finite(t)? {
+        None => Ok(()),
+        Some((row, x)) => {
+            Err(ModelError::Config { path: path.into(), msg: format!("tensor '{tensor}' holds a non-finite value ({x}) in row {row}") })
+        }
+    }
+}
+
+/// [`check_finite`] for a quantized table, dequantized a block of rows at a time.
+fn check_finite_quantized(path: &Path, tensor: &str, q: &QTensor) -> Result<()> {
+    let (n, k) = q.shape().dims2()?;
+    let gd = q.dtype();
+    let row_bytes = k / gd.block_size() * gd.type_size();
+    let data = q.data()?;
+    let block = ((1 << 20) / k.max(1)).max(1);
+    for start in (0..n).step_by(block) {
+        let len = block.min(n - start);
+        let bytes = data.get(start * row_bytes..(start + len) * row_bytes).ok_or_else(|| ModelError::Gguf {
+            path: path.into(),
+            msg: format!("tensor '{tensor}': rows {start}..{} lie outside its data", start + len),
+        })?;
+        let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, gd)?;
+        let rows = QTensor::new(storage, (len, k))?.dequantize(&Device::Cpu)?;
+        if let Some((row, x)) = first_non_finite(&rows)? {
+            return Err(ModelError::Config {
+                path: path.into(),
+                msg: format!("tensor '{tensor}' holds a non-finite value ({x}) in row {}", start + row),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Parse the GGUF header with errors that say which file is broken and how.
@@ -295,11 +390,14 @@ impl WeightSource for GgufSource {
         }
         let (dtype, raw) = self.read_raw(&gname, None)?;
         let q = qtensor_from_ggml(dtype, &raw, vec![len], &self.device)?;
-        Ok(q.dequantize(&self.device)?.to_dtype(self.dtype())?)
+        let t = q.dequantize(&self.device)?;
+        check_finite(&self.path, &gname, &t)?;
+        Ok(t.to_dtype(self.dtype())?)
     }
 
     fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Embedding, BaseWeight)> {
         let q = self.matrix("token_embd.weight", None, vocab, hidden, None)?;
+        check_finite_quantized(&self.path, "token_embd.weight", &q)?;
         let stored = self.to_weight(q)?;
         // On the CPU a quantized table stays quantized and is shared with a tied head.
         let table = match &stored {
@@ -384,6 +482,11 @@ impl SafetensorsSource {
         Ok(Self { dir: dir.into(), files, index, device: device.clone(), dtype })
     }
 
+    /// One more than the highest `model.layers.N` in the checkpoint.
+    pub fn layers_on_disk(&self) -> usize {
+        layers_on_disk(self.index.keys(), "model.layers.")
+    }
+
     fn tensor(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
         let &i = self.index.get(name).ok_or_else(|| ModelError::MissingTensor { path: self.dir.clone(), tensor: name.into() })?;
         let (path, st) = &self.files[i];
@@ -409,10 +512,13 @@ impl WeightSource for SafetensorsSource {
         Ok(BaseWeight::Dense(self.tensor(&format!("{name}.weight"), &[out, inp])?))
     }
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
-        self.tensor(&format!("{name}.weight"), &[len])
+        let t = self.tensor(&format!("{name}.weight"), &[len])?;
+        check_finite(&self.dir, &format!("{name}.weight"), &t)?;
+        Ok(t)
     }
     fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<(Embedding, BaseWeight)> {
         let t = self.tensor("model.embed_tokens.weight", &[vocab, hidden])?;
+        check_finite(&self.dir, "model.embed_tokens.weight", &t)?;
         Ok((Embedding::Dense(t.clone()), BaseWeight::Dense(t)))
     }
     fn lm_head(&mut self, vocab: usize, hidden: usize) -> Result<Option<BaseWeight>> {
