@@ -208,6 +208,12 @@ const HF_SIDE_FILES: &[&str] = &[
 
 fn merge(a: MergeArgs) -> Result<()> {
     let loc = bedside_model::resolve(&a.model, a.offline)?;
+    // Writing into the base's or an adapter's own directory would replace what is being read.
+    let mut inputs: Vec<PathBuf> = a.adapters.iter().map(|(d, _)| d.clone()).collect();
+    if let ModelLocation::HfDir(d) = &loc {
+        inputs.push(d.clone());
+    }
+    bedside_io::check_output_not_input(&a.output, &inputs)?;
     let existing = a.output.join("model.safetensors");
     if existing.exists() && !a.force {
         bail!("{} already exists; pass --force to replace it", existing.display());
@@ -305,11 +311,13 @@ fn merge(a: MergeArgs) -> Result<()> {
 }
 
 fn export(a: ExportArgs) -> Result<()> {
+    let loc = bedside_model::resolve(&a.model, a.offline)?;
+    let inputs = [loc.path().to_path_buf(), a.adapter.join(bedside_lora::WEIGHTS_FILE), a.adapter.join(bedside_lora::CONFIG_FILE)];
+    bedside_io::check_output_not_input(&a.output, &inputs)?;
     if a.output.exists() && !a.force {
         bail!("{} already exists; pass --force to replace it", a.output.display());
     }
     let ad = load_peft(&a.adapter, &Device::Cpu)?;
-    let loc = bedside_model::resolve(&a.model, a.offline)?;
     let (cfg, arch) = match &loc {
         ModelLocation::Gguf(p) => {
             let content = bedside_model::read_gguf_header(p)?;

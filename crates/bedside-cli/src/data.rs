@@ -327,6 +327,7 @@ fn token_counter(model: &str) -> Result<Box<dyn Fn(&str) -> usize>> {
 }
 
 fn import(a: ImportArgs) -> Result<()> {
+    bedside_io::check_output_not_input(&a.out, &[&a.input])?;
     let opts = ImportOptions { format: a.format.into(), id_prefix: a.id_prefix.clone(), skip_invalid: a.skip_invalid };
     let outcome = match bedside_data::import::import_file(&a.input, &opts) {
         Ok(o) => o,
@@ -357,6 +358,9 @@ fn import(a: ImportArgs) -> Result<()> {
 }
 
 fn export(a: ExportArgs) -> Result<()> {
+    if let Some(out) = &a.out {
+        bedside_io::check_output_not_input(out, &bedside_data::jsonl_files(&a.paths)?)?;
+    }
     let mut records = bedside_data::read_dialogues(&a.paths)?;
     if let Some(split) = &a.split {
         if !bedside_data::SPLITS.contains(&split.as_str()) {
@@ -425,6 +429,9 @@ fn stats(a: StatsArgs) -> Result<()> {
 }
 
 fn split(a: SplitArgs) -> Result<()> {
+    if let Some(out) = &a.out {
+        bedside_io::check_output_not_input(out, &bedside_data::jsonl_files(&a.paths)?)?;
+    }
     let located = bedside_data::read_dialogues(&a.paths)?;
     let mut records: Vec<Dialogue> = located.iter().map(|l| l.record.clone()).collect();
     let opts = SplitOptions { seed: a.seed, train: a.train, validation: a.validation, test: a.test };
@@ -465,6 +472,7 @@ fn split(a: SplitArgs) -> Result<()> {
 }
 
 fn equity(a: EquityArgs) -> Result<()> {
+    bedside_io::check_output_not_input(&a.out, &[&a.base])?;
     let bases = bedside_data::equity::read_equity_base(&a.base)?;
     let probes = bedside_data::equity::generate_probes(&bases);
     bedside_data::write_jsonl_atomic(&a.out, &probes)?;
@@ -505,6 +513,10 @@ fn rewrite(a: RewriteArgs) -> Result<()> {
         return Ok(());
     }
     let rejects = a.rejects.clone().unwrap_or_else(|| pipeline::default_rejects_path(&a.output));
+    for out in [&a.output, &rejects] {
+        bedside_io::check_output_not_input(out, &[&a.input])?;
+    }
+    bedside_io::check_output_not_input(&rejects, &[&a.output])?;
     let opts = bedside_rewrite::AcceptOptions {
         fact_similarity: a.fact_similarity,
         semantic_key_facts: a.semantic_key_facts,

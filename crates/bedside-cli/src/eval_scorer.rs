@@ -1,7 +1,6 @@
 //! `bedside eval score | validate-scorer | train-scorer`: the offline EPITOME empathy scorer
 //! (crate bedside-empathy). `eval.rs` wires these into the `eval` subcommand.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -36,13 +35,7 @@ fn load_scorer(heads: &Option<PathBuf>, embedder: &Option<PathBuf>) -> Result<Em
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|s| s.to_str()).unwrap_or("out")));
-    {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    bedside_io::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 // ---------------------------------------------------------------- score
@@ -153,6 +146,7 @@ pub fn add_knowledge_measures(_rec: &PairRecord, _out: &mut Map<String, Value>) 
 }
 
 pub fn score(args: ScoreArgs) -> Result<()> {
+    bedside_io::check_output_not_input(&args.output, &[&args.input])?;
     let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let recs = parse_pairs(&text, &args.input)?;
     let scorer = load_scorer(&args.heads, &args.embedder)?;
@@ -212,6 +206,11 @@ pub struct ValidateScorerArgs {
 pub fn validate_scorer(args: ValidateScorerArgs) -> Result<()> {
     if !args.epitome_dir.is_dir() {
         bail!("EPITOME directory {} not found (pass --epitome-dir)", args.epitome_dir.display());
+    }
+    if let Some(o) = &args.output {
+        let mut inputs: Vec<PathBuf> = std::fs::read_dir(&args.epitome_dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        inputs.extend(args.heads.clone());
+        bedside_io::check_output_not_input(o, &inputs)?;
     }
     let scorer = load_scorer(&args.heads, &args.embedder)?;
     let pb = bar(0, "scoring EPITOME pairs");
@@ -285,6 +284,9 @@ pub fn train_scorer(args: TrainScorerArgs) -> Result<()> {
     let features = FeatureSet::parse(&args.features)?;
     let lambda = args.lambda.as_deref().map(parse_lambda).transpose()?;
     let inputs = if args.input.is_empty() { labelled_parts(Path::new("."))? } else { args.input.clone() };
+    for out in std::iter::once(&args.output).chain(args.report.as_ref()) {
+        bedside_io::check_output_not_input(out, &inputs)?;
+    }
     let emb_dir = args.embedder.clone().unwrap_or_else(Embedder::default_dir);
     let embedder = Embedder::load(&emb_dir, &Device::Cpu).context("loading the sentence embedder")?;
     let created = args.date.clone().unwrap_or_else(bedside_empathy::train::utc_date_today);

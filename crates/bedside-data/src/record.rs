@@ -2,9 +2,7 @@
 //! errors, and atomic writing.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -320,42 +318,12 @@ pub fn read_dialogues<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Located<Dialogu
     }
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory is written,
-/// flushed and fsynced, then renamed over `path` (and the directory fsynced where supported).
-/// On failure the temporary file is removed and `path` is untouched.
+/// Writes `bytes` to `path` atomically: a temporary file beside it under a name no other writer
+/// uses, fsynced, renamed over `path`, the directory fsynced (the workspace's one writer,
+/// `bedside_io`). On failure `path` is untouched and no temporary is left.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<(), DataError> {
     let path = path.as_ref();
-    let name = path
-        .file_name()
-        .ok_or_else(|| DataError::Invalid(format!("{}: not a file path", path.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.flush()?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable; not every platform can open a directory.
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::io(path, e));
-    }
-    Ok(())
+    bedside_io::write_atomic(path, bytes).map_err(|e| DataError::io(path, e))
 }
 
 /// Writes `records` as JSONL (one compact JSON object per line) to `path` atomically

@@ -6,7 +6,6 @@
 //! bit-identical heads.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -296,19 +295,13 @@ impl Heads {
         [self.heads[0].probs(&z), self.heads[1].probs(&z), self.heads[2].probs(&z)]
     }
 
-    /// Write a safetensors file atomically (tmp, fsync, rename). The header is built with sorted
-    /// keys so identical heads give identical bytes.
+    /// Write a safetensors file atomically (`bedside_io`: unique temp, fsync, rename, directory
+    /// fsync). The header is built with sorted keys so identical heads give identical bytes.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|s| s.to_str()).unwrap_or("heads")));
-        {
-            let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        bedside_io::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
 

@@ -1,8 +1,7 @@
 //! `merge_and_unload`: fold attached LoRA branches into the base weights and write an HF
 //! checkpoint (`model.safetensors` + `config.json`) that any transformers-compatible tool loads.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 use bedside_model::{Arch, Model, ModelConfig, RopeScaling};
@@ -29,7 +28,7 @@ enum Item {
 
 /// Write every weight of `model` (LoRA branches merged: `W + Σ scale·B·A`) to `path` as one HF
 /// safetensors file in `dtype`, streaming one tensor at a time (a large model never exists twice
-/// in memory). `progress(done, total)` is called after each tensor. Atomic: temp file + rename.
+/// in memory). `progress(done, total)` is called after each tensor. Atomic (`bedside_io`).
 pub fn write_merged_safetensors(
     model: &mut Model,
     path: &Path,
@@ -74,15 +73,10 @@ pub fn write_merged_safetensors(
     while hbytes.len() % 8 != 0 {
         hbytes.push(b' ');
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let f = File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut w = BufWriter::with_capacity(1 << 22, f);
-        w.write_all(&(hbytes.len() as u64).to_le_bytes()).map_err(io_err(&tmp))?;
-        w.write_all(&hbytes).map_err(io_err(&tmp))?;
-        let total = items.len();
+    let total = items.len();
+    bedside_io::write_atomic_with(path, |w| -> Result<()> {
+        w.write_all(&(hbytes.len() as u64).to_le_bytes()).map_err(io_err(path))?;
+        w.write_all(&hbytes).map_err(io_err(path))?;
         for (k, (tname, shape, item)) in items.iter().enumerate() {
             let t = match item {
                 Item::Dense(t) => t.clone(),
@@ -102,21 +96,15 @@ pub fn write_merged_safetensors(
                     flat[i]
                 )));
             }
-            write_tensor(&mut w, &t).map_err(io_err(&tmp))?;
+            write_tensor(w, &t).map_err(io_err(path))?;
             progress(k + 1, total);
         }
-        let f = w.into_inner().map_err(|e| LoraError::Io { path: tmp.clone(), err: e.into_error() })?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    })
+    .map_err(|e| e.into_inner(io_err(path)))
 }
 
-fn write_tensor(w: &mut impl Write, t: &Tensor) -> std::io::Result<()> {
+fn write_tensor(w: &mut dyn Write, t: &Tensor) -> std::io::Result<()> {
     let flat = t.to_device(&Device::Cpu).and_then(|t| t.flatten_all()).map_err(std::io::Error::other)?;
     let mut buf = Vec::with_capacity(flat.elem_count() * t.dtype().size_in_bytes());
     match t.dtype() {

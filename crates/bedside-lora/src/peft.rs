@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bedside_model::{BaseWeight, LoraBranch, Model};
 use candle_core::{DType, Device, Tensor, Var};
@@ -536,30 +536,10 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     atomic_write_with(path, |w| w.write_all(bytes))
 }
 
-/// [`atomic_write`] with the contents written by `fill` (through a buffered writer).
+/// [`atomic_write`] with the contents written by `fill` (through a buffered writer), by the
+/// workspace's one atomic writer (`bedside_io`).
 fn atomic_write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        fill(&mut f)?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        LoraError::Io { path: path.into(), err: e }
-    })
+    bedside_io::write_atomic_with(path, fill).map_err(|e| LoraError::Io { path: path.into(), err: e.into_io() })
 }
 
 #[cfg(test)]

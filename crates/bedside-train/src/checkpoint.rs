@@ -1,6 +1,7 @@
 //! Atomic checkpoints: `run_dir/checkpoints/step-N/` holds the adapter (PEFT format), the AdamW
 //! moments and `trainer_state.json` (step, data position, RNG states). The directory is written
-//! under a temporary name and renamed into place, so a crash never leaves half a checkpoint.
+//! under a temporary name and renamed into place (`bedside_io::replace_dir_atomic`), so a crash
+//! never leaves half a checkpoint; the next run removes the temporary.
 
 use std::path::{Path, PathBuf};
 
@@ -43,25 +44,15 @@ pub fn save(
     opt: &AdamW,
     state: &TrainerState,
 ) -> Result<PathBuf> {
-    let root = checkpoints_dir(run_dir);
-    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
-    let dir = root.join(format!("step-{}", state.step));
-    let tmp = root.join(format!(".tmp-step-{}-{}", state.step, std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    bedside_lora::save_peft(&tmp, lora, vars)?;
-    bedside_lora::peft::atomic_write_safetensors(&tmp.join(OPTIMIZER_FILE), &opt.state_tensors(vars), &Default::default())?;
+    let dir = checkpoints_dir(run_dir).join(format!("step-{}", state.step));
     let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    bedside_lora::atomic_write(&tmp.join(STATE_FILE), json.as_bytes())?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
-    if let Ok(d) = std::fs::File::open(&root) {
-        let _ = d.sync_all();
-    }
+    bedside_io::replace_dir_atomic(&dir, |tmp| -> Result<()> {
+        bedside_lora::save_peft(tmp, lora, vars)?;
+        bedside_lora::peft::atomic_write_safetensors(&tmp.join(OPTIMIZER_FILE), &opt.state_tensors(vars), &Default::default())?;
+        bedside_lora::atomic_write(&tmp.join(STATE_FILE), json.as_bytes())?;
+        Ok(())
+    })
+    .map_err(|e| e.into_inner(io_err(&dir)))?;
     Ok(dir)
 }
 

@@ -232,7 +232,32 @@ impl Metrics {
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let run_dir = cfg.run.output_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
+    // One run per directory: two would interleave metrics.jsonl and both write adapter/.
+    let _lock = bedside_io::DirLock::acquire(&run_dir, "another training run").map_err(|e| TrainError::Invalid(e.to_string()))?;
+    // Checkpoints (and files) a killed run was writing: with the lock held, nobody else is.
+    let mut stale = Vec::new();
+    for dir in [run_dir.clone(), checkpoint::checkpoints_dir(&run_dir)] {
+        stale.extend(bedside_io::remove_stale_temps(&dir).map_err(io_err(&dir))?);
+    }
+    if !stale.is_empty() {
+        let names: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
+        tracing::warn!(removed = %names.join(", "), "removed what an interrupted run left half-written");
+    }
     let resume_from = if opts.resume { checkpoint::latest(&run_dir)? } else { None };
+    if opts.resume {
+        let msg = match &resume_from {
+            Some(dir) => format!("resuming from {}", dir.display()),
+            None => format!("--resume: no complete checkpoint in {}: starting at step 0", checkpoint::checkpoints_dir(&run_dir).display()),
+        };
+        if resume_from.is_none() {
+            tracing::warn!("{msg}");
+        } else {
+            tracing::info!("{msg}");
+        }
+        if opts.progress {
+            eprintln!("{msg}");
+        }
+    }
     if !opts.resume && checkpoint::latest(&run_dir)?.is_some() {
         return Err(TrainError::Invalid(format!(
             "{} already holds checkpoints of a run; pass --resume to continue it, or choose another --output-dir",
