@@ -41,7 +41,29 @@ enum Command {
     Train(train::TrainArgs),
 }
 
+/// A closed stdout (`bedside info MODEL | head -n 1`) ends the command quietly, once for every
+/// command: Rust ignores SIGPIPE, which turns each later print into a panic (exit 101 and a
+/// backtrace); with the default action restored, the process ends at its first write to the
+/// closed pipe, as `cat` and `grep` do. Sockets are unaffected (Rust sends with MSG_NOSIGNAL).
+#[cfg(unix)]
+fn end_quietly_on_closed_stdout() {
+    // SAFETY: restores a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn end_quietly_on_closed_stdout() {}
+
+/// Whether an error comes from writing to a closed pipe (where the platform reports it as an
+/// error rather than a signal): the reader has stopped reading, which is not a failure.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 fn main() {
+    end_quietly_on_closed_stdout();
     // candle works out its thread count before every matmul, and on Linux that means reading
     // /proc/cpuinfo each time unless RAYON_NUM_THREADS is set (about 2% of a training step).
     // Fix it once, at the count candle would choose, before any thread starts.
@@ -67,6 +89,9 @@ fn main() {
         Command::Train(a) => train::run(a),
     };
     if let Err(e) = result {
+        if is_broken_pipe(&e) {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
