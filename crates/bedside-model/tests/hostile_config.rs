@@ -26,8 +26,8 @@ fn hf_with_config(edit: impl Fn(&mut serde_json::Value)) -> Option<(String, Stri
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     edit(&mut v);
     std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
-    let load = load_hf_dir(&dir, &LoadOptions::default()).err().expect("a bad config must not load").to_string();
-    let info = inspect(&ModelLocation::HfDir(dir.clone())).err().expect("info must refuse what load refuses").to_string();
+    let load = load_hf_dir(&dir, &LoadOptions::default()).expect_err("a bad config must not load").to_string();
+    let info = inspect(&ModelLocation::HfDir(dir.clone())).expect_err("info must refuse what load refuses").to_string();
     Some((load, info, dir))
 }
 
@@ -85,7 +85,7 @@ fn non_finite_norms_and_embeddings_are_refused() {
             v[row * per_row + 5] = bad;
             t.insert(tensor.into(), Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap());
             candle_core::safetensors::save(&t, dir.path().join("model.safetensors")).unwrap();
-            let e = load_hf_dir(dir.path(), &LoadOptions::default()).err().expect("non-finite weights must not load").to_string();
+            let e = load_hf_dir(dir.path(), &LoadOptions::default()).expect_err("non-finite weights must not load").to_string();
             assert!(e.contains(tensor) && e.contains("non-finite"), "{e}");
             if w.rank() == 2 {
                 assert!(e.contains(&format!("row {row}")), "{e}");
@@ -120,8 +120,8 @@ fn gguf_with(
 }
 
 fn gguf_errors(p: &Path) -> (String, String) {
-    let load = load_gguf(p, &LoadOptions::default()).err().expect("must not load").to_string();
-    let info = inspect(&ModelLocation::Gguf(p.into())).err().expect("info must refuse what load refuses").to_string();
+    let load = load_gguf(p, &LoadOptions::default()).expect_err("must not load").to_string();
+    let info = inspect(&ModelLocation::Gguf(p.into())).expect_err("info must refuse what load refuses").to_string();
     (load, info)
 }
 
@@ -159,7 +159,7 @@ fn gguf_non_finite_norm_or_embedding_is_refused() {
         ) else {
             return;
         };
-        let e = load_gguf(&p, &LoadOptions::default()).err().expect("must not load").to_string();
+        let e = load_gguf(&p, &LoadOptions::default()).expect_err("must not load").to_string();
         assert!(e.contains(tensor) && e.contains("non-finite"), "{e}");
     }
 }
@@ -173,6 +173,6 @@ fn info_refuses_a_truncated_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("cut.gguf");
     std::fs::write(&p, &full[..full.len() / 2]).unwrap();
-    let e = inspect(&ModelLocation::Gguf(p.clone())).err().expect("info must refuse a truncated file").to_string();
+    let e = inspect(&ModelLocation::Gguf(p.clone())).expect_err("info must refuse a truncated file").to_string();
     assert!(e.contains("cut.gguf") && e.contains("truncated"), "{e}");
 }

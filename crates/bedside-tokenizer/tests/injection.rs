@@ -118,6 +118,9 @@ fn find(hay: &[u32], needle: &[u32]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Where in a chat the hostile text goes.
+type Shape = Box<dyn Fn(&str) -> Vec<ChatMessage>>;
+
 /// Hostile message text adds no special token: the ids hold exactly the special tokens the
 /// same chat with harmless text holds, and the text's own plain-text ids appear in them whole.
 #[test]
@@ -129,7 +132,7 @@ fn message_text_never_becomes_special_tokens() {
         // The hostile text as the user's message, an assistant's earlier answer, and (where
         // the template writes system turns; the tiny fixtures' templates drop them) the system
         // message.
-        let mut shapes: Vec<Box<dyn Fn(&str) -> Vec<ChatMessage>>> = vec![
+        let mut shapes: Vec<Shape> = vec![
             Box::new(|t: &str| chat("Be kind.", t)),
             Box::new(|t: &str| {
                 vec![
