@@ -54,9 +54,9 @@ fn smollm2_answers_the_parity_prompt() {
 /// and `generate` must follow the reference up to the first near tie.
 #[test]
 fn quantized_engine_matches_candle_transformers_quantized_llama() {
-    let Some(engine) = smollm2(false) else { return };
-    // The reference runs ggml's kernels for the prompt too (this thread only).
-    bedside_model::linear::set_dense_prefill(false);
+    let Some(mut engine) = smollm2(false) else { return };
+    // The reference runs ggml's kernels for the prompt too.
+    engine.model.set_dense_prefill(false);
     let path = bedside_testutil::smollm2_gguf().unwrap();
     let mut f = std::fs::File::open(&path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();

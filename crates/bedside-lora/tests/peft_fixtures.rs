@@ -233,8 +233,8 @@ fn trainable_init_is_peft_init() {
     assert_eq!(a(&vars), a(&again));
     assert_ne!(a(&vars), a(&other));
     // Gradients reach every Var through the model's training path.
-    m2.set_training(true);
-    let logits = m2.forward(&x, None, Logits::All).unwrap();
+    let mut rng = bedside_model::DropoutRng::new(7);
+    let logits = m2.forward_with(&x, None, Logits::All, bedside_model::Mode::Train { dropout: Some(&mut rng) }).unwrap();
     let loss = logits.sqr().unwrap().mean_all().unwrap();
     let grads = loss.backward().unwrap();
     for (k, v) in &again {

@@ -1,19 +1,33 @@
 //! Llama-family models (Llama 2/3, SmolLM2, Mistral, Mixtral) for bedside.
 //!
-//! - [`load`] turns a [`ModelLocation`] (GGUF file or HF directory, see [`hub::resolve`]) into a
+//! - [`load`] turns a [`ModelLocation`] (GGUF file or HF directory, see [`resolve`]) into a
 //!   [`Model`] whose every projection is a LoRA-ready [`Linear`].
 //! - GGUF weights stay quantized (or are dequantized on request); q/k rows are put in HF order at
 //!   load time so one code path serves both formats.
+//! - Every forward pass says what it is for ([`Mode`]): [`Model::forward`] is inference;
+//!   training passes `Mode::Train` with the [`DropoutRng`] LoRA dropout draws from, and its ops
+//!   record a backward.
+//!
+//! Modules:
+//! - `model`: the decoder, its key/value cache and rotary tables, the token table; `linear`: the
+//!   weight kinds and the LoRA branch; `mode`: inference or training.
+//! - `ops`: the training ops, each a CPU kernel with its own backward beside the composed
+//!   reference it is tested against (attention, RMS norm, SwiGLU, frozen matmuls, the fused LoRA
+//!   projection, dropout, the head's loss); `cpu`: the thread-pool, GEMM and weight-by-rows
+//!   helpers they share.
+//! - `weights`: reading GGUF and safetensors checkpoints; `config`, `hub` (finding model files),
+//!   `inspect`, `device`, `error`.
 
 pub mod config;
-pub mod cross_entropy;
+mod cpu;
 pub mod device;
 pub mod error;
-pub mod fused;
 pub mod hub;
 pub mod inspect;
 pub mod linear;
+mod mode;
 pub mod model;
+mod ops;
 pub mod weights;
 
 use std::path::Path;
@@ -27,7 +41,11 @@ pub use error::{ModelError, Result};
 pub use hub::{offline_from_env, resolve, ModelLocation};
 pub use inspect::{inspect, ModelInfo};
 pub use linear::{BaseWeight, Linear, LoraBranch};
+pub use mode::Mode;
 pub use model::{Cache, Embedding, Logits, Model, Positions};
+pub use ops::dropout::DropoutRng;
+pub use ops::frozen_matmul::DENSE_ROWS;
+pub use ops::head_loss::{cross_entropy_sum, NO_TARGET};
 
 /// How to load weights.
 #[derive(Debug, Clone)]

@@ -1,14 +1,19 @@
 //! One Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Mixtral) for both weight formats.
 //!
 //! Weights are held in HF layout whatever the file format, so rotary embeddings use the
-//! "rotate half" pairing and PEFT adapters apply unchanged. In training mode every op on the path
-//! is one that records a backward (candle's fused softmax, rms_norm and rope do not).
+//! "rotate half" pairing and PEFT adapters apply unchanged. Every forward takes a [`Mode`]: in
+//! training every op on the path is one that records a backward (candle's fused softmax,
+//! rms_norm and rope do not), the training ops of [`crate::ops`] where they apply.
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 
 use crate::config::{Arch, ModelConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::linear::{BaseWeight, Linear};
+use crate::mode::Mode;
+use crate::ops::attention::{attention, rope_composed};
+use crate::ops::rms_norm::rms_norm;
+use crate::ops::swiglu::{swiglu, swiglu_composed};
 use crate::weights::WeightSource;
 
 #[derive(Debug, Clone)]
@@ -18,9 +23,9 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        if training {
-            crate::fused::rms_norm(x, &self.weight, self.eps)
+    fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        if mode.is_train() {
+            rms_norm(x, &self.weight, self.eps)
         } else {
             Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
         }
@@ -75,7 +80,7 @@ pub enum Embedding {
     Dense(Tensor),
     /// A ggml-quantized `[vocab, hidden]` table on the CPU, shared with a tied output head: the
     /// rows a batch needs are dequantized per lookup, so the model holds no f32 copy of the
-    /// vocabulary-sized table (113 MB for SmolLM2-135M, 2 GB for Llama 3 8B).
+    /// vocabulary-sized table.
     Quantized(std::sync::Arc<candle_core::quantized::QTensor>),
 }
 
@@ -144,7 +149,7 @@ pub struct Cache {
 
 /// Positions a layer's key/value buffers grow by beyond what is needed, rounded up to
 /// [`KV_ROUND`]: appending a decoded token writes in place instead of copying the whole cache
-/// (`Tensor::cat` per token per layer copied ~12 MB a layer at batch 32, 250 positions).
+/// (`Tensor::cat` per token per layer).
 const KV_HEADROOM: usize = 128;
 const KV_ROUND: usize = 64;
 
@@ -254,7 +259,9 @@ pub struct Model {
     sin: Tensor,
     dtype: DType,
     device: Device,
-    training: bool,
+    /// Inference multiplies many rows by a quantized weight through a dequantized f32 GEMM (see
+    /// [`Model::set_dense_prefill`]).
+    dense_prefill: bool,
     pub source: ModelSource,
 }
 
@@ -328,11 +335,11 @@ enum Input<'a> {
 }
 
 impl<'a> Input<'a> {
-    fn new(norm: &'a RmsNorm, x: &'a Tensor, projections: &[&Linear], training: bool) -> Result<Self> {
-        Ok(if training && projections.iter().all(|l| l.fuses_in_training(x)) {
+    fn new(norm: &'a RmsNorm, x: &'a Tensor, projections: &[&Linear], mode: &Mode) -> Result<Self> {
+        Ok(if mode.is_train() && projections.iter().all(|l| l.fuses_in_training(x)) {
             Input::Normed(x, norm)
         } else {
-            Input::Plain(norm.forward(x, training)?)
+            Input::Plain(norm.forward(x, mode)?)
         })
     }
     fn tensor(&self) -> &Tensor {
@@ -341,25 +348,25 @@ impl<'a> Input<'a> {
             Input::Normed(x, _) => x,
         }
     }
-    fn project(&self, l: &Linear, training: bool) -> Result<Tensor> {
+    fn project(&self, l: &Linear, mode: &mut Mode, dense_prefill: bool) -> Result<Tensor> {
         match self {
-            Input::Plain(x) => l.forward(x, training),
-            Input::Normed(x, n) => l.forward_train_normed(x, &n.weight, n.eps),
+            Input::Plain(x) => l.forward(x, mode, dense_prefill),
+            Input::Normed(x, n) => l.forward_train_normed(x, &n.weight, n.eps, mode.dropout()),
         }
     }
 }
 
 /// `silu(gate) · up`; in training on the CPU in f32 one fused op with its own backward.
-fn gated(gate: &Tensor, up: &Tensor, training: bool) -> Result<Tensor> {
-    if training {
-        crate::fused::swiglu(gate, up)
+fn gated(gate: &Tensor, up: &Tensor, mode: &Mode) -> Result<Tensor> {
+    if mode.is_train() {
+        swiglu(gate, up)
     } else {
-        Ok((candle_nn::ops::silu(gate)? * up)?)
+        swiglu_composed(gate, up)
     }
 }
 
-fn softmax(x: &Tensor, training: bool) -> Result<Tensor> {
-    Ok(if training { candle_nn::ops::softmax(x, D::Minus1)? } else { candle_nn::ops::softmax_last_dim(x)? })
+fn softmax(x: &Tensor, mode: &Mode) -> Result<Tensor> {
+    Ok(if mode.is_train() { candle_nn::ops::softmax(x, D::Minus1)? } else { candle_nn::ops::softmax_last_dim(x)? })
 }
 
 impl Model {
@@ -426,7 +433,7 @@ impl Model {
             sin,
             dtype: src.dtype(),
             device: device.clone(),
-            training: false,
+            dense_prefill: true,
             source: ModelSource { path: src.path().into(), format },
             cfg,
         })
@@ -441,12 +448,12 @@ impl Model {
     pub fn context_length(&self) -> usize {
         self.cfg.max_position_embeddings
     }
-    /// Training mode: differentiable ops everywhere and LoRA dropout on.
-    pub fn set_training(&mut self, on: bool) {
-        self.training = on;
-    }
-    pub fn is_training(&self) -> bool {
-        self.training
+    /// Whether inference on the CPU multiplies calls of at least [`DENSE_ROWS`](crate::DENSE_ROWS)
+    /// rows by a quantized weight through a per-call dequantized f32 GEMM (the default), or, off,
+    /// every quantized matmul through ggml's kernels with 8-bit activations, as llama.cpp
+    /// computes (tests comparing with llama.cpp turn it off). Training is unaffected.
+    pub fn set_dense_prefill(&mut self, on: bool) {
+        self.dense_prefill = on;
     }
 
     /// Every projection with its HF module name (for attaching adapters).
@@ -502,19 +509,29 @@ impl Model {
         (params, types)
     }
 
-    /// Run the decoder over `ids` `(batch, seq)`.
+    /// Run the decoder over `ids` `(batch, seq)` for inference ([`Mode::Infer`]).
     ///
     /// With a cache, positions continue from what it holds and the new keys/values are appended;
-    /// without one, the sequence starts at position 0 and nothing is kept (training, scoring).
+    /// without one, the sequence starts at position 0 and nothing is kept (scoring).
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut Cache>, which: Logits) -> Result<Tensor> {
-        let x = self.forward_hidden(ids, cache)?;
-        self.head(&x, which)
+        self.forward_with(ids, cache, which, Mode::Infer)
     }
 
-    /// The last decoder layer's output `(b, t, hidden)` for `ids`, before the final norm and the
-    /// vocabulary head (see [`Model::forward`]; training feeds it to
+    /// [`Model::forward`] in any [`Mode`]: the training entry point (`Mode::Train`, usually
+    /// without a cache).
+    pub fn forward_with(&self, ids: &Tensor, cache: Option<&mut Cache>, which: Logits, mut mode: Mode) -> Result<Tensor> {
+        let x = self.hidden(ids, cache, &mut mode)?;
+        self.head_in(&x, which, &mut mode)
+    }
+
+    /// The last decoder layer's output `(b, t, hidden)` for `ids` in `mode`, before the final norm
+    /// and the vocabulary head (see [`Model::forward`]; training feeds it to
     /// [`Model::head_cross_entropy_sum`]).
-    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut Cache>) -> Result<Tensor> {
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut Cache>, mut mode: Mode) -> Result<Tensor> {
+        self.hidden(ids, cache, &mut mode)
+    }
+
+    fn hidden(&self, ids: &Tensor, cache: Option<&mut Cache>, mode: &mut Mode) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let (offset, pads) = match &cache {
             Some(c) => {
@@ -537,7 +554,7 @@ impl Model {
         let mut cache = cache;
         for i in 0..self.layers.len() {
             let kv = cache.as_deref_mut().map(|c| (&mut c.kv[i], c.len));
-            x = self.block_forward(i, &x, &pos, kv)?;
+            x = self.block(i, &x, &pos, kv, mode)?;
         }
         if let Some(c) = cache {
             c.len += t;
@@ -571,32 +588,40 @@ impl Model {
         Ok(self.embed_tokens.rows(ids, self.dtype)?.reshape((b, t, self.cfg.hidden_size))?)
     }
 
-    /// Decoder layer `i` over hidden states `x` `(b, t, hidden)`; with `kv`, keys and values are
-    /// appended to that layer's cache slot. Training code that recomputes activations layer by
-    /// layer (checkpointing) calls this directly.
-    pub fn block_forward(&self, i: usize, x: &Tensor, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>) -> Result<Tensor> {
+    /// Decoder layer `i` over hidden states `x` `(b, t, hidden)` in `mode`; with `kv`, keys and
+    /// values are appended to that layer's cache slot. Training code that recomputes activations
+    /// layer by layer (activation checkpointing) calls this directly.
+    pub fn block_forward(&self, i: usize, x: &Tensor, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>, mut mode: Mode) -> Result<Tensor> {
+        self.block(i, x, pos, kv, &mut mode)
+    }
+
+    fn block(&self, i: usize, x: &Tensor, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>, mode: &mut Mode) -> Result<Tensor> {
         let layer = self.layers.get(i).ok_or_else(|| ModelError::Candle(candle_core::Error::Msg(format!("no layer {i}"))))?;
         let a = &layer.self_attn;
-        let y = self.attention(a, &Input::new(&layer.input_layernorm, x, &[&a.q_proj, &a.k_proj, &a.v_proj], self.training)?, pos, kv)?;
-        let x = if self.training {
+        let y = self.attention(a, &Input::new(&layer.input_layernorm, x, &[&a.q_proj, &a.k_proj, &a.v_proj], mode)?, pos, kv, mode)?;
+        let x = if mode.is_train() {
             // The residual added inside the fused op, so o_proj's own output is not kept.
-            a.o_proj.forward_train_residual(&y, x)?
+            a.o_proj.forward_train_residual(&y, x, mode.dropout())?
         } else {
-            (x + a.o_proj.forward(&y, false)?)?
+            (x + a.o_proj.forward(&y, mode, self.dense_prefill)?)?
         };
-        let h = self.feed_forward(&layer.ffn, &layer.post_attention_layernorm, &x)?;
+        let h = self.feed_forward(&layer.ffn, &layer.post_attention_layernorm, &x, mode)?;
         Ok((x + h)?)
     }
 
-    /// Final norm and the vocabulary projection of the last layer's output.
-    pub fn head(&self, x: &Tensor, which: Logits) -> Result<Tensor> {
+    /// Final norm and the vocabulary projection of the last layer's output, in `mode`.
+    pub fn head(&self, x: &Tensor, which: Logits, mut mode: Mode) -> Result<Tensor> {
+        self.head_in(x, which, &mut mode)
+    }
+
+    fn head_in(&self, x: &Tensor, which: Logits, mode: &mut Mode) -> Result<Tensor> {
         let t = x.dim(1)?;
         let x = match which {
             Logits::Last => x.i((.., t - 1..t, ..))?,
             Logits::All => x.clone(),
         };
-        let x = self.norm.forward(&x, self.training)?;
-        let logits = self.lm_head.forward(&x, self.training)?.to_dtype(DType::F32)?;
+        let x = self.norm.forward(&x, mode)?;
+        let logits = self.lm_head.forward(&x, mode, self.dense_prefill)?.to_dtype(DType::F32)?;
         Ok(match which {
             Logits::Last => logits.squeeze(1)?,
             Logits::All => logits,
@@ -604,8 +629,8 @@ impl Model {
     }
 
     /// The summed cross-entropy of the vocabulary head over hidden states `x` `(b, t, hidden)`
-    /// against one target per position (row-major, [`crate::cross_entropy::NO_TARGET`] skips a
-    /// position): the final norm, then the head and the loss as one op whose logits never exist
+    /// against one target per position (row-major, [`crate::NO_TARGET`] skips a position), for
+    /// training: the final norm, then the head and the loss as one op whose logits never exist
     /// whole. `None` where that op does not apply (off the CPU, not f32, a LoRA on the head): the
     /// caller takes [`Model::head`]'s logits instead.
     pub fn head_cross_entropy_sum(&self, x: &Tensor, targets: &[u32]) -> Result<Option<Tensor>> {
@@ -613,7 +638,7 @@ impl Model {
         if !self.lm_head.fuses_cross_entropy(x) {
             return Ok(None);
         }
-        let x = self.norm.forward(x, self.training)?;
+        let x = rms_norm(x, &self.norm.weight, self.norm.eps)?;
         self.lm_head.cross_entropy_sum(&x.reshape((b * t, h))?, targets)
     }
 
@@ -637,24 +662,25 @@ impl Model {
     }
 
     /// Self-attention's heads `(b, t, nh · d)`, before the output projection.
-    fn attention(&self, a: &Attention, x: &Input, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>) -> Result<Tensor> {
+    fn attention(&self, a: &Attention, x: &Input, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>, mode: &mut Mode) -> Result<Tensor> {
         let (cos, sin, mask) = (&pos.cos, &pos.sin, pos.mask.as_ref());
         let (b, t, _) = x.tensor().dims3()?;
         let (nh, nkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
-        let tr = self.training;
-        let q = x.project(&a.q_proj, tr)?.reshape((b, t, nh, d))?;
-        let k = x.project(&a.k_proj, tr)?.reshape((b, t, nkv, d))?;
-        let v = x.project(&a.v_proj, tr)?.reshape((b, t, nkv, d))?;
+        let dp = self.dense_prefill;
+        let q = x.project(&a.q_proj, mode, dp)?.reshape((b, t, nh, d))?;
+        let k = x.project(&a.k_proj, mode, dp)?.reshape((b, t, nkv, d))?;
+        let v = x.project(&a.v_proj, mode, dp)?.reshape((b, t, nkv, d))?;
+        let tr = mode.is_train();
         if tr && kv.is_none() {
             // One op with its own backward (on the CPU in f32; candle's differentiable ops
             // elsewhere) that reads the heads in the projections' layout, rotates q and k itself
             // and keeps no score tensor for the backward.
-            let y = crate::fused::attention(&q, &k, &v, Some((cos, sin)), 1.0 / (d as f64).sqrt(), mask)?;
+            let y = attention(&q, &k, &v, Some((cos, sin)), 1.0 / (d as f64).sqrt(), mask)?;
             return Ok(y);
         }
         let (q, k, v) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?);
         let (q, k) = if tr {
-            (crate::fused::rope_composed(&q, cos, sin)?, crate::fused::rope_composed(&k, cos, sin)?)
+            (rope_composed(&q, cos, sin)?, rope_composed(&k, cos, sin)?)
         } else {
             let (c, s) = (cos.to_dtype(q.dtype())?, sin.to_dtype(q.dtype())?);
             (candle_nn::rotary_emb::rope(&q, &c, &s)?, candle_nn::rotary_emb::rope(&k, &c, &s)?)
@@ -664,8 +690,8 @@ impl Model {
             Some((slot, len)) => LayerKv::append(slot, len, &k, &v)?,
             None => (k, v.contiguous()?),
         };
-        // Batched decoding on the CPU. One row gains nothing measurable (13.6 vs 13.5 tok/s on
-        // SmolLM2 Q4_1), so single-sequence decoding keeps the matmul path and its exact numerics.
+        // Batched decoding on the CPU. One row gains nothing measurable, so single-sequence
+        // decoding keeps the matmul path and its exact numerics.
         if t == 1 && b > 1 && cached && !tr && q.device().is_cpu() && q.dtype() == DType::F32 {
             let y = decode_attention_cpu(&q, &k, &v, &pos.pads)?;
             return Ok(y.reshape((b, t, nh * d))?);
@@ -680,38 +706,43 @@ impl Model {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let p = softmax(&scores, tr)?;
+        let p = softmax(&scores, mode)?;
         let p = p.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv_len))?;
         Ok(p.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?)
     }
 
     /// The MLP on `norm(x)`.
-    fn feed_forward(&self, f: &FeedForward, norm: &RmsNorm, x: &Tensor) -> Result<Tensor> {
-        let tr = self.training;
+    fn feed_forward(&self, f: &FeedForward, norm: &RmsNorm, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let dp = self.dense_prefill;
         match f {
             FeedForward::Dense { gate_proj, up_proj, down_proj } => {
-                let input = Input::new(norm, x, &[gate_proj, up_proj], tr)?;
-                let (g, u) = (input.project(gate_proj, tr)?, input.project(up_proj, tr)?);
-                if tr && down_proj.fuses_in_training(&g) {
+                let input = Input::new(norm, x, &[gate_proj, up_proj], mode)?;
+                let g = input.project(gate_proj, mode, dp)?;
+                let u = input.project(up_proj, mode, dp)?;
+                if mode.is_train() && down_proj.fuses_in_training(&g) {
                     // silu(g)·u formed inside the down projection (see `Linear::forward_train_gated`).
-                    return down_proj.forward_train_gated(&g, &u);
+                    return down_proj.forward_train_gated(&g, &u, mode.dropout());
                 }
-                down_proj.forward(&gated(&g, &u, tr)?, tr)
+                let h = gated(&g, &u, mode)?;
+                down_proj.forward(&h, mode, dp)
             }
-            FeedForward::Moe { gate, experts, top_k } => self.moe(gate, experts, *top_k, &norm.forward(x, tr)?),
+            FeedForward::Moe { gate, experts, top_k } => {
+                let h = norm.forward(x, mode)?;
+                self.moe(gate, experts, *top_k, &h, mode)
+            }
         }
     }
 
     /// Mixtral routing as Hugging Face does it: softmax over the router logits (in f32), top-k,
     /// renormalise the kept weights to sum to one. The weights stay tensors so gradients reach
     /// the router input.
-    fn moe(&self, gate: &Linear, experts: &[Expert], top_k: usize, x: &Tensor) -> Result<Tensor> {
-        let tr = self.training;
+    fn moe(&self, gate: &Linear, experts: &[Expert], top_k: usize, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let dp = self.dense_prefill;
         let (b, t, h) = x.dims3()?;
         let n = b * t;
         let xs = x.reshape((n, h))?;
-        let logits = gate.forward(&xs, tr)?.to_dtype(DType::F32)?;
-        let probs = softmax(&logits, tr)?;
+        let logits = gate.forward(&xs, mode, dp)?.to_dtype(DType::F32)?;
+        let probs = softmax(&logits, mode)?;
         let rows = probs.to_vec2::<f32>()?;
         let mut top_idx = Vec::with_capacity(n * top_k);
         let mut per_expert: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); experts.len()];
@@ -738,7 +769,9 @@ impl Model {
             let slots_t = Tensor::from_vec(slots_e, m, &self.device)?;
             let xe = xs.index_select(&rows_t, 0)?;
             let ex = &experts[e];
-            let ye = ex.w2.forward(&gated(&ex.w1.forward(&xe, tr)?, &ex.w3.forward(&xe, tr)?, tr)?, tr)?;
+            let g = ex.w1.forward(&xe, mode, dp)?;
+            let u = ex.w3.forward(&xe, mode, dp)?;
+            let ye = ex.w2.forward(&gated(&g, &u, mode)?, mode, dp)?;
             let we = w.index_select(&slots_t, 0)?.to_dtype(ye.dtype())?.unsqueeze(1)?;
             out = out.index_add(&rows_t, &ye.broadcast_mul(&we)?, 0)?;
         }

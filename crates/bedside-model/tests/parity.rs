@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bedside_model::{load_gguf, load_hf_dir, Cache, LoadOptions, Logits, Model};
+use bedside_model::{load_gguf, load_hf_dir, Cache, LoadOptions, Logits, Mode, Model};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
 fn refs(path: &Path) -> HashMap<String, Tensor> {
@@ -138,12 +138,11 @@ fn batched_left_padding_matches_single_rows() {
 fn training_mode_forward_matches_inference_forward() {
     for name in ["tiny-llama", "tiny-mixtral"] {
         let Some(dir) = bedside_testutil::fixture(name) else { return };
-        let mut model = load_hf_dir(&dir, &LoadOptions::default()).unwrap();
+        let model = load_hf_dir(&dir, &LoadOptions::default()).unwrap();
         let hf = refs(&dir.join("reference.safetensors"));
         let ids = Tensor::from_vec(ids_u32(&hf["input_ids"]), (2, 12), &Device::Cpu).unwrap();
         let a = model.forward(&ids, None, Logits::All).unwrap();
-        model.set_training(true);
-        let b = model.forward(&ids, None, Logits::All).unwrap();
+        let b = model.forward_with(&ids, None, Logits::All, Mode::Train { dropout: None }).unwrap();
         let d = max_abs_diff(&a, &b);
         assert!(d < 1e-4, "{name}: training-mode forward differs by {d}");
     }
@@ -198,10 +197,10 @@ fn smollm2_answer_nll_matches_transformers() {
 #[test]
 fn smollm2_quantized_matches_llamacpp() {
     let Some(path) = bedside_testutil::smollm2_gguf() else { return };
-    // ggml's kernels for every row count, as llama.cpp runs them (this thread only).
-    bedside_model::linear::set_dense_prefill(false);
     let Some(dir) = bedside_testutil::fixture("smollm2") else { return };
-    let (model, _) = load_gguf(&path, &LoadOptions::default()).unwrap();
+    let (mut model, _) = load_gguf(&path, &LoadOptions::default()).unwrap();
+    // ggml's kernels for every row count, as llama.cpp runs them.
+    model.set_dense_prefill(false);
     assert!(matches!(model.layers[0].self_attn.q_proj.base, bedside_model::BaseWeight::Quantized(..)));
     let f32r = refs(&dir.join("logits_f32.safetensors"));
     let cpp = refs(&dir.join("logits_llamacpp_q4_1.safetensors"));
@@ -242,11 +241,11 @@ fn smollm2_quantized_matches_llamacpp() {
 fn smollm2_quantized_prefill_equals_dequantized_model() {
     let Some(path) = bedside_testutil::smollm2_gguf() else { return };
     let Some(dir) = bedside_testutil::fixture("smollm2") else { return };
-    let (q, _) = load_gguf(&path, &LoadOptions::default()).unwrap();
+    let (mut q, _) = load_gguf(&path, &LoadOptions::default()).unwrap();
     let (f, _) = load_gguf(&path, &LoadOptions { dequantize: true, ..Default::default() }).unwrap();
     let f32r = refs(&dir.join("logits_f32.safetensors"));
     let ids = ids_u32(&f32r["prompt0.input_ids"]);
-    assert!(ids.len() >= bedside_model::linear::DENSE_ROWS, "the prompt must take the dense path");
+    assert!(ids.len() >= bedside_model::DENSE_ROWS, "the prompt must take the dense path");
     let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     // Logits::All so the output projection (tied embedding) also sees many rows.
     let last = |m: &bedside_model::Model| m.forward(&t, None, Logits::All).unwrap().squeeze(0).unwrap().i(ids.len() - 1).unwrap();
@@ -254,9 +253,9 @@ fn smollm2_quantized_prefill_equals_dequantized_model() {
     let want = last(&f);
     let d = max_abs_diff(&dense, &want);
     assert!(d < 1e-3, "dense prefill vs dequantized model: max |dlogit| {d}");
-    bedside_model::linear::set_dense_prefill(false);
+    q.set_dense_prefill(false);
     let kernels = last(&q);
-    bedside_model::linear::set_dense_prefill(true);
+    q.set_dense_prefill(true);
     let dk = max_abs_diff(&kernels, &want);
     assert!(dk > 1e-2, "ggml kernels should differ from f32 activations ({dk})");
 }

@@ -52,7 +52,6 @@ pub fn bench_step(o: &BenchOptions) -> Result<BenchResult> {
     };
     let opts = bedside_generate::EngineOptions { load: LoadOptions { device, dtype, dequantize }, ..Default::default() };
     let mut engine = bedside_generate::Engine::load(&o.model, &opts)?;
-    engine.model.set_training(true);
     let text = "A patient writes that her chest has felt tight for three days, worse on the stairs, and she is frightened it is her heart. \
                 She takes a statin and her father had a heart attack at 58. What should she watch for, and when should she call emergency services? ";
     let piece = engine.tokenizer.encode(text, false)?;
@@ -80,11 +79,12 @@ pub fn bench_step(o: &BenchOptions) -> Result<BenchResult> {
     };
     let mut opt = AdamW::new(&optim, &vars)?;
     let loaded_rss_bytes = crate::trainer::rss_bytes();
+    let mut rng = bedside_model::DropoutRng::new(0);
     let mut times = Vec::new();
     for i in 0..o.warmup + o.steps.max(1) {
         let t0 = Instant::now();
         let n = labels.iter().map(|l| l.len() - 1).sum::<usize>() as f64;
-        let (_, mut g) = crate::trainer::loss_and_grads(&engine.model, &vars, &x, &labels, n, o.checkpointing)?;
+        let (_, mut g) = crate::trainer::loss_and_grads(&engine.model, &vars, &x, &labels, n, o.checkpointing, &mut rng)?;
         clip_grad_norm(&mut g, 1.0)?;
         opt.step(&vars, &g, 1e-4)?;
         engine.model.device().synchronize()?;

@@ -22,7 +22,7 @@ pub struct TrainerState {
     /// Data position: the epoch and the next micro-batch within it.
     pub epoch: u64,
     pub batch_in_epoch: usize,
-    /// LoRA dropout RNG state (see `bedside_model::linear::set_dropout_rng_state`).
+    /// LoRA dropout RNG state (`bedside_model::DropoutRng::state`).
     pub dropout_rng: u64,
     /// AdamW's step count.
     pub adam_t: u64,

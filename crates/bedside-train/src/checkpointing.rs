@@ -7,25 +7,26 @@
 //! in f32 they are one op that reads the head a block of rows at a time (all positions at once);
 //! elsewhere they run over chunks of positions.
 //!
-//! LoRA dropout masks are drawn from a per-thread RNG; each layer's recompute restarts that RNG
-//! where the first pass found it, so the masks, and therefore the gradients, are the ones an
-//! ordinary backward would give (a LoRA on the vocabulary head itself draws its masks per chunk,
-//! so its dropout differs from an unchunked step's, though it is just as random).
+//! LoRA dropout masks are drawn from the step's RNG; each layer's recompute starts from a copy of
+//! the RNG as the first pass found it, so the masks, and therefore the gradients, are the ones
+//! an ordinary backward would give, and the RNG ends where an ordinary step leaves it (a LoRA on
+//! the vocabulary head itself draws its masks per chunk, so its dropout differs from an
+//! unchunked step's, though it is just as random).
 
-use bedside_model::linear::{dropout_rng_state, set_dropout_rng_state};
-use bedside_model::Model;
+use bedside_model::{DropoutRng, Mode, Model};
 use candle_core::{backprop::GradStore, Tensor, Var};
 
 use crate::error::{Result, TrainError};
 use crate::loss::{head_loss_sum, shift_labels};
 
-/// Positions per chunk of the vocabulary head (32 × 49k vocabulary × 4 bytes = 6.3 MB a tensor;
-/// the loss keeps several such tensors per chunk, so 64 cost ~80 MB more peak on SmolLM2).
+/// Positions per chunk of the vocabulary head: the loss keeps several `(chunk, vocabulary)`
+/// tensors per chunk.
 const HEAD_CHUNK: usize = 32;
 
 /// The summed loss over `labels` divided by `scale`, and its gradient for every variable in
-/// `vars` order (zeros where none flows), computed with activation checkpointing.
-pub fn loss_and_grads(model: &Model, vars: &[(String, Var)], ids: &Tensor, labels: &[Vec<i64>], scale: f64) -> Result<(f64, Vec<Tensor>)> {
+/// `vars` order (zeros where none flows), computed with activation checkpointing; LoRA dropout
+/// draws from `rng`.
+pub fn loss_and_grads(model: &Model, vars: &[(String, Var)], ids: &Tensor, labels: &[Vec<i64>], scale: f64, rng: &mut DropoutRng) -> Result<(f64, Vec<Tensor>)> {
     let (b, t) = ids.dims2()?;
     if labels.len() != b || labels.iter().any(|l| l.len() != t) {
         return Err(TrainError::Invalid(format!("labels must be {b} rows of {t}, matching the input ids")));
@@ -35,8 +36,8 @@ pub fn loss_and_grads(model: &Model, vars: &[(String, Var)], ids: &Tensor, label
     let mut inputs = Vec::with_capacity(model.layers.len());
     let mut x = model.embed(ids)?.detach();
     for i in 0..model.layers.len() {
-        inputs.push((x.clone(), dropout_rng_state()));
-        x = model.block_forward(i, &x, &pos, None)?.detach();
+        inputs.push((x.clone(), rng.clone()));
+        x = model.block_forward(i, &x, &pos, None, Mode::Train { dropout: Some(&mut *rng) })?.detach();
     }
     // 2. The head and the loss, a chunk of positions at a time: only one chunk's
     //    vocabulary-wide logits and their gradients exist at once.
@@ -50,7 +51,7 @@ pub fn loss_and_grads(model: &Model, vars: &[(String, Var)], ids: &Tensor, label
         let len = chunk.min(t - start);
         let part = Var::from_tensor(&x.narrow(1, start, len)?.contiguous()?)?;
         let tg: Vec<Vec<i64>> = targets.iter().map(|r| r[start..start + len].to_vec()).collect();
-        let (sum, n) = head_loss_sum(model, part.as_tensor(), &tg)?;
+        let (sum, n) = head_loss_sum(model, part.as_tensor(), &tg, Mode::Train { dropout: Some(&mut *rng) })?;
         if n == 0 {
             parts.push(part.as_tensor().zeros_like()?);
             continue;
@@ -66,19 +67,17 @@ pub fn loss_and_grads(model: &Model, vars: &[(String, Var)], ids: &Tensor, label
     }
     let mut upstream = Some(Tensor::cat(&parts, 1)?);
     drop(parts);
-    let after = dropout_rng_state();
-    // 3. Layers in reverse: recompute, then backpropagate the output gradient.
-    for (i, (input, rng)) in inputs.into_iter().enumerate().rev() {
+    // 3. Layers in reverse: recompute (replaying the layer's dropout masks from its copy of the
+    //    RNG), then backpropagate the output gradient.
+    for (i, (input, mut layer_rng)) in inputs.into_iter().enumerate().rev() {
         let Some(g_out) = upstream.take() else { break };
-        set_dropout_rng_state(rng);
         let xv = Var::from_tensor(&input)?;
-        let y = model.block_forward(i, xv.as_tensor(), &pos, None)?;
+        let y = model.block_forward(i, xv.as_tensor(), &pos, None, Mode::Train { dropout: Some(&mut layer_rng) })?;
         // d/dθ Σ(y ⊙ g_out) is the vector-Jacobian product g_outᵀ ∂y/∂θ.
         let store = (y * g_out)?.sum_all()?.backward()?;
         add_grads(vars, &store, &mut grads)?;
         upstream = store.get(xv.as_tensor()).map(Tensor::detach);
     }
-    set_dropout_rng_state(after);
     let grads = grads
         .into_iter()
         .zip(vars)

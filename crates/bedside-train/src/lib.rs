@@ -8,8 +8,10 @@
 //! - [`checkpointing`]: activation checkpointing (recompute layers in the backward).
 //! - [`trainer`]: the loop, validation, `metrics.jsonl` and the loss-curve SVG.
 //!
-//! The base stays frozen, quantized or not: a quantized GGUF base trains through
-//! `bedside_model::linear::qmatmul_train`, whose backward dequantizes one weight at a time.
+//! Every forward pass runs in `bedside_model::Mode::Train`, with the run's
+//! `bedside_model::DropoutRng` (seeded from the config, saved in each checkpoint) or, for the
+//! validation loss, without dropout. The base stays frozen, quantized or not: a quantized GGUF
+//! base trains through a matmul whose backward dequantizes one weight at a time.
 
 pub mod bench;
 pub mod checkpoint;

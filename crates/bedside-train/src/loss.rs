@@ -1,10 +1,8 @@
 //! The causal language-modelling loss as Hugging Face computes it, and the zero-gradient guard.
 
-use std::sync::OnceLock;
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 
-use candle_core::{backprop::GradStore, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
-
-use bedside_model::{Logits, Model};
+use bedside_model::{Logits, Mode, Model, NO_TARGET};
 
 use crate::error::{Result, TrainError};
 
@@ -29,26 +27,22 @@ pub fn shift_labels(labels: &[Vec<i64>]) -> Vec<Vec<i64>> {
 }
 
 /// Summed cross-entropy of `logits` `(b, t, vocab)` against `targets` already aligned with them
-/// (`targets[r][i]` is what position `i` should predict, or [`IGNORE`]).
+/// (`targets[r][i]` is what position `i` should predict, or [`IGNORE`]). On the CPU in f32 one op
+/// with its own backward ([`bedside_model::cross_entropy_sum`]).
 pub fn aligned_lm_loss_sum(logits: &Tensor, targets: &[Vec<i64>]) -> Result<(Tensor, usize)> {
     let (b, t, v) = logits.dims3()?;
     let (flat, n) = flat_targets(targets, b, t, v)?;
     if n == 0 {
         return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
     }
-    let logits = logits.reshape((b * t, v))?;
-    if logits.device().is_cpu() && logits.dtype() == DType::F32 {
-        let op = CrossEntropySum { targets: flat, vocab: v, lse: OnceLock::new() };
-        return Ok((logits.contiguous()?.apply_op1(op)?, n));
-    }
-    composed_lm_loss_sum(&logits, &flat, n)
+    Ok((bedside_model::cross_entropy_sum(&logits.reshape((b * t, v))?, &flat)?, n))
 }
 
-/// The same sum from the last decoder layer's output `x` `(b, t, hidden)`: the model's final
-/// norm, vocabulary head and this loss. On the CPU in f32 one op folds the head into the loss
-/// (`Model::head_cross_entropy_sum`), so the `(b · t, vocab)` logits and their gradient never
-/// exist; elsewhere the head's logits go to [`aligned_lm_loss_sum`].
-pub fn head_loss_sum(model: &Model, x: &Tensor, targets: &[Vec<i64>]) -> Result<(Tensor, usize)> {
+/// The same sum from the last decoder layer's output `x` `(b, t, hidden)` in the training
+/// `mode`: the model's final norm, vocabulary head and this loss. On the CPU in f32 one op folds
+/// the head into the loss (`Model::head_cross_entropy_sum`), so the `(b · t, vocab)` logits and
+/// their gradient never exist; elsewhere the head's logits go to [`aligned_lm_loss_sum`].
+pub fn head_loss_sum(model: &Model, x: &Tensor, targets: &[Vec<i64>], mode: Mode) -> Result<(Tensor, usize)> {
     let (b, t, _) = x.dims3()?;
     let (flat, n) = flat_targets(targets, b, t, model.lm_head.out_dim())?;
     if n == 0 {
@@ -56,11 +50,11 @@ pub fn head_loss_sum(model: &Model, x: &Tensor, targets: &[Vec<i64>]) -> Result<
     }
     match model.head_cross_entropy_sum(x, &flat)? {
         Some(sum) => Ok((sum, n)),
-        None => aligned_lm_loss_sum(&model.head(x, Logits::All)?, targets),
+        None => aligned_lm_loss_sum(&model.head(x, Logits::All, mode)?, targets),
     }
 }
 
-/// One target per position, row-major, [`SKIP`] where the position is not scored; and the
+/// One target per position, row-major, [`NO_TARGET`] where the position is not scored; and the
 /// number scored. Checks the shape and that every target is in the vocabulary.
 fn flat_targets(targets: &[Vec<i64>], b: usize, t: usize, v: usize) -> Result<(Vec<u32>, usize)> {
     if targets.len() != b || targets.iter().any(|l| l.len() != t) {
@@ -70,7 +64,7 @@ fn flat_targets(targets: &[Vec<i64>], b: usize, t: usize, v: usize) -> Result<(V
     for (r, l) in targets.iter().enumerate() {
         for (i, &y) in l.iter().enumerate() {
             if y == IGNORE {
-                flat.push(SKIP);
+                flat.push(NO_TARGET);
                 continue;
             }
             if y < 0 || y as usize >= v {
@@ -79,137 +73,8 @@ fn flat_targets(targets: &[Vec<i64>], b: usize, t: usize, v: usize) -> Result<(V
             flat.push(y as u32);
         }
     }
-    let n = flat.iter().filter(|&&y| y != SKIP).count();
+    let n = flat.iter().filter(|&&y| y != NO_TARGET).count();
     Ok((flat, n))
-}
-
-/// The same sum from candle's differentiable ops (any device and dtype): only the scored rows
-/// go through the (vocabulary-wide) log-softmax.
-fn composed_lm_loss_sum(logits: &Tensor, targets: &[u32], n: usize) -> Result<(Tensor, usize)> {
-    let dev = logits.device();
-    let (rows, ys): (Vec<u32>, Vec<u32>) =
-        targets.iter().enumerate().filter(|(_, &y)| y != SKIP).map(|(i, &y)| (i as u32, y)).unzip();
-    let rows = Tensor::from_vec(rows, n, dev)?;
-    let ys = Tensor::from_vec(ys, (n, 1), dev)?;
-    let picked = logits.index_select(&rows, 0)?.to_dtype(DType::F32)?;
-    let logp = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
-    let nll = logp.gather(&ys, 1)?.sum_all()?.neg()?;
-    Ok((nll, n))
-}
-
-/// A position that is not scored, in [`CrossEntropySum`]'s targets (the same value the fused
-/// head's loss skips).
-const SKIP: u32 = bedside_model::cross_entropy::NO_TARGET;
-
-/// Summed cross-entropy of f32 logits `(rows, vocab)` on the CPU as one op with its own
-/// backward. Composed from candle's ops, the log-softmax and its backward are about ten passes
-/// over vocabulary-wide tensors, each freshly allocated (SmolLM2: 50 MB per pass at 256
-/// positions); here the forward is one pass per row (max, then log-sum-exp) and the backward
-/// writes `softmax − one-hot` once, reusing the forward's log-sum-exp.
-struct CrossEntropySum {
-    targets: Vec<u32>,
-    vocab: usize,
-    /// Each row's log-sum-exp (0 for skipped rows), kept by the forward for the backward.
-    lse: OnceLock<Vec<f32>>,
-}
-
-impl CrossEntropySum {
-    /// Log-sum-exp of each scored row of `x` (`targets.len()` rows of `vocab`).
-    fn log_sum_exp(&self, x: &[f32]) -> Vec<f32> {
-        let v = self.vocab;
-        let mut lse = vec![0f32; self.targets.len()];
-        for_row_chunks(&mut lse, 1, |first, out| {
-            for (j, o) in out.iter_mut().enumerate() {
-                let r = first + j;
-                if self.targets[r] == SKIP {
-                    continue;
-                }
-                let row = &x[r * v..(r + 1) * v];
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let s: f32 = row.iter().map(|&z| (z - m).exp()).sum();
-                *o = m + s.ln();
-            }
-        });
-        lse
-    }
-}
-
-/// Run `f(first_row, chunk)` over `out` split into contiguous chunks of whole rows (`width`
-/// values each), one chunk per candle CPU thread.
-fn for_row_chunks<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    let rows = out.len() / width.max(1);
-    let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
-    let per = rows.div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        for (c, chunk) in out.chunks_mut(per * width).enumerate() {
-            let f = &f;
-            s.spawn(move || f(c * per, chunk));
-        }
-    });
-}
-
-fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("cross-entropy: expected contiguous f32 logits"),
-    }
-}
-
-impl CustomOp1 for CrossEntropySum {
-    fn name(&self) -> &'static str {
-        "cross-entropy-sum"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_f32(storage, layout)?;
-        if x.len() != self.targets.len() * self.vocab {
-            candle_core::bail!("cross-entropy: {} logits for {} rows of {}", x.len(), self.targets.len(), self.vocab);
-        }
-        let lse = self.log_sum_exp(x);
-        let v = self.vocab;
-        let nll: f64 = (self.targets.iter().enumerate())
-            .filter(|(_, &y)| y != SKIP)
-            .map(|(r, &y)| (lse[r] - x[r * v + y as usize]) as f64)
-            .sum();
-        let _ = self.lse.set(lse);
-        Ok((CpuStorage::F32(vec![nll as f32]), Shape::from(())))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let g = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let (storage, layout) = arg.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("cross-entropy: logits left the CPU");
-        };
-        let x = cpu_f32(cpu, layout)?;
-        let recomputed;
-        let lse = match self.lse.get() {
-            Some(l) => l,
-            None => {
-                recomputed = self.log_sum_exp(x);
-                &recomputed
-            }
-        };
-        let v = self.vocab;
-        // d(Σ nll)/dx = softmax(x) − one-hot(target) on scored rows, zero elsewhere.
-        let mut dx = vec![0f32; x.len()];
-        for_row_chunks(&mut dx, v, |first, out| {
-            for (j, row_out) in out.chunks_exact_mut(v).enumerate() {
-                let r = first + j;
-                let y = self.targets[r];
-                if y == SKIP {
-                    continue;
-                }
-                let row = &x[r * v..(r + 1) * v];
-                for (o, &z) in row_out.iter_mut().zip(row) {
-                    *o = g * (z - lse[r]).exp();
-                }
-                row_out[y as usize] -= g;
-            }
-        });
-        drop(storage);
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
-    }
 }
 
 /// HF's mean masked cross-entropy.
@@ -306,32 +171,19 @@ impl ZeroGradGuard {
 mod tests {
     use super::*;
 
-    /// The fused CPU op against candle's composed log-softmax: the same loss and the same
-    /// gradient, with unscored positions, several rows and a non-unit upstream gradient.
+    /// The count covers the scored positions only, and the sum is the model crate's loss over
+    /// the flattened logits with unscored positions skipped.
     #[test]
-    fn fused_cross_entropy_matches_the_composed_ops() {
+    fn aligned_loss_counts_and_sums_the_scored_positions() {
         let (b, t, v) = (2, 5, 300);
-        let dev = Device::Cpu;
-        let logits = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (b, t, v), &dev).unwrap())).unwrap();
+        let logits = Tensor::randn(0f32, 3.0, (b, t, v), &Device::Cpu).unwrap();
         let targets = vec![vec![3, IGNORE, 299, 0, 17], vec![IGNORE, IGNORE, 42, 150, IGNORE]];
-        let (fused, n) = aligned_lm_loss_sum(logits.as_tensor(), &targets).unwrap();
+        let (sum, n) = aligned_lm_loss_sum(&logits, &targets).unwrap();
         assert_eq!(n, 6);
-        let flat: Vec<u32> = targets.iter().flatten().map(|&y| if y == IGNORE { SKIP } else { y as u32 }).collect();
-        let (composed, _) = composed_lm_loss_sum(&logits.as_tensor().reshape((b * t, v)).unwrap(), &flat, n).unwrap();
-        let (f, c) = (fused.to_scalar::<f32>().unwrap(), composed.to_scalar::<f32>().unwrap());
-        assert!((f - c).abs() <= 1e-5 * c.abs(), "loss {f} vs {c}");
-        assert!(c > 0.0);
-
-        let gf = (fused * 2.5).unwrap().backward().unwrap().get(logits.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let gc = (composed * 2.5).unwrap().backward().unwrap().get(logits.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(gf.len(), gc.len());
-        let worst = gf.iter().zip(&gc).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        // Gradients here reach 2.5 in magnitude (the upstream factor); a few f32 ulps apart.
-        assert!(worst < 1e-5, "largest gradient difference {worst}");
-        // Unscored positions get exactly zero; scored rows sum to zero (softmax minus one-hot).
-        assert!(gf[v..2 * v].iter().all(|&g| g == 0.0));
-        let row0: f32 = gf[..v].iter().sum();
-        assert!(row0.abs() < 1e-5 && gf[3] < 0.0, "row sum {row0}, target gradient {}", gf[3]);
+        let flat: Vec<u32> = targets.iter().flatten().map(|&y| if y == IGNORE { NO_TARGET } else { y as u32 }).collect();
+        let want = bedside_model::cross_entropy_sum(&logits.reshape((b * t, v)).unwrap(), &flat).unwrap();
+        assert_eq!(sum.to_scalar::<f32>().unwrap(), want.to_scalar::<f32>().unwrap());
+        assert!(want.to_scalar::<f32>().unwrap() > 0.0);
     }
 
     #[test]

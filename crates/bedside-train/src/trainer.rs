@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bedside_generate::{Engine, EngineOptions};
-use bedside_model::{LoadOptions, Model};
+use bedside_model::{DropoutRng, LoadOptions, Mode, Model};
 use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -58,7 +58,7 @@ fn proc_status_bytes(key: &str) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
-/// Load model, tokenizer and template as the config says, in training mode.
+/// Load model, tokenizer and template as the config says.
 pub fn load_engine(cfg: &TrainConfig) -> Result<Engine> {
     let device = bedside_model::parse_device(&cfg.model.device)?;
     let (dtype, dequantize) = match cfg.model.base {
@@ -72,9 +72,7 @@ pub fn load_engine(cfg: &TrainConfig) -> Result<Engine> {
         chat_template: cfg.model.chat_template.clone(),
         adapters: Vec::new(),
     };
-    let mut engine = Engine::load(&cfg.model.path, &opts)?;
-    engine.model.set_training(true);
-    Ok(engine)
+    Ok(Engine::load(&cfg.model.path, &opts)?)
 }
 
 /// Micro-batch tensors: `(ids (b, t), labels, real tokens)`.
@@ -84,43 +82,23 @@ fn batch_tensors(model: &Model, exs: &[&Example], pad: u32) -> Result<(Tensor, V
     Ok((Tensor::from_vec(ids, (exs.len(), t), model.device())?, labels, real))
 }
 
-/// Mean validation loss (token-weighted) over `examples`, without dropout.
-pub fn evaluate(model: &mut Model, examples: &[Example], batch: usize, pad: u32) -> Result<f64> {
-    // Stay on the training path (whose quantized matmul uses a fast GEMM for long sequences;
-    // candle's CPU quantized kernels are slow at prefill sizes) but with dropout off.
-    let mut saved = Vec::new();
-    for (_, lin) in model.linears_mut() {
-        for br in lin.lora.iter_mut() {
-            saved.push(br.dropout);
-            br.dropout = 0.0;
-        }
+/// Mean validation loss (token-weighted) over `examples`: the loss a training step computes
+/// (the same ops), without dropout.
+pub fn evaluate(model: &Model, examples: &[Example], batch: usize, pad: u32) -> Result<f64> {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for chunk in examples.chunks(batch.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let (ids, labels, _) = batch_tensors(model, &refs, pad)?;
+        let x = model.forward_hidden(&ids, None, Mode::Train { dropout: None })?;
+        let (s, k) = head_loss_sum(model, &x, &shift_labels(&labels), Mode::Train { dropout: None })?;
+        sum += s.to_scalar::<f32>()? as f64;
+        n += k;
     }
-    let was = model.is_training();
-    model.set_training(true);
-    let res = (|| -> Result<f64> {
-        let (mut sum, mut n) = (0f64, 0usize);
-        for chunk in examples.chunks(batch.max(1)) {
-            let refs: Vec<&Example> = chunk.iter().collect();
-            let (ids, labels, _) = batch_tensors(model, &refs, pad)?;
-            let x = model.forward_hidden(&ids, None)?;
-            let (s, k) = head_loss_sum(model, &x, &shift_labels(&labels))?;
-            sum += s.to_scalar::<f32>()? as f64;
-            n += k;
-        }
-        Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
-    })();
-    model.set_training(was);
-    let mut it = saved.into_iter();
-    for (_, lin) in model.linears_mut() {
-        for br in lin.lora.iter_mut() {
-            br.dropout = it.next().unwrap_or(0.0);
-        }
-    }
-    res
+    Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
 }
 
 /// The summed loss of one batch divided by `scale`, and the gradient of every variable (in
-/// `vars` order), with or without activation checkpointing.
+/// `vars` order), with or without activation checkpointing; LoRA dropout draws from `rng`.
 pub fn loss_and_grads(
     model: &Model,
     vars: &[(String, Var)],
@@ -128,16 +106,17 @@ pub fn loss_and_grads(
     labels: &[Vec<i64>],
     scale: f64,
     checkpointing: bool,
+    rng: &mut DropoutRng,
 ) -> Result<(f64, Vec<Tensor>)> {
     if checkpointing {
-        return crate::checkpointing::loss_and_grads(model, vars, ids, labels, scale);
+        return crate::checkpointing::loss_and_grads(model, vars, ids, labels, scale, rng);
     }
     let (b, t) = ids.dims2()?;
     if labels.len() != b || labels.iter().any(|l| l.len() != t) {
         return Err(TrainError::Invalid(format!("labels must be {b} rows of {t}, matching the input ids")));
     }
-    let x = model.forward_hidden(ids, None)?;
-    let (s, _) = head_loss_sum(model, &x, &shift_labels(labels))?;
+    let x = model.forward_hidden(ids, None, Mode::Train { dropout: Some(&mut *rng) })?;
+    let (s, _) = head_loss_sum(model, &x, &shift_labels(labels), Mode::Train { dropout: Some(&mut *rng) })?;
     let l = (s / scale)?;
     let loss = l.to_scalar::<f32>()? as f64;
     let store = l.backward()?;
@@ -153,6 +132,7 @@ pub fn accumulate_step(
     micro: &[Vec<&Example>],
     pad: u32,
     checkpointing: bool,
+    rng: &mut DropoutRng,
 ) -> Result<(Vec<Tensor>, f64, usize)> {
     let total: usize = micro
         .iter()
@@ -164,7 +144,7 @@ pub fn accumulate_step(
     for exs in micro {
         let (ids, labels, real) = batch_tensors(model, exs, pad)?;
         tokens += real;
-        let (l, g) = loss_and_grads(model, vars, &ids, &labels, total.max(1) as f64, checkpointing)?;
+        let (l, g) = loss_and_grads(model, vars, &ids, &labels, total.max(1) as f64, checkpointing, rng)?;
         loss += l;
         grads = Some(match grads {
             None => g,
@@ -311,7 +291,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         last_ckpt = Some(dir.clone());
         tracing::info!(step = state.step, "resumed");
     }
-    bedside_model::linear::set_dropout_rng_state(state.dropout_rng);
+    let mut dropout_rng = DropoutRng::new(state.dropout_rng);
     let resumed_from = resume_from.as_ref().map(|_| state.step);
     let mut metrics = Metrics::open(&run_dir, resumed_from)?;
     let title = format!("LoRA r={} on {}", cfg.lora.r, Path::new(&cfg.model.path).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
@@ -319,7 +299,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let bs = cfg.optim.batch_size;
     let mut val_before = None;
     if resumed_from.is_none() && !val_ex.is_empty() {
-        let v = evaluate(&mut engine.model, &val_ex, bs, pad)?;
+        let v = evaluate(&engine.model, &val_ex, bs, pad)?;
         val_before = Some(v);
         metrics.append(json!({"step": 0, "val_loss": v}))?;
     }
@@ -369,7 +349,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             micro.push(batches[state.batch_in_epoch].iter().map(|&i| &train_ex[i]).collect());
             state.batch_in_epoch += 1;
         }
-        let (mut grads, loss, tokens) = accumulate_step(&engine.model, &vars, &micro, pad, cfg.run.activation_checkpointing)?;
+        let (mut grads, loss, tokens) = accumulate_step(&engine.model, &vars, &micro, pad, cfg.run.activation_checkpointing, &mut dropout_rng)?;
         let step_no = state.step + 1;
         if !loss.is_finite() {
             pb.abandon();
@@ -403,8 +383,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         let tps = tokens as f64 / dt.max(1e-9);
 
         let eval_now = !val_ex.is_empty()
-            && ((cfg.run.eval_every > 0 && state.step % cfg.run.eval_every == 0) || state.step == max_steps);
-        let val = if eval_now { Some(evaluate(&mut engine.model, &val_ex, bs, pad)?) } else { None };
+            && ((cfg.run.eval_every > 0 && state.step.is_multiple_of(cfg.run.eval_every)) || state.step == max_steps);
+        let val = if eval_now { Some(evaluate(&engine.model, &val_ex, bs, pad)?) } else { None };
         if val.is_some() {
             last_val = val;
         }
@@ -420,8 +400,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         if val.is_some() {
             metrics.write_svg(&run_dir, &title)?;
         }
-        if cfg.run.save_every > 0 && state.step % cfg.run.save_every == 0 && state.step < max_steps {
-            state.dropout_rng = bedside_model::linear::dropout_rng_state();
+        if cfg.run.save_every > 0 && state.step.is_multiple_of(cfg.run.save_every) && state.step < max_steps {
+            state.dropout_rng = dropout_rng.state();
             last_ckpt = Some(checkpoint::save(&run_dir, &lora_cfg, &vars, &opt, &state)?);
         }
     }

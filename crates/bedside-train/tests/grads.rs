@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bedside_model::{LoadOptions, Logits, Model};
+use bedside_model::{DropoutRng, LoadOptions, Logits, Mode, Model};
 use bedside_train::loss::{causal_lm_loss, collect_grads, ZeroGradGuard};
 use bedside_train::{attach_adapter_trainable, TrainError};
 use candle_core::{DType, Device, Tensor, Var};
@@ -34,9 +34,14 @@ fn ids_labels(adapter_dir: &Path) -> (Tensor, Vec<Vec<i64>>, f32) {
     (ids, labels, loss)
 }
 
-fn loss_of(m: &Model, ids: &Tensor, labels: &[Vec<i64>]) -> Tensor {
-    let logits = m.forward(ids, None, Logits::All).unwrap();
+fn loss_of(m: &Model, ids: &Tensor, labels: &[Vec<i64>], mode: Mode) -> Tensor {
+    let logits = m.forward_with(ids, None, Logits::All, mode).unwrap();
     causal_lm_loss(&logits, labels).unwrap()
+}
+
+/// Training without dropout (the adapters attached here have none).
+fn train() -> Mode<'static> {
+    Mode::Train { dropout: None }
 }
 
 /// Every LoRA gradient within 1e-4 relative (max-abs difference / max-abs reference) of PEFT's.
@@ -46,9 +51,8 @@ fn check_grads(name: &str, variant: &str, gguf: bool) {
     let mut m = model(&fx, gguf);
     let adapter = bedside_lora::load_peft(&ad, &Device::Cpu).unwrap();
     let vars = attach_adapter_trainable(&mut m, &adapter).unwrap();
-    m.set_training(true);
     let (ids, labels, ref_loss) = ids_labels(&ad);
-    let loss = loss_of(&m, &ids, &labels);
+    let loss = loss_of(&m, &ids, &labels, train());
     let l = loss.to_scalar::<f32>().unwrap();
     assert!((l - ref_loss).abs() <= 1e-4 * ref_loss.abs(), "{name}/{variant} gguf={gguf}: loss {l} vs PEFT {ref_loss}");
     let store = loss.backward().unwrap();
@@ -69,7 +73,7 @@ fn check_grads(name: &str, variant: &str, gguf: bool) {
     // The trainer's own step, whose vocabulary head and loss are one fused op on the CPU,
     // against PEFT as well.
     let n = labels.iter().map(|l| l.iter().skip(1).filter(|&&y| y != bedside_train::loss::IGNORE).count()).sum::<usize>();
-    let (l, grads) = bedside_train::trainer::loss_and_grads(&m, &vars, &ids, &labels, n as f64, false).unwrap();
+    let (l, grads) = bedside_train::trainer::loss_and_grads(&m, &vars, &ids, &labels, n as f64, false, &mut DropoutRng::new(0)).unwrap();
     assert!((l as f32 - ref_loss).abs() <= 1e-4 * ref_loss.abs(), "{name}/{variant} gguf={gguf}: trainer loss {l} vs PEFT {ref_loss}");
     for ((k, _), g) in vars.iter().zip(&grads) {
         let want = &reference[&format!("{k}.grad")];
@@ -120,9 +124,8 @@ fn finite_differences_tiny_llama() {
     let mut m = model(&fx, false);
     let adapter = bedside_lora::load_peft(&ad, &Device::Cpu).unwrap();
     let vars = attach_adapter_trainable(&mut m, &adapter).unwrap();
-    m.set_training(true);
     let (ids, labels, _) = ids_labels(&ad);
-    let store = loss_of(&m, &ids, &labels).backward().unwrap();
+    let store = loss_of(&m, &ids, &labels, train()).backward().unwrap();
     let (grads, _) = collect_grads(&vars, &store).unwrap();
     let picks = [
         "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
@@ -142,7 +145,7 @@ fn finite_differences_tiny_llama() {
             let mut v = orig.clone();
             v[j] += delta;
             var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap()).unwrap();
-            loss_of(&m, &ids, &labels).to_scalar::<f32>().unwrap() as f64
+            loss_of(&m, &ids, &labels, train()).to_scalar::<f32>().unwrap() as f64
         };
         let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
         var.set(&Tensor::from_vec(orig.clone(), var.dims(), &Device::Cpu).unwrap()).unwrap();
@@ -164,8 +167,7 @@ fn zero_gradient_guard_triggers_on_the_fused_path() {
     let vars = attach_adapter_trainable(&mut m, &adapter).unwrap();
     let (ids, labels, _) = ids_labels(&ad);
 
-    m.set_training(false);
-    let store = loss_of(&m, &ids, &labels).backward().unwrap();
+    let store = loss_of(&m, &ids, &labels, Mode::Infer).backward().unwrap();
     let (grads, _) = collect_grads(&vars, &store).unwrap();
     let err = ZeroGradGuard::new(&vars).check(&vars, &grads).unwrap_err();
     match &err {
@@ -177,8 +179,7 @@ fn zero_gradient_guard_triggers_on_the_fused_path() {
         e => panic!("unexpected error {e}"),
     }
 
-    m.set_training(true);
-    let store = loss_of(&m, &ids, &labels).backward().unwrap();
+    let store = loss_of(&m, &ids, &labels, train()).backward().unwrap();
     let (grads, _) = collect_grads(&vars, &store).unwrap();
     let mut g = ZeroGradGuard::new(&vars);
     g.check(&vars, &grads).unwrap();
@@ -208,16 +209,14 @@ fn guard_defers_a_while_b_is_zero() {
 /// Activation checkpointing gives PEFT's loss and gradients, and with LoRA dropout on it gives
 /// exactly the ordinary backward's gradients: each layer's recompute replays its dropout masks.
 fn checkpointed_matches(name: &str, gguf: bool) {
-    use bedside_model::linear::{dropout_rng_state, set_dropout_rng_state};
     let Some(fx) = bedside_testutil::fixture(name) else { return };
     let ad = fx.join("lora");
     let mut m = model(&fx, gguf);
     let adapter = bedside_lora::load_peft(&ad, &Device::Cpu).unwrap();
     let vars = attach_adapter_trainable(&mut m, &adapter).unwrap();
-    m.set_training(true);
     let (ids, labels, ref_loss) = ids_labels(&ad);
     let n = labels.iter().map(|l| l.iter().skip(1).filter(|&&y| y != bedside_train::loss::IGNORE).count()).sum::<usize>();
-    let (l, grads) = bedside_train::checkpointing::loss_and_grads(&m, &vars, &ids, &labels, n as f64).unwrap();
+    let (l, grads) = bedside_train::checkpointing::loss_and_grads(&m, &vars, &ids, &labels, n as f64, &mut DropoutRng::new(0)).unwrap();
     assert!((l as f32 - ref_loss).abs() <= 1e-4 * ref_loss.abs(), "{name} gguf={gguf}: checkpointed loss {l} vs PEFT {ref_loss}");
     let reference = load_st(&ad.join("grads.safetensors"));
     for ((k, _), g) in vars.iter().zip(&grads) {
@@ -231,13 +230,14 @@ fn checkpointed_matches(name: &str, gguf: bool) {
             br.dropout = 0.3;
         }
     }
-    set_dropout_rng_state(0x5eed);
-    let store = loss_of(&m, &ids, &labels).backward().unwrap();
+    let mut rng = DropoutRng::new(0x5eed);
+    let store = loss_of(&m, &ids, &labels, Mode::Train { dropout: Some(&mut rng) }).backward().unwrap();
     let (plain, _) = collect_grads(&vars, &store).unwrap();
-    let after_plain = dropout_rng_state();
-    set_dropout_rng_state(0x5eed);
-    let (_, ckpt) = bedside_train::checkpointing::loss_and_grads(&m, &vars, &ids, &labels, n as f64).unwrap();
-    assert_eq!(dropout_rng_state(), after_plain, "the RNG must end where an ordinary step leaves it");
+    let after_plain = rng.state();
+    assert_ne!(after_plain, 0x5eed, "dropout masks were drawn");
+    let mut rng = DropoutRng::new(0x5eed);
+    let (_, ckpt) = bedside_train::checkpointing::loss_and_grads(&m, &vars, &ids, &labels, n as f64, &mut rng).unwrap();
+    assert_eq!(rng.state(), after_plain, "the RNG must end where an ordinary step leaves it");
     let mut dropout_changed = false;
     for (((k, _), p), (c, nodrop)) in vars.iter().zip(&plain).zip(ckpt.iter().zip(&grads)) {
         let scale = max_abs(p).max(1e-12);
@@ -268,10 +268,9 @@ fn bf16_base_follows_peft(name: &str) {
     let mut m = bedside_model::load_hf_dir(&fx, &opts).unwrap();
     let adapter = bedside_lora::load_peft(&ad, &Device::Cpu).unwrap();
     let vars = attach_adapter_trainable(&mut m, &adapter).unwrap();
-    m.set_training(true);
     let (ids, labels, ref_loss) = ids_labels(&ad);
     let n = labels.iter().map(|l| l.iter().skip(1).filter(|&&y| y != bedside_train::loss::IGNORE).count()).sum::<usize>();
-    let (l, grads) = bedside_train::trainer::loss_and_grads(&m, &vars, &ids, &labels, n as f64, false).unwrap();
+    let (l, grads) = bedside_train::trainer::loss_and_grads(&m, &vars, &ids, &labels, n as f64, false, &mut DropoutRng::new(0)).unwrap();
     assert!((l as f32 - ref_loss).abs() <= 2e-2 * ref_loss.abs(), "{name} bf16: loss {l} vs PEFT {ref_loss}");
     let reference = load_st(&ad.join("grads.safetensors"));
     let mut worst = 0f32;
