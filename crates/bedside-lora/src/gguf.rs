@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use bedside_model::weights::permute_tensor_rows;
+use bedside_model::permute_tensor_rows;
 use bedside_model::{Arch, ModelConfig};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Tensor};

@@ -102,7 +102,7 @@ fn check_export(dir: &Path, adapter: &Adapter, expect_alpha: f32, expect_folded:
         let llama_cpp = (w_gguf + (b.matmul(&a).unwrap() * scale).unwrap()).unwrap();
         let merged_hf = (&hf_w[&pair.module] + adapter.delta(&pair.module).unwrap().unwrap()).unwrap();
         let want = match t.permute_heads {
-            Some(n) => bedside_model::weights::permute_tensor_rows(&merged_hf, n, false).unwrap(),
+            Some(n) => bedside_model::permute_tensor_rows(&merged_hf, n, false).unwrap(),
             None => merged_hf,
         };
         let d = max_abs(&llama_cpp, &want);

@@ -8,9 +8,9 @@
 //!   training passes `Mode::Train` with the [`DropoutRng`] LoRA dropout draws from, and its ops
 //!   record a backward.
 //!
-//! Modules:
-//! - `model`: the decoder, its key/value cache and rotary tables, the token table; `linear`: the
-//!   weight kinds and the LoRA branch; `mode`: inference or training.
+//! Modules (all internal; what other crates use is re-exported here):
+//! - `model`: the decoder, its key/value cache and rotary tables; `embedding`: the token table;
+//!   `linear`: the weight kinds and the LoRA branch; `mode`: inference or training.
 //! - `ops`: the training ops, each a CPU kernel with its own backward beside the composed
 //!   reference it is tested against (attention, RMS norm, SwiGLU, frozen matmuls, the fused LoRA
 //!   projection, dropout, the head's loss); `cpu`: the thread-pool, GEMM and weight-by-rows
@@ -18,17 +18,18 @@
 //! - `weights`: reading GGUF and safetensors checkpoints; `config`, `hub` (finding model files),
 //!   `inspect`, `device`, `error`.
 
-pub mod config;
+mod config;
 mod cpu;
-pub mod device;
-pub mod error;
-pub mod hub;
-pub mod inspect;
-pub mod linear;
+mod device;
+mod embedding;
+mod error;
+mod hub;
+mod inspect;
+mod linear;
 mod mode;
-pub mod model;
+mod model;
 mod ops;
-pub mod weights;
+mod weights;
 
 use std::path::Path;
 
@@ -37,15 +38,20 @@ use candle_core::{DType, Device};
 
 pub use config::{Arch, ModelConfig, MoeConfig, RopeScaling};
 pub use device::{device_name, parse_device};
+pub use embedding::Embedding;
 pub use error::{ModelError, Result};
 pub use hub::{offline_from_env, resolve, ModelLocation};
 pub use inspect::{inspect, ModelInfo};
 pub use linear::{BaseWeight, Linear, LoraBranch};
 pub use mode::Mode;
-pub use model::{Cache, Embedding, Logits, Model, Positions};
+pub use model::{
+    Attention, Block, Cache, Expert, FeedForward, LayerKv, Logits, Model, ModelSource, Positions,
+    RmsNorm,
+};
 pub use ops::dropout::DropoutRng;
 pub use ops::frozen_matmul::DENSE_ROWS;
 pub use ops::head_loss::{cross_entropy_sum, NO_TARGET};
+pub use weights::permute_tensor_rows;
 
 /// How to load weights.
 #[derive(Debug, Clone)]

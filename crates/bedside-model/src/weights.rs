@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::ModelConfig;
 use crate::error::{io_err, ModelError, Result};
 use crate::linear::BaseWeight;
-use crate::model::Embedding;
+use crate::embedding::Embedding;
 
 /// What the architecture needs from a checkpoint.
 pub(crate) trait WeightSource {
@@ -37,13 +37,8 @@ pub(crate) trait WeightSource {
 
 /// GGUF → HF q/k row order (inverse of llama.cpp's `permute`): HF row `h·d + t·d/2 + j` is GGUF
 /// row `h·d + 2j + t`. Works on raw row bytes, whatever the quantization.
-pub fn unpermute_rows_gguf_to_hf(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+pub(crate) fn unpermute_rows_gguf_to_hf(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
     permute_rows(raw, rows, n_head, |h, d, t, j| (h * d + t * (d / 2) + j, h * d + 2 * j + t))
-}
-
-/// HF → GGUF q/k row order (what llama.cpp's converter does).
-pub fn permute_rows_hf_to_gguf(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
-    permute_rows(raw, rows, n_head, |h, d, t, j| (h * d + 2 * j + t, h * d + t * (d / 2) + j))
 }
 
 fn permute_rows(
@@ -157,7 +152,7 @@ impl GgufSource {
         let (dtype, raw) = self.read_raw(gname, range)?;
         let raw = match unpermute {
             Some(n) => {
-                if out % n != 0 || (out / n) % 2 != 0 {
+                if !out.is_multiple_of(n) || !(out / n).is_multiple_of(2) {
                     return Err(ModelError::Shape { path: self.path.clone(), tensor: gname.into(), expected: vec![out, inp], got: vec![out, inp] });
                 }
                 unpermute_rows_gguf_to_hf(&raw, out, n)
@@ -294,7 +289,7 @@ fn check_finite_quantized(path: &Path, tensor: &str, q: &QTensor) -> Result<()> 
 }
 
 /// Parse the GGUF header with errors that say which file is broken and how.
-pub fn read_gguf_content(path: &Path, file: &mut File) -> Result<gguf_file::Content> {
+pub(crate) fn read_gguf_content(path: &Path, file: &mut File) -> Result<gguf_file::Content> {
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic).map_err(io_err(path))?;
     if n < 4 {

@@ -62,7 +62,7 @@ fn unknown_gguf_architecture_is_refused() {
     let mut f = std::fs::File::create(&p).unwrap();
     gguf_file::write(&mut f, &[("general.architecture", &arch)], &[("token_embd.weight", &t)]).unwrap();
     drop(f);
-    let e = load_gguf(&p, &LoadOptions::default()).err().expect("gpt2 must be refused").to_string();
+    let e = load_gguf(&p, &LoadOptions::default()).expect_err("gpt2 must be refused").to_string();
     assert!(e.contains("unsupported architecture 'gpt2'") && e.contains("gpt2.gguf"), "{e}");
 }
 
@@ -77,7 +77,7 @@ fn safetensors_header_that_lies_about_sizes() {
     bytes.extend_from_slice(header);
     bytes.extend_from_slice(&[0u8; 16]);
     std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
-    let e = load_hf_dir(dir.path(), &LoadOptions::default()).err().expect("must fail").to_string();
+    let e = load_hf_dir(dir.path(), &LoadOptions::default()).expect_err("must fail").to_string();
     assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
 }
 
@@ -143,8 +143,8 @@ fn gguf_and_hf_layouts_agree_after_unpermuting() {
         assert!(d < 1e-6, "q/k rows differ after un-permuting: {d}");
     }
     let w = hf.layers[0].self_attn.q_proj.base.to_dense(candle_core::DType::F32).unwrap();
-    let there = bedside_model::weights::permute_tensor_rows(&w, 4, false).unwrap();
-    let back = bedside_model::weights::permute_tensor_rows(&there, 4, true).unwrap();
+    let there = bedside_model::permute_tensor_rows(&w, 4, false).unwrap();
+    let back = bedside_model::permute_tensor_rows(&there, 4, true).unwrap();
     assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
     assert_ne!(there.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
 }
