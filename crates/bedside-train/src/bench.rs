@@ -20,7 +20,7 @@ pub struct BenchOptions {
     pub r: usize,
     pub steps: usize,
     pub warmup: usize,
-    /// Recompute each layer in the backward (see [`crate::checkpointing`]).
+    /// Recompute each layer in the backward (see [`crate::recompute`]).
     pub checkpointing: bool,
 }
 

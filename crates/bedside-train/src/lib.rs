@@ -4,8 +4,8 @@
 //! - [`data`]: dialogues → chat-template token ids with a loss mask on the assistant's answer.
 //! - [`loss`]: HF's shifted, masked cross-entropy and the zero-gradient guard.
 //! - [`optim`]: AdamW (PyTorch's decoupled weight decay), warmup + cosine/linear decay, clipping.
-//! - [`checkpoint`]: atomic, resumable checkpoints.
-//! - [`checkpointing`]: activation checkpointing (recompute layers in the backward).
+//! - [`run_state`]: the saved state of a run (atomic checkpoints to resume from).
+//! - [`recompute`]: activation checkpointing (recompute layers in the backward).
 //! - [`trainer`]: the loop, validation, `metrics.jsonl` and the loss-curve SVG.
 //!
 //! Every forward pass runs in `bedside_model::Mode::Train`, with the run's
@@ -14,13 +14,13 @@
 //! base trains through a matmul whose backward dequantizes one weight at a time.
 
 pub mod bench;
-pub mod checkpoint;
-pub mod checkpointing;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod loss;
 pub mod optim;
+pub mod recompute;
+pub mod run_state;
 pub mod svg;
 pub mod trainer;
 

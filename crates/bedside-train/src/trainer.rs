@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::checkpoint::{self, TrainerState};
+use crate::run_state::{self, TrainerState};
 use crate::config::{BaseMode, TrainConfig};
 use crate::data::{build_examples, epoch_batches, pad_batch, Example};
 use crate::error::{io_err, Result, TrainError};
@@ -109,7 +109,7 @@ pub fn loss_and_grads(
     rng: &mut DropoutRng,
 ) -> Result<(f64, Vec<Tensor>)> {
     if checkpointing {
-        return crate::checkpointing::loss_and_grads(model, vars, ids, labels, scale, rng);
+        return crate::recompute::loss_and_grads(model, vars, ids, labels, scale, rng);
     }
     let (b, t) = ids.dims2()?;
     if labels.len() != b || labels.iter().any(|l| l.len() != t) {
@@ -216,18 +216,18 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let _lock = bedside_io::DirLock::acquire(&run_dir, "another training run").map_err(|e| TrainError::Invalid(e.to_string()))?;
     // Checkpoints (and files) a killed run was writing: with the lock held, nobody else is.
     let mut stale = Vec::new();
-    for dir in [run_dir.clone(), checkpoint::checkpoints_dir(&run_dir)] {
+    for dir in [run_dir.clone(), run_state::checkpoints_dir(&run_dir)] {
         stale.extend(bedside_io::remove_stale_temps(&dir).map_err(io_err(&dir))?);
     }
     if !stale.is_empty() {
         let names: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
         tracing::warn!(removed = %names.join(", "), "removed what an interrupted run left half-written");
     }
-    let resume_from = if opts.resume { checkpoint::latest(&run_dir)? } else { None };
+    let resume_from = if opts.resume { run_state::latest(&run_dir)? } else { None };
     if opts.resume {
         let msg = match &resume_from {
             Some(dir) => format!("resuming from {}", dir.display()),
-            None => format!("--resume: no complete checkpoint in {}: starting at step 0", checkpoint::checkpoints_dir(&run_dir).display()),
+            None => format!("--resume: no complete checkpoint in {}: starting at step 0", run_state::checkpoints_dir(&run_dir).display()),
         };
         if resume_from.is_none() {
             tracing::warn!("{msg}");
@@ -238,7 +238,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             eprintln!("{msg}");
         }
     }
-    if !opts.resume && checkpoint::latest(&run_dir)?.is_some() {
+    if !opts.resume && run_state::latest(&run_dir)?.is_some() {
         return Err(TrainError::Invalid(format!(
             "{} already holds checkpoints of a run; pass --resume to continue it, or choose another --output-dir",
             run_dir.display()
@@ -287,7 +287,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
     let mut last_ckpt: Option<PathBuf> = None;
     if let Some(dir) = &resume_from {
-        state = checkpoint::load(dir, &vars, &mut opt, engine.model.device())?;
+        state = run_state::load(dir, &vars, &mut opt, engine.model.device())?;
         last_ckpt = Some(dir.clone());
         tracing::info!(step = state.step, "resumed");
     }
@@ -402,7 +402,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         if cfg.run.save_every > 0 && state.step.is_multiple_of(cfg.run.save_every) && state.step < max_steps {
             state.dropout_rng = dropout_rng.state();
-            last_ckpt = Some(checkpoint::save(&run_dir, &lora_cfg, &vars, &opt, &state)?);
+            last_ckpt = Some(run_state::save(&run_dir, &lora_cfg, &vars, &opt, &state)?);
         }
     }
     pb.finish_and_clear();

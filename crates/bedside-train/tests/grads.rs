@@ -216,7 +216,7 @@ fn checkpointed_matches(name: &str, gguf: bool) {
     let vars = attach_adapter_trainable(&mut m, &adapter).unwrap();
     let (ids, labels, ref_loss) = ids_labels(&ad);
     let n = labels.iter().map(|l| l.iter().skip(1).filter(|&&y| y != bedside_train::loss::IGNORE).count()).sum::<usize>();
-    let (l, grads) = bedside_train::checkpointing::loss_and_grads(&m, &vars, &ids, &labels, n as f64, &mut DropoutRng::new(0)).unwrap();
+    let (l, grads) = bedside_train::recompute::loss_and_grads(&m, &vars, &ids, &labels, n as f64, &mut DropoutRng::new(0)).unwrap();
     assert!((l as f32 - ref_loss).abs() <= 1e-4 * ref_loss.abs(), "{name} gguf={gguf}: checkpointed loss {l} vs PEFT {ref_loss}");
     let reference = load_st(&ad.join("grads.safetensors"));
     for ((k, _), g) in vars.iter().zip(&grads) {
@@ -236,7 +236,7 @@ fn checkpointed_matches(name: &str, gguf: bool) {
     let after_plain = rng.state();
     assert_ne!(after_plain, 0x5eed, "dropout masks were drawn");
     let mut rng = DropoutRng::new(0x5eed);
-    let (_, ckpt) = bedside_train::checkpointing::loss_and_grads(&m, &vars, &ids, &labels, n as f64, &mut rng).unwrap();
+    let (_, ckpt) = bedside_train::recompute::loss_and_grads(&m, &vars, &ids, &labels, n as f64, &mut rng).unwrap();
     assert_eq!(rng.state(), after_plain, "the RNG must end where an ordinary step leaves it");
     let mut dropout_changed = false;
     for (((k, _), p), (c, nodrop)) in vars.iter().zip(&plain).zip(ckpt.iter().zip(&grads)) {

@@ -1,5 +1,5 @@
-//! Activation checkpointing: the forward pass keeps only each decoder layer's input; the
-//! backward recomputes one layer at a time from that input and pushes the output gradient
+//! Activation checkpointing, by recomputation: the forward pass keeps only each decoder layer's
+//! input; the backward recomputes one layer at a time from that input and pushes the output gradient
 //! through it. Memory then holds one layer's graph (plus the vocabulary head's) instead of all
 //! of them, for about one extra forward pass of compute.
 //!

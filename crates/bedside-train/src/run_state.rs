@@ -1,7 +1,8 @@
-//! Atomic checkpoints: `run_dir/checkpoints/step-N/` holds the adapter (PEFT format), the AdamW
-//! moments and `trainer_state.json` (step, data position, RNG states). The directory is written
-//! under a temporary name and renamed into place (`bedside_io::replace_dir_atomic`), so a crash
-//! never leaves half a checkpoint; the next run removes the temporary.
+//! The saved state of a training run, to resume it: `run_dir/checkpoints/step-N/` holds the
+//! adapter (PEFT format), the AdamW moments and `trainer_state.json` (step, data position, RNG
+//! states). The directory is written under a temporary name and renamed into place
+//! (`bedside_io::replace_dir_atomic`), so a crash never leaves half a checkpoint; the next run
+//! removes the temporary.
 
 use std::path::{Path, PathBuf};
 
