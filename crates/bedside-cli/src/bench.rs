@@ -72,14 +72,6 @@ fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
-/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// One engine under measurement. Runners keep their own last token(s).
 trait Runner {
     /// Process the prompt and pick the first token(s).
@@ -207,7 +199,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.prompt_tokens + a.gen_tokens > engine.model.context_length() {
         bail!("--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}", a.prompt_tokens + a.gen_tokens, engine.model.context_length());
     }
-    let load_rss = peak_rss_bytes();
+    let load_rss = bedside_train::peak_rss_bytes();
     let mut runner: Box<dyn Runner + '_> = match a.engine {
         BenchEngine::Bedside if a.batch > 1 => Box::new(BatchRunner {
             model: &engine.model,
@@ -252,7 +244,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let pp_med = median(&mut pp);
     let tg_med = if tg.is_empty() { 0.0 } else { median(&mut tg) };
     let samp_med = if samp.is_empty() { 0.0 } else { median(&mut samp) };
-    let peak = peak_rss_bytes();
+    let peak = bedside_train::peak_rss_bytes();
     let engine_name = match a.engine {
         BenchEngine::Bedside => "bedside",
         BenchEngine::CandleExample => "candle-quantized-example",

@@ -316,13 +316,11 @@ pub fn run(a: DataArgs) -> Result<()> {
 #[allow(clippy::type_complexity)]
 fn token_counter(model: &str) -> Result<Box<dyn Fn(&str) -> usize>> {
     let loc = bedside_model::resolve(model, bedside_model::offline_from_env())?;
-    let tok = match &loc {
-        bedside_model::ModelLocation::Gguf(p) => {
-            let content = bedside_model::read_gguf_header(p)?;
-            bedside_tokenizer::ModelTokenizer::from_gguf(p, &content)?
-        }
-        other => bedside_tokenizer::ModelTokenizer::from_hf_dir(other.path())?,
+    let header = match &loc {
+        bedside_model::ModelLocation::Gguf(p) => Some(bedside_model::read_gguf_header(p)?),
+        _ => None,
     };
+    let (tok, _) = bedside_tokenizer::ModelTokenizer::for_model(loc.path(), header.as_ref())?;
     Ok(Box::new(move |text: &str| tok.encode(text, false).map(|ids| ids.len()).unwrap_or(0)))
 }
 

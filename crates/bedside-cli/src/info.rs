@@ -1,5 +1,5 @@
 use anyhow::Result;
-use bedside_tokenizer::{ChatTemplate, ModelTokenizer};
+use bedside_tokenizer::ModelTokenizer;
 use clap::Args;
 
 #[derive(Args)]
@@ -21,10 +21,7 @@ pub struct InfoArgs {
 pub fn run(a: InfoArgs) -> Result<()> {
     let loc = bedside_model::resolve(&a.model, a.offline)?;
     let (info, content) = bedside_model::inspect(&loc)?;
-    let (tok, template) = match &content {
-        Some(c) => (ModelTokenizer::from_gguf(loc.path(), c)?, ChatTemplate::from_gguf(c)),
-        None => (ModelTokenizer::from_hf_dir(loc.path())?, ChatTemplate::from_hf_dir(loc.path())?),
-    };
+    let (tok, template) = ModelTokenizer::for_model(loc.path(), content.as_ref())?;
     let c = &info.config;
     let tok_kind = match tok.kind() {
         bedside_tokenizer::TokenizerKind::HfJson => "tokenizer.json".to_string(),

@@ -70,15 +70,11 @@ impl Engine {
             let how = bedside_lora::apply(&mut loaded.model, &adapter, *weight, &mut bedside_lora::Unmerge::default())?;
             tracing::info!(adapter = %dir.display(), weight, modules = adapter.pairs().len(), ?how, "applied LoRA adapter");
         }
-        let (tokenizer, template_src) = match (&location, &loaded.gguf) {
-            (ModelLocation::Gguf(p), Some(content)) => {
-                (ModelTokenizer::from_gguf(p, content)?, ChatTemplate::from_gguf(content))
-            }
-            (loc, _) => {
-                let dir = loc.path();
-                (ModelTokenizer::from_hf_dir(dir)?, ChatTemplate::from_hf_dir(dir)?)
-            }
+        let gguf = match &location {
+            ModelLocation::Gguf(_) => loaded.gguf.as_ref(),
+            _ => None,
         };
+        let (tokenizer, template_src) = ModelTokenizer::for_model(location.path(), gguf)?;
         let template_src = match &opts.chat_template {
             Some(f) => Some(read_template(f)?),
             None => template_src,

@@ -383,15 +383,18 @@ fn post_processor(
         .map_err(|e| TokenizerError::build(path, format!("post-processor: {e}")))
 }
 
+/// A special token's text and id.
+type NamedToken = (String, u32);
+
 /// BOS/EOS pairs for the post-processor, refusing a flag whose id is missing.
 fn bos_eos_for_post(
     meta: &Meta<'_>,
     vocab: &Vocabulary<'_>,
     add_bos: bool,
     add_eos: bool,
-) -> Result<(Option<(String, u32)>, Option<(String, u32)>)> {
+) -> Result<(Option<NamedToken>, Option<NamedToken>)> {
     let pick =
-        |flag: bool, key: &str, id: Option<u32>, id_key: &str| -> Result<Option<(String, u32)>> {
+        |flag: bool, key: &str, id: Option<u32>, id_key: &str| -> Result<Option<NamedToken>> {
             match (flag, id) {
                 (false, _) => Ok(None),
                 (true, Some(id)) => Ok(Some((vocab.token(id).to_string(), id))),

@@ -100,6 +100,16 @@ impl ModelTokenizer {
         Ok(Self::from_parts(hf::parts_from_hf_dir(dir)?))
     }
 
+    /// The tokenizer and chat template source of a model: from the GGUF metadata when `gguf`
+    /// holds the file's header (`path` is then the file), from the HF directory `path`
+    /// otherwise. Every command that needs a model's tokenizer chooses through here.
+    pub fn for_model(path: &Path, gguf: Option<&Content>) -> Result<(Self, Option<String>)> {
+        match gguf {
+            Some(content) => Ok((Self::from_gguf(path, content)?, ChatTemplate::from_gguf(content))),
+            None => Ok((Self::from_hf_dir(path)?, ChatTemplate::from_hf_dir(path)?)),
+        }
+    }
+
     fn from_parts(p: Parts) -> Self {
         let mut eog_ids: Vec<u32> = Vec::new();
         for id in p.eos_id.into_iter().chain(p.end_ids.iter().copied()) {

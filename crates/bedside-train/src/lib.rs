@@ -26,4 +26,4 @@ pub mod trainer;
 
 pub use config::{BaseMode, Schedule, TrainConfig};
 pub use error::{Result, TrainError};
-pub use trainer::{attach_adapter_trainable, load_engine, train, RunOptions, RunSummary};
+pub use trainer::{attach_adapter_trainable, load_engine, peak_rss_bytes, rss_bytes, train, RunOptions, RunSummary};
