@@ -11,6 +11,8 @@
 //! Modules (all internal; what other crates use is re-exported here):
 //! - `model`: the decoder, its key/value cache and rotary tables; `embedding`: the token table;
 //!   `linear`: the weight kinds and the LoRA branch; `mode`: inference or training.
+//! - `kernels`: bedside-kernels' quantized CPU matmuls (8-bit activations) on candle's tensors
+//!   and thread pool; `decode`: the fused CPU decode step (one position per row) built on them.
 //! - `ops`: the training ops, each a CPU kernel with its own backward beside the composed
 //!   reference it is tested against (attention, RMS norm, SwiGLU, frozen matmuls, the fused LoRA
 //!   projection, dropout, the head's loss); `cpu`: the thread-pool, GEMM and weight-by-rows
@@ -20,11 +22,13 @@
 
 mod config;
 mod cpu;
+mod decode;
 mod device;
 mod embedding;
 mod error;
 mod hub;
 mod inspect;
+mod kernels;
 mod linear;
 mod mode;
 mod model;

@@ -17,7 +17,7 @@ use crate::cpu::WeightRows;
 use crate::error::Result;
 use crate::mode::Mode;
 use crate::ops::dropout::{seeded_dropout, DropoutRng};
-use crate::ops::frozen_matmul::{frozen_matmul_wt, qmatmul_train};
+use crate::ops::frozen_matmul::{frozen_matmul_wt, qmatmul_train, DENSE_ROWS};
 use crate::ops::{applies, head_loss, lora};
 
 /// The frozen weight of a projection, `[out, in]` in HF layout.
@@ -84,15 +84,19 @@ impl BaseWeight {
 
     /// Inference's `x · Wᵀ`. With `dense_prefill` (see [`crate::Model::set_dense_prefill`]), a
     /// quantized weight on the CPU multiplies [`DENSE_ROWS`](crate::DENSE_ROWS) rows or more
-    /// through a per-call dequantized f32 GEMM (prompt processing; candle's CPU quantized kernels
-    /// are row-by-row dot products), fewer rows (decoding) through ggml's kernels; without it,
-    /// every row count goes through ggml's kernels, as llama.cpp computes.
+    /// through a per-call dequantized f32 GEMM (prompt processing), fewer rows (decoding) through
+    /// bedside-kernels' integer dot products on 8-bit activations; without it, every row count
+    /// goes through those kernels, as llama.cpp computes. Types the kernels do not multiply (and
+    /// other devices or dtypes) use candle's quantized matmul.
     pub(crate) fn forward(&self, x: &Tensor, dense_prefill: bool) -> Result<Tensor> {
         Ok(match self {
             BaseWeight::Dense(w) => matmul_wt(x, w)?,
-            BaseWeight::Quantized(q, _) if x.device().is_cpu() && dense_prefill => {
+            BaseWeight::Quantized(q, _) if x.device().is_cpu() && dense_prefill && rows_of(x) >= DENSE_ROWS => {
                 qmatmul_train(x, q)?
             }
+            // Otherwise bedside-kernels' 8-bit-activation kernels (llama.cpp's scheme, SIMD for
+            // every type), where they apply.
+            BaseWeight::Quantized(q, _) if crate::kernels::applies(x, q) => crate::kernels::quantized_matmul(x, q)?,
             BaseWeight::Quantized(_, mm) => mm.forward(x)?,
         })
     }
@@ -106,6 +110,11 @@ impl BaseWeight {
             BaseWeight::Quantized(q, _) => qmatmul_train(x, q)?,
         })
     }
+}
+
+/// Rows of `x` (all dimensions but the last).
+fn rows_of(x: &Tensor) -> usize {
+    x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1)
 }
 
 /// `x @ wᵀ` for `x` of any rank, `w` of shape `[out, in]`.

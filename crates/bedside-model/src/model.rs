@@ -93,6 +93,8 @@ pub struct Cache {
     kv: Vec<Option<LayerKv>>,
     pads: Vec<usize>,
     len: usize,
+    /// Positions appended by the fused CPU decode step (see [`Cache::fused_steps`]).
+    fused_steps: u64,
 }
 
 /// Positions a layer's key/value buffers grow by beyond what is needed, rounded up to
@@ -124,27 +126,32 @@ impl LayerKv {
         self.k.dim(2).unwrap_or(0)
     }
 
-    /// Append `k`/`v` `(b, kv_heads, t, head_dim)` after `len` stored positions; returns views
-    /// of all `len + t` positions.
-    fn append(slot: &mut Option<LayerKv>, len: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, h, t, d) = k.dims4()?;
+    /// Make `slot` hold buffers of `(b, kv_heads, ≥ len + t, head_dim)` that no clone shares, the
+    /// first `len` positions kept (grown with headroom, or copied on write).
+    fn reserve<'a>(slot: &'a mut Option<LayerKv>, len: usize, t: usize, (b, h, d): (usize, usize, usize), dtype: DType, device: &Device) -> Result<&'a LayerKv> {
         let needed = len + t;
         let reuse = slot
             .as_ref()
             .is_some_and(|s| s.capacity() >= needed && !s.shared.load(std::sync::atomic::Ordering::Relaxed));
         if !reuse {
             let cap = (needed + KV_HEADROOM).next_multiple_of(KV_ROUND);
-            let nk = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
-            let nv = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
+            let nk = Tensor::zeros((b, h, cap, d), dtype, device)?;
+            let nv = Tensor::zeros((b, h, cap, d), dtype, device)?;
             if let (Some(old), true) = (slot.as_ref(), len > 0) {
                 nk.slice_set(&old.k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
                 nv.slice_set(&old.v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
             }
             *slot = Some(LayerKv { k: nk, v: nv, shared: std::sync::atomic::AtomicBool::new(false) });
         }
-        let Some(s) = slot.as_ref() else {
-            return Err(ModelError::Candle(candle_core::Error::Msg("key/value cache slot missing after allocation".into())));
-        };
+        slot.as_ref().ok_or_else(|| ModelError::Candle(candle_core::Error::Msg("key/value cache slot missing after allocation".into())))
+    }
+
+    /// Append `k`/`v` `(b, kv_heads, t, head_dim)` after `len` stored positions; returns views
+    /// of all `len + t` positions.
+    fn append(slot: &mut Option<LayerKv>, len: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, h, t, d) = k.dims4()?;
+        let needed = len + t;
+        let s = Self::reserve(slot, len, t, (b, h, d), k.dtype(), k.device())?;
         s.k.slice_set(&k.contiguous()?, 2, len)?;
         s.v.slice_set(&v.contiguous()?, 2, len)?;
         Ok((s.k.narrow(2, 0, needed)?, s.v.narrow(2, 0, needed)?))
@@ -157,7 +164,7 @@ impl Cache {
     }
     /// A cache for `pads.len()` rows with the given left padding.
     pub fn with_padding(model: &Model, pads: Vec<usize>) -> Self {
-        Self { kv: vec![None; model.cfg.num_layers], pads, len: 0 }
+        Self { kv: vec![None; model.cfg.num_layers], pads, len: 0, fused_steps: 0 }
     }
     /// Positions stored so far (padding included).
     pub fn len(&self) -> usize {
@@ -171,6 +178,26 @@ impl Cache {
     }
     pub fn pads(&self) -> &[usize] {
         &self.pads
+    }
+    /// Layer `i`'s key and value buffers `(b, kv_heads, capacity, head_dim)`, ready for `t` more
+    /// positions after those stored (see [`LayerKv::reserve`]); the CPU decode step writes them
+    /// in place.
+    pub(crate) fn reserve_layer(&mut self, i: usize, t: usize, dims: (usize, usize, usize), dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+        let len = self.len;
+        let slot = self.kv.get_mut(i).ok_or_else(|| ModelError::Candle(candle_core::Error::Msg(format!("the cache has no layer {i}"))))?;
+        let s = LayerKv::reserve(slot, len, t, dims, dtype, device)?;
+        Ok((s.k.clone(), s.v.clone()))
+    }
+    /// Count one more stored position, written by the fused decode step.
+    pub(crate) fn advance_fused(&mut self) {
+        self.len += 1;
+        self.fused_steps += 1;
+    }
+    /// How many of the stored positions the fused CPU decode step appended (the rest went through
+    /// the composed path: prompts, other devices, training, MoE, or [`Model::set_fused_decode`]
+    /// off).
+    pub fn fused_steps(&self) -> u64 {
+        self.fused_steps
     }
     /// Keep only the given rows (e.g. drop finished sequences from a batch).
     pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
@@ -210,6 +237,9 @@ pub struct Model {
     /// Inference multiplies many rows by a quantized weight through a dequantized f32 GEMM (see
     /// [`Model::set_dense_prefill`]).
     dense_prefill: bool,
+    /// Inference decodes one position per row through the fused CPU step (see
+    /// [`Model::set_fused_decode`]).
+    fused_decode: bool,
     pub source: ModelSource,
 }
 
@@ -382,6 +412,7 @@ impl Model {
             dtype: src.dtype(),
             device: device.clone(),
             dense_prefill: true,
+            fused_decode: true,
             source: ModelSource { path: src.path().into(), format },
             cfg,
         })
@@ -402,6 +433,15 @@ impl Model {
     /// computes (tests comparing with llama.cpp turn it off). Training is unaffected.
     pub fn set_dense_prefill(&mut self, on: bool) {
         self.dense_prefill = on;
+    }
+    /// Whether inference on the CPU decodes one new position per row (f32, no MoE) through the
+    /// fused decode step (the default), or, off, through the composed per-op path it replaces
+    /// (tests comparing the two turn it off). Training is unaffected.
+    pub fn set_fused_decode(&mut self, on: bool) {
+        self.fused_decode = on;
+    }
+    pub(crate) fn fused_decode(&self) -> bool {
+        self.fused_decode
     }
 
     /// Every projection with its HF module name (for attaching adapters).
@@ -468,8 +508,27 @@ impl Model {
     /// [`Model::forward`] in any [`Mode`]: the training entry point (`Mode::Train`, usually
     /// without a cache).
     pub fn forward_with(&self, ids: &Tensor, cache: Option<&mut Cache>, which: Logits, mut mode: Mode) -> Result<Tensor> {
+        let cache = match cache {
+            // Inference of one new position per row on the CPU: the decode step without per-op
+            // overhead (`None` when it does not apply; then the composed path runs).
+            Some(c) if !mode.is_train() => {
+                if let Some(logits) = crate::decode::step(self, ids, c)? {
+                    return Ok(match which {
+                        Logits::Last => logits,
+                        Logits::All => logits.unsqueeze(1)?,
+                    });
+                }
+                Some(c)
+            }
+            c => c,
+        };
         let x = self.hidden(ids, cache, &mut mode)?;
         self.head_in(&x, which, &mut mode)
+    }
+
+    /// The rotary tables `(max_pos, head_dim / 2)`: cosines and sines.
+    pub(crate) fn rope_tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
     }
 
     /// The last decoder layer's output `(b, t, hidden)` for `ids` in `mode`, before the final norm

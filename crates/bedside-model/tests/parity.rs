@@ -226,12 +226,44 @@ fn smollm2_quantized_matches_llamacpp() {
         let agree = argmax.iter().zip(&want).filter(|(a, b)| a == b).count() as f64 / want.len() as f64;
         assert!(agree >= 0.9, "prompt {p}: per-position argmax agrees with llama.cpp on only {agree:.2}");
     }
-    // llama.cpp's own f32-vs-Q4_1 runs agree on these prefixes (fixture README); ours must too.
-    for (p, n) in [(1usize, 24usize), (2, 24)] {
+    // Decoding, teacher-forced along llama.cpp's own greedy continuation (on these prefixes
+    // llama.cpp's f32 and Q4_1 runs agree, fixture README). Both engines round activations to 8
+    // bits but add in different orders, and on this model one activation landing on the other
+    // side of a rounding boundary moves logits by up to about one (see tests/decode.rs), so an
+    // exact greedy match can break at a near-tie: bedside-kernels (ggml's Q8_1 rounding) pick
+    // another token at prompt 2's step 18, where the two best logits are 0.17 apart. Bounded
+    // instead: at every step llama.cpp's token is within `TIE` of our best logit, and nearly
+    // always our best. Control: the same measure against the sequence shifted by one step fails.
+    const TIE: f32 = 0.5;
+    for p in [1usize, 2] {
         let ids = ids_u32(&f32r[&format!("prompt{p}.input_ids")]);
-        let want: Vec<u32> = greedy_cpp[p]["ids"].as_array().unwrap().iter().take(n).map(|x| x.as_u64().unwrap() as u32).collect();
-        assert_eq!(greedy(&model, &ids, n, None), want, "prompt {p}: first {n} greedy tokens vs llama.cpp Q4_1");
+        let want: Vec<u32> = greedy_cpp[p]["ids"].as_array().unwrap().iter().take(24).map(|x| x.as_u64().unwrap() as u32).collect();
+        let steps = teacher_forced(&model, &ids, &want);
+        let worst = steps.iter().enumerate().map(|(i, l)| l[argmax(l)] - l[want[i] as usize]).fold(0f32, f32::max);
+        let agree = steps.iter().enumerate().filter(|(i, l)| argmax(l) == want[*i] as usize).count();
+        let control = steps.iter().enumerate().skip(1).map(|(i, l)| l[argmax(l)] - l[want[i - 1] as usize]).fold(0f32, f32::max);
+        eprintln!("prompt {p}: llama.cpp's greedy token at most {worst:.3} below our best; our best on {agree}/24 steps; control {control:.2}");
+        assert!(worst < TIE, "prompt {p}: llama.cpp's greedy token is {worst} logits below our best at some step");
+        assert!(agree >= 22, "prompt {p}: our greedy token is llama.cpp's on only {agree} of 24 steps");
+        assert!(control > 4.0 * TIE, "prompt {p}: the control gap is only {control}");
     }
+}
+
+fn argmax(l: &[f32]) -> usize {
+    l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|x| x.0).unwrap_or(0)
+}
+
+/// The logits before each token of `forced`, decoding through the cache after `prompt`.
+fn teacher_forced(model: &Model, prompt: &[u32], forced: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = Cache::new(model);
+    let mut input = prompt.to_vec();
+    let mut out = Vec::new();
+    for &tok in forced {
+        let t = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        out.push(model.forward(&t, Some(&mut cache), Logits::Last).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap());
+        input = vec![tok];
+    }
+    out
 }
 
 /// The default CPU prompt path of a quantized model (dequantize each weight for the call, f32
