@@ -99,18 +99,19 @@ impl Sampler {
         }
         let inv_t = 1.0 / p.temperature as f32;
         // Candidates sorted by logit, best first (ties: lower id first, deterministic).
-        let mut idx: Vec<u32> = (0..logits.len() as u32).filter(|&i| logits[i as usize].is_finite()).collect();
+        let order = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        let mut idx = if p.top_k > 0 {
+            // One pass over the vocabulary keeping the k best, in order: no vocabulary-sized
+            // list of candidates is built (the logits are read where they are).
+            top_k(logits, p.top_k)
+        } else {
+            let mut all: Vec<u32> = (0..logits.len() as u32).filter(|&i| logits[i as usize].is_finite()).collect();
+            all.sort_by(order);
+            all
+        };
         if idx.is_empty() {
             return argmax(logits);
         }
-        let order = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
-        if p.top_k > 0 && p.top_k < idx.len() {
-            // The order is total, so partitioning first keeps exactly the tokens (and order) a
-            // full sort would, at a fraction of the cost on a 50k vocabulary.
-            idx.select_nth_unstable_by(p.top_k - 1, order);
-            idx.truncate(p.top_k);
-        }
-        idx.sort_by(order);
         let max = logits[idx[0] as usize] * inv_t;
         let mut probs: Vec<f64> = idx.iter().map(|&i| ((logits[i as usize] * inv_t - max) as f64).exp()).collect();
         let sum: f64 = probs.iter().sum();
@@ -144,6 +145,25 @@ impl Sampler {
         }
         idx[probs.len() - 1]
     }
+}
+
+/// The ids of the `k` largest finite logits, largest first, ties to the lower id: what sorting
+/// every id by (logit descending, id ascending) and keeping `k` gives.
+fn top_k(logits: &[f32], k: usize) -> Vec<u32> {
+    let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if !l.is_finite() {
+            continue;
+        }
+        // Ids arrive in increasing order, so a logit equal to the k-th best loses the tie.
+        if best.len() == k && best.last().is_some_and(|&(worst, _)| l <= worst) {
+            continue;
+        }
+        let at = best.partition_point(|&(v, _)| v >= l);
+        best.insert(at, (l, i as u32));
+        best.truncate(k);
+    }
+    best.into_iter().map(|(_, i)| i).collect()
 }
 
 pub fn argmax(x: &[f32]) -> u32 {
@@ -207,6 +227,20 @@ mod tests {
         let want: std::collections::BTreeSet<u32> = full[..7].iter().copied().collect();
         assert!(seen.is_subset(&want), "sampled {seen:?}, allowed {want:?}");
         assert_eq!(seen.len(), 7, "all seven equally likely tokens should appear in 400 draws");
+    }
+
+    /// The one-pass selection keeps exactly what a full sort keeps, ties and infinities included.
+    #[test]
+    fn one_pass_top_k_equals_sorting() {
+        let mut logits: Vec<f32> = (0..3000).map(|i| ((i * 7919) % 97) as f32 * 0.5).collect();
+        logits[5] = f32::NEG_INFINITY;
+        logits[77] = f32::NAN;
+        for k in [1, 2, 7, 40, 97, 2999, 5000] {
+            let mut full: Vec<u32> = (0..logits.len() as u32).filter(|&i| logits[i as usize].is_finite()).collect();
+            full.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+            full.truncate(k);
+            assert_eq!(top_k(&logits, k), full, "k = {k}");
+        }
     }
 
     #[test]
