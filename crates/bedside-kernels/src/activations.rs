@@ -113,24 +113,47 @@ impl Activations {
     }
 
     fn quantize_row(&mut self, r: usize, x: &[f32]) {
-        let (bl, cols) = (self.layout.block_len(), self.cols);
-        let per_row = cols / bl;
-        let qs = &mut self.qs[r * cols..(r + 1) * cols];
-        for (b, (xb, qb)) in x.chunks_exact(bl).zip(qs.chunks_exact_mut(bl)).enumerate() {
-            let i = r * per_row + b;
-            match self.layout {
-                ActLayout::Blocks32 => {
-                    let (dq, sum, s) = quantize_block32(xb, qb);
-                    self.ds_min[2 * i..2 * i + 2].copy_from_slice(&[dq, s]);
-                    self.ds_off8[2 * i..2 * i + 2].copy_from_slice(&[dq, -8.0 * dq * sum as f32]);
-                    self.ds_off128[2 * i..2 * i + 2]
-                        .copy_from_slice(&[dq, -128.0 * dq * sum as f32]);
-                }
-                ActLayout::Blocks256 => {
-                    self.d[i] = quantize_block256(xb, qb, &mut self.bsums[16 * i..16 * (i + 1)]);
-                }
-            }
+        let bufs = self.row_buffers();
+        // SAFETY: `bufs` addresses this object's buffers, sized by `reset`, and nothing else
+        // touches them during the call.
+        unsafe { bufs.quantize_row(r, x) }
+    }
+
+    fn row_buffers(&mut self) -> RowBuffers {
+        RowBuffers {
+            layout: self.layout,
+            cols: self.cols,
+            qs: self.qs.as_mut_ptr(),
+            ds_min: self.ds_min.as_mut_ptr(),
+            ds_off8: self.ds_off8.as_mut_ptr(),
+            ds_off128: self.ds_off128.as_mut_ptr(),
+            d: self.d.as_mut_ptr(),
+            bsums: self.bsums.as_mut_ptr(),
         }
+    }
+
+    /// As [`Activations::quantize`], the rows split over `par`'s threads (for batches: each
+    /// row is quantized on its own).
+    pub fn quantize_on(&mut self, par: &dyn crate::Parallel, x: &[f32], rows: usize, cols: usize) {
+        const ROWS_PER_TASK: usize = 4;
+        if rows < 2 * ROWS_PER_TASK || par.threads() < 2 {
+            return self.quantize(x, rows, cols);
+        }
+        assert_eq!(
+            x.len(),
+            rows * cols,
+            "{} activation values for {rows} rows of {cols}",
+            x.len()
+        );
+        self.reset(rows, cols);
+        let bufs = self.row_buffers();
+        par.run(rows.div_ceil(ROWS_PER_TASK), &|task| {
+            for r in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(rows) {
+                // SAFETY: each row's quants and scales are written by its task alone, into
+                // buffers sized by `reset` that live until `par.run` returns.
+                unsafe { bufs.quantize_row(r, &x[r * cols..(r + 1) * cols]) }
+            }
+        });
     }
 
     /// Blocks32: block `b` of row `r`'s `s = d·Σq` rounded to f16 (ggml's Q8_1 sum, which a
@@ -209,4 +232,56 @@ fn quantize_block256(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> f32 {
         *s = qc.iter().map(|&v| v as i16).sum();
     }
     1.0 / iscale
+}
+
+/// Raw views of an [`Activations`]' buffers, so rows can be written from several threads.
+#[derive(Clone, Copy)]
+struct RowBuffers {
+    layout: ActLayout,
+    cols: usize,
+    qs: *mut i8,
+    ds_min: *mut f32,
+    ds_off8: *mut f32,
+    ds_off128: *mut f32,
+    d: *mut f32,
+    bsums: *mut i16,
+}
+
+// SAFETY: used only to write disjoint rows from the tasks of one `Parallel::run`.
+unsafe impl Send for RowBuffers {}
+unsafe impl Sync for RowBuffers {}
+
+impl RowBuffers {
+    /// Quantize `x` as row `r`.
+    ///
+    /// # Safety
+    /// The buffers must be sized for at least `r + 1` rows of `cols`, and no one else may touch
+    /// row `r`'s parts of them during the call.
+    unsafe fn quantize_row(&self, r: usize, x: &[f32]) {
+        let (bl, cols) = (self.layout.block_len(), self.cols);
+        let per_row = cols / bl;
+        // SAFETY: row r's slices, disjoint from every other row's, within the buffers.
+        let qs = unsafe { std::slice::from_raw_parts_mut(self.qs.add(r * cols), cols) };
+        for (b, (xb, qb)) in x.chunks_exact(bl).zip(qs.chunks_exact_mut(bl)).enumerate() {
+            let i = r * per_row + b;
+            // SAFETY: as above, block i's entries.
+            unsafe {
+                match self.layout {
+                    ActLayout::Blocks32 => {
+                        let (dq, sum, s) = quantize_block32(xb, qb);
+                        *self.ds_min.add(2 * i) = dq;
+                        *self.ds_min.add(2 * i + 1) = s;
+                        *self.ds_off8.add(2 * i) = dq;
+                        *self.ds_off8.add(2 * i + 1) = -8.0 * dq * sum as f32;
+                        *self.ds_off128.add(2 * i) = dq;
+                        *self.ds_off128.add(2 * i + 1) = -128.0 * dq * sum as f32;
+                    }
+                    ActLayout::Blocks256 => {
+                        let bsums = std::slice::from_raw_parts_mut(self.bsums.add(16 * i), 16);
+                        *self.d.add(i) = quantize_block256(xb, qb, bsums);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -227,6 +227,9 @@ pub struct Input<'a> {
     pub blocks256: Option<&'a Activations>,
 }
 
+/// The most weights one [`matmul`] call multiplies.
+pub const MAX_JOBS: usize = 8;
+
 /// One weight of a [`matmul`] and where its `rows × out` result goes.
 pub struct Job<'a> {
     pub weight: Weight<'a>,
@@ -288,6 +291,12 @@ pub fn matmul(
             }
         }
     }
+    if jobs.len() > MAX_JOBS {
+        return Err(format!(
+            "matmul: {} weights in one call, at most {MAX_JOBS}",
+            jobs.len()
+        ));
+    }
     if m == 0 || jobs.is_empty() {
         return Ok(());
     }
@@ -300,20 +309,19 @@ pub fn matmul(
     } else {
         (total / (threads * 8)).clamp(16, 512).next_multiple_of(4)
     };
-    let mut starts = Vec::with_capacity(jobs.len() + 1);
+    // Fixed-size tables: a matmul allocates nothing.
+    let mut starts = [usize::MAX; MAX_JOBS + 1];
+    let mut outs = [SendPtr(std::ptr::null_mut()); MAX_JOBS];
     let mut n_tasks = 0;
-    for j in jobs.iter() {
-        starts.push(n_tasks);
+    for (i, j) in jobs.iter_mut().enumerate() {
+        starts[i] = n_tasks;
+        outs[i] = SendPtr(j.out.as_mut_ptr());
         n_tasks += j.weight.rows().div_ceil(chunk);
     }
-    starts.push(n_tasks);
-    let outs: Vec<SendPtr> = jobs
-        .iter_mut()
-        .map(|j| SendPtr(j.out.as_mut_ptr()))
-        .collect();
+    starts[jobs.len()] = n_tasks;
     let jobs = &*jobs;
     par.run(n_tasks, &|t| {
-        let ji = starts.partition_point(|&s| s <= t) - 1;
+        let ji = starts[..=jobs.len()].partition_point(|&s| s <= t) - 1;
         let job = &jobs[ji];
         let n = job.weight.rows();
         let r0 = (t - starts[ji]) * chunk;

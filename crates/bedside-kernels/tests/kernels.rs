@@ -468,3 +468,56 @@ fn dequantize_known_blocks() {
     dequantize_row(QType::Q8_0, &b, &mut y);
     assert_eq!(y[0], -6.0);
 }
+
+/// Quantizing rows on several threads gives what quantizing them on one does.
+#[test]
+fn parallel_quantization_equals_serial() {
+    for layout in [ActLayout::Blocks32, ActLayout::Blocks256] {
+        let (rows, cols) = (37, 512);
+        let mut rng = Rng(11);
+        let x: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+        let (mut a, mut b) = (Activations::new(layout), Activations::new(layout));
+        a.quantize(&x, rows, cols);
+        b.quantize_on(&Threads(3), &x, rows, cols);
+        let (mut ra, mut rb) = (vec![0f32; cols], vec![0f32; cols]);
+        for r in 0..rows {
+            a.dequantize_row(r, &mut ra);
+            b.dequantize_row(r, &mut rb);
+            assert_eq!(ra, rb, "{layout:?} row {r}");
+            if layout == ActLayout::Blocks32 {
+                assert_eq!(a.block_sum(r, 3), b.block_sum(r, 3));
+            }
+        }
+        // Products through every weight type agree too (all the per-block sums are written).
+        for ty in QType::ALL.into_iter().filter(|t| t.act_layout() == layout) {
+            let data: Vec<u8> = (0..5)
+                .flat_map(|_| random_row(ty, cols, &mut rng))
+                .collect();
+            let w = QMatrix::new(ty, &data, 5, cols).unwrap();
+            let (mut oa, mut ob) = (vec![0f32; rows * 5], vec![0f32; rows * 5]);
+            matmul(
+                Backend::detected(),
+                &Serial,
+                input(&x, &a, rows, cols),
+                &mut [Job {
+                    weight: Weight::Quantized(w),
+                    out: &mut oa,
+                    accumulate: false,
+                }],
+            )
+            .unwrap();
+            matmul(
+                Backend::detected(),
+                &Serial,
+                input(&x, &b, rows, cols),
+                &mut [Job {
+                    weight: Weight::Quantized(w),
+                    out: &mut ob,
+                    accumulate: false,
+                }],
+            )
+            .unwrap();
+            assert_eq!(oa, ob, "{}", ty.name());
+        }
+    }
+}

@@ -15,10 +15,10 @@ use std::cell::RefCell;
 use bedside_kernels as bk;
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 
+use crate::embedding::Embedding;
 use crate::error::{ModelError, Result};
 use crate::kernels::{qmatrix, Pool};
 use crate::linear::{BaseWeight, Linear};
-use crate::embedding::Embedding;
 use crate::model::{Cache, FeedForward, Model};
 
 /// Buffers of one step, kept per thread and reused (resized, never shrunk).
@@ -582,11 +582,11 @@ fn quantize_for(
     let (n32, n256) = layouts(projs);
     if n32 {
         a32.get_or_insert_with(|| bk::Activations::new(bk::ActLayout::Blocks32))
-            .quantize(&x[..rows * cols], rows, cols);
+            .quantize_on(&Pool, &x[..rows * cols], rows, cols);
     }
     if n256 {
         a256.get_or_insert_with(|| bk::Activations::new(bk::ActLayout::Blocks256))
-            .quantize(&x[..rows * cols], rows, cols);
+            .quantize_on(&Pool, &x[..rows * cols], rows, cols);
     }
 }
 
