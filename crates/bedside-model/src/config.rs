@@ -224,10 +224,10 @@ impl ModelConfig {
             }
             None => {}
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(format!("{} is {}; rotary embeddings need an even, positive head size", name(Field::HeadDim), self.head_dim));
         }
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             let (h, kv) = (self.num_heads, self.num_kv_heads);
             return Err(format!("{} ({h}) is not a multiple of {} ({kv})", name(Field::Heads), name(Field::KvHeads)));
         }
