@@ -9,6 +9,7 @@ use bedside_empathy::heads::Heads;
 use bedside_empathy::validate::{render, score_chunked, validate_epitome};
 use bedside_empathy::{default_heads_path, EmpathyScorer, EmpathyScores, FeatureSet};
 use bedside_embed::Embedder;
+use bedside_eval::pairs::{parse_pairs, PairRecord};
 use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -62,63 +63,6 @@ pub struct ScoreArgs {
     /// MiniLM directory (default: models/all-minilm-l6-v2, or $BEDSIDE_EMBEDDER).
     #[arg(long)]
     pub embedder: Option<PathBuf>,
-}
-
-/// One input line of `bedside eval score`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PairRecord {
-    pub id: String,
-    pub context: String,
-    pub response: String,
-    pub reference: Option<String>,
-    pub key_facts: Option<Vec<String>>,
-}
-
-/// Parse `bedside eval score` input; errors name file:line:field.
-pub fn parse_pairs(text: &str, file: &Path) -> Result<Vec<PairRecord>> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(raw).with_context(|| format!("{}:{line}: not valid JSON", file.display()))?;
-        let Value::Object(obj) = v else { bail!("{}:{line}: expected a JSON object", file.display()) };
-        let s = |k: &str| -> Result<String> {
-            match obj.get(k) {
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(_) => bail!("{}:{line}: field `{k}` must be a string", file.display()),
-                None => bail!("{}:{line}: missing field `{k}`", file.display()),
-            }
-        };
-        let id = s("id")?;
-        if !seen.insert(id.clone()) {
-            bail!("{}:{line}: field `id`: duplicate id {id:?}", file.display());
-        }
-        let context = s("context")?;
-        let response = s("response")?;
-        let reference = match obj.get("reference") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(r)) => Some(r.clone()),
-            Some(_) => bail!("{}:{line}: field `reference` must be a string", file.display()),
-        };
-        let key_facts = match obj.get("key_facts") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(a)) => Some(
-                a.iter()
-                    .enumerate()
-                    .map(|(j, f)| match f {
-                        Value::String(s) => Ok(s.clone()),
-                        _ => bail!("{}:{line}: field `key_facts[{j}]` must be a string", file.display()),
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-            Some(_) => bail!("{}:{line}: field `key_facts` must be an array of strings", file.display()),
-        };
-        out.push(PairRecord { id, context, response, reference, key_facts });
-    }
-    Ok(out)
 }
 
 /// The output object for one pair.
@@ -328,17 +272,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pairs_errors_name_line_and_field() {
-        let f = Path::new("p.jsonl");
-        let ok = r#"{"id":"a","context":"c","response":"r","reference":"ref","key_facts":["x"]}"#;
-        let r = parse_pairs(ok, f).unwrap();
-        assert_eq!(r[0].key_facts.as_deref(), Some(&["x".to_string()][..]));
-        let e = parse_pairs(&format!("{ok}\n{}", ok.replace("\"a\"", "\"b\"").replace("\"response\":\"r\",", "")), f).unwrap_err().to_string();
-        assert!(e.contains("p.jsonl:2") && e.contains("`response`"), "{e}");
-        let e = parse_pairs(&ok.replace("[\"x\"]", "[1]"), f).unwrap_err().to_string();
-        assert!(e.contains("p.jsonl:1") && e.contains("key_facts[0]"), "{e}");
-        let e = parse_pairs(&format!("{ok}\n{ok}"), f).unwrap_err().to_string();
-        assert!(e.contains("p.jsonl:2") && e.contains("duplicate"), "{e}");
+    fn lambda_takes_one_or_three_values() {
         assert!(parse_lambda("0.1,0.2").is_err());
         assert_eq!(parse_lambda("0.1").unwrap(), [0.1; 3]);
     }

@@ -13,12 +13,12 @@ use serde::Serialize;
 
 /// Records that live in a cache file: `cache_key` identifies what was computed, `fingerprint`
 /// the settings it was computed with (a record with another fingerprint is stale).
-pub trait Cached {
+pub(crate) trait Cached {
     fn cache_key(&self) -> String;
     fn fingerprint(&self) -> &str;
 }
 
-pub struct JsonlCache<T> {
+pub(crate) struct JsonlCache<T> {
     path: PathBuf,
     file: File,
     records: HashMap<String, T>,
@@ -26,7 +26,7 @@ pub struct JsonlCache<T> {
 
 impl<T: Cached + Serialize + DeserializeOwned + Clone> JsonlCache<T> {
     /// Opens (creating if needed) and loads the cache. The last record per key wins.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         let mut records = HashMap::new();
         if path.exists() {
             let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -62,21 +62,21 @@ impl<T: Cached + Serialize + DeserializeOwned + Clone> JsonlCache<T> {
     }
 
     /// A cached record for `key` made with `fingerprint`.
-    pub fn get(&self, key: &str, fingerprint: &str) -> Option<&T> {
+    pub(crate) fn get(&self, key: &str, fingerprint: &str) -> Option<&T> {
         self.records.get(key).filter(|r| r.fingerprint() == fingerprint)
     }
 
     /// The latest record for `key`, whatever its settings (after a run, the current one).
-    pub fn get_any(&self, key: &str) -> Option<&T> {
+    pub(crate) fn get_any(&self, key: &str) -> Option<&T> {
         self.records.get(key)
     }
 
-    pub fn contains(&self, key: &str, fingerprint: &str) -> bool {
+    pub(crate) fn contains(&self, key: &str, fingerprint: &str) -> bool {
         self.get(key, fingerprint).is_some()
     }
 
     /// Appends and flushes one record.
-    pub fn put(&mut self, r: T) -> Result<()> {
+    pub(crate) fn put(&mut self, r: T) -> Result<()> {
         let mut line = serde_json::to_vec(&r)?;
         line.push(b'\n');
         self.file.write_all(&line).with_context(|| format!("{}: cannot append", self.path.display()))?;
@@ -85,12 +85,8 @@ impl<T: Cached + Serialize + DeserializeOwned + Clone> JsonlCache<T> {
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 }
 

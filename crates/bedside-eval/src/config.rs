@@ -95,7 +95,15 @@ pub struct DecodingConfig {
 
 impl Default for DecodingConfig {
     fn default() -> Self {
-        toml::from_str("").expect("defaults")
+        Self {
+            temperature: default_temperature(),
+            top_p: default_top_p(),
+            top_k: 0,
+            min_p: 0.0,
+            repeat_penalty: default_repeat_penalty(),
+            max_tokens: default_max_tokens(),
+            seed: default_seed(),
+        }
     }
 }
 
@@ -154,7 +162,7 @@ pub struct EquityConfig {
 
 impl Default for EquityConfig {
     fn default() -> Self {
-        toml::from_str("").expect("defaults")
+        Self { samples_per_probe: 1, threshold_pct: default_threshold(), permutations: default_permutations() }
     }
 }
 
@@ -171,7 +179,7 @@ pub struct StatsConfig {
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        toml::from_str("").expect("defaults")
+        Self { bootstrap: default_bootstrap(), alpha: default_alpha(), seed: default_stats_seed() }
     }
 }
 
@@ -185,7 +193,7 @@ pub struct ReportConfig {
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        toml::from_str("").expect("defaults")
+        Self { examples: default_examples() }
     }
 }
 

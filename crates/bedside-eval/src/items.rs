@@ -12,14 +12,14 @@ use crate::config::{EvalConfig, TestSetConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Set {
+pub(crate) enum Set {
     Test,
     Safety,
     Equity,
 }
 
 impl Set {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Set::Test => "test",
             Set::Safety => "safety",
@@ -31,7 +31,7 @@ impl Set {
 /// A safety item's rules: every group of `must_contain` needs one match, no `must_not_contain`
 /// string may appear (case-insensitive, after normalising ’ to ').
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct SafetyRules {
+pub(crate) struct SafetyRules {
     pub category: String,
     pub must_contain: Vec<Vec<String>>,
     pub must_not_contain: Vec<String>,
@@ -39,7 +39,7 @@ pub struct SafetyRules {
 
 /// An equity probe's labels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct EquityLabels {
+pub(crate) struct EquityLabels {
     pub base_id: String,
     /// `control` or e.g. `black_female`.
     pub group: String,
@@ -53,7 +53,7 @@ pub struct EquityLabels {
 
 impl EquityLabels {
     /// `control` or `<group>-<cue>`.
-    pub fn variant(&self) -> String {
+    pub(crate) fn variant(&self) -> String {
         if self.group == "control" {
             "control".into()
         } else {
@@ -63,7 +63,7 @@ impl EquityLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalItem {
+pub(crate) struct EvalItem {
     /// `<set>/<id>` (equity samples beyond the first: `#<k>`), unique in a run.
     pub key: String,
     pub set: Set,
@@ -91,7 +91,7 @@ fn spread<T: Clone>(v: &[T], limit: Option<usize>) -> Vec<T> {
 }
 
 /// Every item of the configured sets, in a fixed order (test, safety, equity).
-pub fn load_items(cfg: &EvalConfig) -> Result<Vec<EvalItem>> {
+pub(crate) fn load_items(cfg: &EvalConfig) -> Result<Vec<EvalItem>> {
     let mut items = Vec::new();
     if let Some(t) = &cfg.sets.test {
         let files = bedside_data::jsonl_files(&t.paths)?;
@@ -125,21 +125,25 @@ pub fn load_items(cfg: &EvalConfig) -> Result<Vec<EvalItem>> {
     }
     if let Some(e) = &cfg.sets.equity {
         let probes = read_equity(&e.path)?;
+        // Every probe read by `read_equity` has its labels.
+        let base_of = |p: &EvalItem| p.equity.as_ref().map(|e| e.base_id.clone()).unwrap_or_default();
         let mut bases: Vec<String> = Vec::new();
         for p in &probes {
-            let b = &p.equity.as_ref().expect("equity labels").base_id;
-            if !bases.contains(b) {
-                bases.push(b.clone());
+            let b = base_of(p);
+            if !bases.contains(&b) {
+                bases.push(b);
             }
         }
         let keep = spread(&bases, e.limit);
-        for p in probes.into_iter().filter(|p| keep.contains(&p.equity.as_ref().expect("labels").base_id)) {
+        for p in probes.into_iter().filter(|p| keep.contains(&base_of(p))) {
             for k in 0..cfg.equity.samples_per_probe {
                 let mut q = p.clone();
                 if k > 0 {
                     q.key = format!("{}#{k}", p.key);
                 }
-                q.equity.as_mut().expect("labels").sample = k;
+                if let Some(labels) = q.equity.as_mut() {
+                    labels.sample = k;
+                }
                 items.push(q);
             }
         }
@@ -156,7 +160,7 @@ pub fn load_items(cfg: &EvalConfig) -> Result<Vec<EvalItem>> {
 
 /// (key facts, reference answer) of up to `max` dialogues outside the evaluated split, spread
 /// over the corpus: the key-fact threshold is calibrated on them, never on the test items.
-pub fn calibration_dialogues(t: &TestSetConfig, max: usize) -> Result<Vec<(Vec<String>, String)>> {
+pub(crate) fn calibration_dialogues(t: &TestSetConfig, max: usize) -> Result<Vec<(Vec<String>, String)>> {
     let files = bedside_data::jsonl_files(&t.paths)?;
     let mut d: Vec<_> = bedside_data::read_dialogues(&files)
         .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -206,7 +210,7 @@ fn field_strs(path: &Path, line: usize, v: &Value, f: &str) -> Result<Vec<String
 }
 
 /// `data/eval/safety.jsonl`: id, category, emotion, prompt, must_contain (groups), must_not_contain.
-pub fn read_safety(path: &Path) -> Result<Vec<EvalItem>> {
+pub(crate) fn read_safety(path: &Path) -> Result<Vec<EvalItem>> {
     let mut out = Vec::new();
     for (line, v) in lines(path)? {
         let id = field_str(path, line, &v, "id")?;
@@ -247,7 +251,7 @@ pub fn read_safety(path: &Path) -> Result<Vec<EvalItem>> {
 }
 
 /// `data/eval/equity-probes.jsonl` (from `bedside data equity-probes`).
-pub fn read_equity(path: &Path) -> Result<Vec<EvalItem>> {
+pub(crate) fn read_equity(path: &Path) -> Result<Vec<EvalItem>> {
     let mut out = Vec::new();
     for (line, v) in lines(path)? {
         let id = field_str(path, line, &v, "id")?;

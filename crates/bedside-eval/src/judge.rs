@@ -4,26 +4,29 @@
 //! are combined by majority (seeds.md §7.4–7.6). Output is parsed strictly: an answer that is not
 //! exactly one of the allowed labels is recorded as missing, never as a default.
 //!
-//! This module holds the prompts, the parsers and the aggregation; the run drives the model.
+//! This module holds the rubric: prompts, parsers and how verdicts combine; the judging step
+//! (`judging`) drives the model.
 
 use std::collections::BTreeMap;
 
 use bedside_tokenizer::ChatMessage;
 use serde::{Deserialize, Serialize};
 
+use crate::results::SelfAgreement;
+
 /// Bumped whenever a prompt's wording changes (part of every judge record's fingerprint).
-pub const JUDGE_PROMPTS_VERSION: &str = "judge-v1";
+pub(crate) const JUDGE_PROMPTS_VERSION: &str = "judge-v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Shots {
+pub(crate) enum Shots {
     Zero,
     One,
     Few,
 }
 
 impl Shots {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "zero" => Some(Shots::Zero),
             "one" => Some(Shots::One),
@@ -31,7 +34,7 @@ impl Shots {
             _ => None,
         }
     }
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Shots::Zero => "zero",
             Shots::One => "one",
@@ -48,7 +51,7 @@ impl Shots {
 }
 
 /// EPITOME mechanisms, in the order ER, IP, EX.
-pub const MECHANISMS: [(&str, &str, &str, &str); 3] = [
+pub(crate) const MECHANISMS: [(&str, &str, &str, &str); 3] = [
     (
         "er",
         "Emotional reactions: does the reply express warmth, compassion or concern that the responder feels for the patient?",
@@ -103,7 +106,7 @@ fn pair_text(patient: &str, reply: &str) -> String {
 }
 
 /// The EPITOME rubric question for mechanism `m` (0 = ER, 1 = IP, 2 = EX).
-pub fn epitome_prompt(m: usize, shots: Shots, patient: &str, reply: &str) -> Vec<ChatMessage> {
+pub(crate) fn epitome_prompt(m: usize, shots: Shots, patient: &str, reply: &str) -> Vec<ChatMessage> {
     let (_, q, weak, strong) = MECHANISMS[m];
     let instr = format!("{q}\nAnswer with a single digit: 0 = no, {weak}, {strong}.");
     let mut msgs = vec![system(&instr)];
@@ -116,7 +119,7 @@ pub fn epitome_prompt(m: usize, shots: Shots, patient: &str, reply: &str) -> Vec
 }
 
 /// The Good/Okay/Bad question.
-pub fn good_okay_bad_prompt(shots: Shots, patient: &str, reply: &str) -> Vec<ChatMessage> {
+pub(crate) fn good_okay_bad_prompt(shots: Shots, patient: &str, reply: &str) -> Vec<ChatMessage> {
     let instr = format!(
         "{EMPATHY_DEFINITION} How empathetic is the reply compared with how a caring person would respond in this situation? Answer with one word: Good, Okay or Bad."
     );
@@ -130,7 +133,7 @@ pub fn good_okay_bad_prompt(shots: Shots, patient: &str, reply: &str) -> Vec<Cha
 }
 
 /// Which reply is more empathetic, A or B (or Tie).
-pub fn pairwise_prompt(shots: Shots, patient: &str, reply_a: &str, reply_b: &str) -> Vec<ChatMessage> {
+pub(crate) fn pairwise_prompt(shots: Shots, patient: &str, reply_a: &str, reply_b: &str) -> Vec<ChatMessage> {
     let instr = format!(
         "{EMPATHY_DEFINITION} Two replies to the same patient follow. Which reply is more empathetic? Answer with one word: A, B or Tie."
     );
@@ -154,7 +157,7 @@ fn first_line_words(out: &str) -> Vec<String> {
 
 /// A level 0/1/2: the first line must contain exactly one distinct digit token among 0, 1, 2
 /// and no other number.
-pub fn parse_level(out: &str) -> Option<u8> {
+pub(crate) fn parse_level(out: &str) -> Option<u8> {
     let words = first_line_words(out);
     let nums: Vec<&String> = words.iter().filter(|w| w.chars().all(|c| c.is_ascii_digit())).collect();
     let mut distinct: Vec<&str> = nums.iter().map(|w| w.as_str()).collect();
@@ -167,14 +170,14 @@ pub fn parse_level(out: &str) -> Option<u8> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Rating {
+pub(crate) enum Rating {
     Bad = 1,
     Okay = 2,
     Good = 3,
 }
 
 /// Good / Okay / Bad: exactly one of the three words on the first line.
-pub fn parse_rating(out: &str) -> Option<Rating> {
+pub(crate) fn parse_rating(out: &str) -> Option<Rating> {
     let mut found: Vec<Rating> = first_line_words(out)
         .iter()
         .filter_map(|w| match w.as_str() {
@@ -193,14 +196,14 @@ pub fn parse_rating(out: &str) -> Option<Rating> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Choice {
+pub(crate) enum Choice {
     A,
     B,
     Tie,
 }
 
 /// A, B or Tie: the first word of the first line (after an optional "Reply"/"Response"/"Answer").
-pub fn parse_choice(out: &str) -> Option<Choice> {
+pub(crate) fn parse_choice(out: &str) -> Option<Choice> {
     let words = first_line_words(out);
     let w = words.iter().find(|w| !["reply", "response", "answer", "option", "the"].contains(&w.as_str()))?;
     match w.as_str() {
@@ -214,14 +217,14 @@ pub fn parse_choice(out: &str) -> Option<Choice> {
 /// A pairwise outcome from the tuned system's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Win,
     Loss,
     Tie,
 }
 
 /// Order 1 shows the tuned reply as A, order 2 (swapped) as B.
-pub fn outcome_of(choice: Choice, tuned_is_a: bool) -> Outcome {
+pub(crate) fn outcome_of(choice: Choice, tuned_is_a: bool) -> Outcome {
     match (choice, tuned_is_a) {
         (Choice::Tie, _) => Outcome::Tie,
         (Choice::A, true) | (Choice::B, false) => Outcome::Win,
@@ -231,14 +234,20 @@ pub fn outcome_of(choice: Choice, tuned_is_a: bool) -> Outcome {
 
 /// Combine the two orders: a win or loss counts only when both orders agree; an inconsistent
 /// pair is a tie. Missing when either order is unparseable.
-pub fn combine_orders(first: Option<Choice>, swapped: Option<Choice>) -> Option<Outcome> {
-    let a = outcome_of(first?, true);
-    let b = outcome_of(swapped?, false);
+#[cfg(test)]
+fn combine_orders(first: Option<Choice>, swapped: Option<Choice>) -> Option<Outcome> {
+    combine_outcomes(first.map(|c| outcome_of(c, true)), swapped.map(|c| outcome_of(c, false)))
+}
+
+/// Combine the two orders' outcomes (each from the tuned system's point of view): a win or loss
+/// counts only when both agree; an inconsistent pair is a tie; missing when either is.
+pub(crate) fn combine_outcomes(first: Option<Outcome>, swapped: Option<Outcome>) -> Option<Outcome> {
+    let (a, b) = (first?, swapped?);
     Some(if a == b { a } else { Outcome::Tie })
 }
 
 /// Majority over the parsed votes: the value with more than half of them, else `None`.
-pub fn majority<T: Ord + Copy>(votes: &[Option<T>]) -> Option<T> {
+pub(crate) fn majority<T: Ord + Copy>(votes: &[Option<T>]) -> Option<T> {
     let parsed: Vec<T> = votes.iter().flatten().copied().collect();
     let mut counts: BTreeMap<T, usize> = BTreeMap::new();
     for v in &parsed {
@@ -249,26 +258,15 @@ pub fn majority<T: Ord + Copy>(votes: &[Option<T>]) -> Option<T> {
 
 /// The ensemble of pairwise settings: majority, a tie when there is no majority, missing when no
 /// setting produced an outcome.
-pub fn ensemble_outcome(per_setting: &[Option<Outcome>]) -> Option<Outcome> {
+pub(crate) fn ensemble_outcome(per_setting: &[Option<Outcome>]) -> Option<Outcome> {
     if per_setting.iter().all(Option::is_none) {
         return None;
     }
     Some(majority(per_setting).unwrap_or(Outcome::Tie))
 }
 
-/// Agreement of the judge with itself across the two presentation orders: the share of
-/// comparisons where both orders name the same winner (or both a tie), the agreement expected by
-/// chance from the two orders' marginals, and Cohen's kappa.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SelfAgreement {
-    pub n: usize,
-    pub observed: f64,
-    pub chance: f64,
-    pub kappa: f64,
-}
-
 /// `pairs`: (order-1 outcome, order-2 outcome), both from the tuned system's point of view.
-pub fn self_agreement(pairs: &[(Outcome, Outcome)]) -> SelfAgreement {
+pub(crate) fn self_agreement(pairs: &[(Outcome, Outcome)]) -> SelfAgreement {
     let n = pairs.len();
     if n == 0 {
         return SelfAgreement { n, observed: f64::NAN, chance: f64::NAN, kappa: f64::NAN };
@@ -289,7 +287,7 @@ pub fn self_agreement(pairs: &[(Outcome, Outcome)]) -> SelfAgreement {
 }
 
 /// Win rate = (wins + ½ ties) / n (seeds.md §7.6).
-pub fn win_rate(outcomes: &[Outcome]) -> f64 {
+pub(crate) fn win_rate(outcomes: &[Outcome]) -> f64 {
     if outcomes.is_empty() {
         return f64::NAN;
     }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::items::SafetyRules;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SafetyVerdict {
+pub(crate) struct SafetyVerdict {
     pub passed: bool,
     /// For each required group with no match: the group's first alternatives (for the report).
     pub missing: Vec<String>,
@@ -14,11 +14,11 @@ pub struct SafetyVerdict {
 }
 
 /// Lower-case and fold typographic apostrophes and quotes, so "don’t" matches "don't".
-pub fn normalise(s: &str) -> String {
+pub(crate) fn normalise(s: &str) -> String {
     s.replace(['\u{2019}', '\u{2018}', '\u{02BC}'], "'").replace(['\u{201C}', '\u{201D}'], "\"").to_lowercase()
 }
 
-pub fn check(answer: &str, rules: &SafetyRules) -> SafetyVerdict {
+pub(crate) fn check(answer: &str, rules: &SafetyRules) -> SafetyVerdict {
     let a = normalise(answer);
     let missing: Vec<String> = rules
         .must_contain

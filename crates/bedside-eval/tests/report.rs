@@ -69,8 +69,9 @@ fn model_output_is_escaped() {
     assert!(!html.contains("<script"), "raw script tag in the report");
     assert!(!html.contains("<img"), "raw img tag in the report");
     assert!(!html.contains("<h1>injected"), "raw markup from an answer");
-    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
-    assert!(html.contains("&lt;/td&gt;&lt;/tr&gt;&lt;/table&gt;&lt;h1&gt;injected"));
+    // minijinja's HTML escaping (also of ' and /).
+    assert!(html.contains("&lt;script&gt;alert(&#x27;x&#x27;)&lt;&#x2f;script&gt;"));
+    assert!(html.contains("&lt;&#x2f;td&gt;&lt;&#x2f;tr&gt;&lt;&#x2f;table&gt;&lt;h1&gt;injected"));
     // Tags the report itself writes are balanced (a crude check that nothing broke out).
     for tag in ["table", "svg", "tr", "td", "ul", "details"] {
         let open = html.matches(&format!("<{tag}>")).count() + html.matches(&format!("<{tag} ")).count();

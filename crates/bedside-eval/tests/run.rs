@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bedside_eval::generate::answer_nll;
+use bedside_eval::perplexity::answer_nll;
 use bedside_eval::{EvalConfig, RunOptions};
 use serde_json::Value;
 
@@ -238,7 +238,7 @@ fn answer_nll_matches_transformers() {
     // them together gives what scoring each alone gives (another answer's positions written
     // into a shared cache would change the later ones).
     let other = "Please rest, drink plenty of fluids and see a doctor if the fever lasts more than three days.";
-    let together = bedside_eval::generate::answers_nll(&engine, &msgs[..2], &[&msgs[2].content, other, &msgs[2].content]).unwrap();
+    let together = bedside_eval::perplexity::answers_nll(&engine, &msgs[..2], &[&msgs[2].content, other, &msgs[2].content]).unwrap();
     let alone = answer_nll(&engine, &msgs[..2], other).unwrap();
     assert_eq!(together[0], (n, mean));
     assert_eq!(together[2], (n, mean));

@@ -2,7 +2,7 @@
 //! fixture, PEFT's own adapter and logits) and the base weights come back for the next system.
 
 use bedside_eval::config::EvalConfig;
-use bedside_eval::generate::{system_fingerprint, Systems};
+use bedside_eval::systems::{system_fingerprint, LocalSystems as Systems};
 use bedside_model::Logits;
 use candle_core::{DType, Device, Tensor};
 

@@ -1,8 +1,9 @@
-//! Statistics for base-vs-tuned comparisons: paired bootstrap confidence intervals, the
-//! Wilcoxon signed-rank test (as `scipy.stats.wilcoxon` with its defaults), χ² with Yates'
-//! correction on 2×2 tables (as `scipy.stats.chi2_contingency`), a two-sample permutation test,
-//! and "Δ%". Resampling uses a small seeded generator (SplitMix64) so results are reproducible
-//! across platforms and crate versions.
+//! Statistics for base-vs-tuned comparisons: descriptive summaries, paired bootstrap confidence
+//! intervals, the Wilcoxon signed-rank test (as `scipy.stats.wilcoxon` with its defaults), χ² with
+//! Yates' correction on 2×2 tables (as `scipy.stats.chi2_contingency`), the exact sign test (also
+//! McNemar's exact test), Holm's step-down correction, a two-sample permutation test, and "Δ%".
+//! Resampling uses a small seeded generator (SplitMix64) so results are reproducible across
+//! platforms and crate versions.
 
 use statrs::function::erf::erfc;
 
@@ -35,6 +36,60 @@ pub fn sd(x: &[f64]) -> f64 {
     }
     let m = mean(x);
     (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
+}
+
+/// Median (the mean of the two middle values for an even count; NaN for an empty slice).
+pub fn median(x: &[f64]) -> f64 {
+    if x.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = x.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+fn ln_choose(n: u64, k: u64) -> f64 {
+    let k = k.min(n - k);
+    (0..k).map(|i| ((n - i) as f64).ln() - ((i + 1) as f64).ln()).sum()
+}
+
+/// P(X ≤ k) for X ~ Binomial(n, ½).
+pub fn binom_cdf_half(k: u64, n: u64) -> f64 {
+    if k >= n {
+        return 1.0;
+    }
+    let ln2n = n as f64 * std::f64::consts::LN_2;
+    (0..=k).map(|i| (ln_choose(n, i) - ln2n).exp()).sum::<f64>().min(1.0)
+}
+
+/// Two-sided exact sign test: p = min(1, 2·P(X ≤ min(a, b))), X ~ Binomial(a + b, ½). With
+/// a, b = the discordant pairs this is McNemar's exact test.
+pub fn sign_test(a: u64, b: u64) -> f64 {
+    let n = a + b;
+    if n == 0 {
+        return 1.0;
+    }
+    (2.0 * binom_cdf_half(a.min(b), n)).min(1.0)
+}
+
+/// Holm's step-down adjusted p-values, in the input order (NaN inputs stay NaN and do not count
+/// towards the number of tests).
+pub fn holm(ps: &[f64]) -> Vec<f64> {
+    let m = ps.iter().filter(|p| !p.is_nan()).count();
+    let mut idx: Vec<usize> = (0..ps.len()).filter(|&i| !ps[i].is_nan()).collect();
+    idx.sort_by(|&a, &b| ps[a].total_cmp(&ps[b]));
+    let mut out = vec![f64::NAN; ps.len()];
+    let mut running: f64 = 0.0;
+    for (rank, &i) in idx.iter().enumerate() {
+        running = running.max(((m - rank) as f64 * ps[i]).min(1.0));
+        out[i] = running;
+    }
+    out
 }
 
 /// "Δ%" as in 2406.05063: (tuned − base) / base × 100; `None` when base is 0.
@@ -405,4 +460,39 @@ pub fn permutation_test(a: &[f64], b: &[f64], reps: usize, seed: u64) -> Result<
         }
     }
     Ok(Permutation { diff: observed, pvalue: (extreme + 1) as f64 / (reps + 1) as f64, reps, seed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_values() {
+        assert_eq!(median(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]), 4.5);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn sign_test_textbook() {
+        // 1 of 10 discordant pairs: P(X<=1) = 11/1024, two-sided 22/1024 = 0.021484375.
+        assert!((sign_test(1, 9) - 22.0 / 1024.0).abs() < 1e-12);
+        assert!((sign_test(9, 1) - 22.0 / 1024.0).abs() < 1e-12);
+        // scipy.stats.binomtest(5, 20).pvalue = 0.04138946533203125
+        assert!((sign_test(5, 15) - 0.041_389_465_332_031_25).abs() < 1e-12);
+        assert_eq!(sign_test(5, 5), 1.0);
+        assert_eq!(sign_test(0, 0), 1.0);
+    }
+
+    #[test]
+    fn holm_matches_r() {
+        // R: p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm") = 0.03 0.06 0.06 0.02
+        let h = holm(&[0.01, 0.04, 0.03, 0.005]);
+        for (a, b) in h.iter().zip([0.03, 0.06, 0.06, 0.02]) {
+            assert!((a - b).abs() < 1e-12, "{h:?}");
+        }
+        // R: p.adjust(c(0.01, NA, 0.04), "holm") = 0.02 NA 0.04 (NA is not a test).
+        let h = holm(&[0.01, f64::NAN, 0.04]);
+        assert!((h[0] - 0.02).abs() < 1e-12 && h[1].is_nan() && (h[2] - 0.04).abs() < 1e-12, "{h:?}");
+    }
 }
