@@ -72,7 +72,7 @@ fn train_config(dir: &Path, fx: &Path) -> PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "[model]\npath = {fx:?}\nbase = \"f32\"\n[data]\npaths = [{corpus:?}]\nmax_seq_len = 32\n[lora]\nr = 2\nalpha = 4\ntarget_modules = [\"q_proj\"]\n[optim]\nlr = 1e-3\n[run]\noutput_dir = {:?}\nmax_steps = 1\neval_every = 0\nsave_every = 0\n",
+            "[model]\npath = {fx:?}\nbase = \"f32\"\n[data]\npaths = [{corpus:?}]\nmax_seq_len = 128\n[lora]\nr = 2\nalpha = 4\ntarget_modules = [\"q_proj\"]\n[optim]\nlr = 1e-3\n[run]\noutput_dir = {:?}\nmax_steps = 1\neval_every = 0\nsave_every = 0\n",
             dir.join("run")
         ),
     )

@@ -63,7 +63,9 @@ pub struct DataSection {
     /// System message put before each patient message (none: the template's default).
     #[serde(default)]
     pub system_prompt: Option<String>,
-    /// Sequences longer than this are cut at the end (the answer's tail loses its loss).
+    /// Token length of a training sequence. A longer conversation loses the start of its context,
+    /// never the end of its answer (an answer longer than this on its own is left out); training
+    /// prints the share of examples that fit whole — keep it at 95% or more.
     #[serde(default = "default_max_seq")]
     pub max_seq_len: usize,
     /// Cap on validation examples scored at each evaluation (0 = all).

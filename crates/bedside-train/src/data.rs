@@ -33,11 +33,34 @@ pub fn dialogue_messages(d: &Dialogue, system: Option<&str>) -> Vec<ChatMessage>
     m
 }
 
+/// How the examples of a split fit the sequence length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Fit {
+    pub examples: usize,
+    /// Examples that fit whole.
+    pub whole: usize,
+    /// Examples whose context (the start of the prompt) was cut so the whole answer fits.
+    pub context_cut: usize,
+    /// Examples whose answer alone is longer than the sequence length: left out.
+    pub skipped: usize,
+}
+
+impl Fit {
+    /// The share of examples that fit untruncated.
+    pub fn whole_share(&self) -> f64 {
+        if self.examples == 0 {
+            return f64::NAN;
+        }
+        self.whole as f64 / self.examples as f64
+    }
+}
+
 /// Tokenise a conversation whose last message is the assistant's. The prompt (everything
 /// before, rendered with the generation prompt) gets no loss; the answer tokens up to and
 /// including the first end-of-generation token do; anything the template writes after that
-/// (a trailing newline) does not. Truncated to `max_len` tokens.
-pub fn encode_conversation(engine: &Engine, messages: &[ChatMessage], max_len: usize) -> Result<Example> {
+/// (a trailing newline) does not. A conversation longer than `max_len` tokens loses the start
+/// of its context, never the end of its answer; `None` when the answer alone does not fit.
+pub fn encode_conversation(engine: &Engine, messages: &[ChatMessage], max_len: usize) -> Result<Option<Example>> {
     let (last, head) = messages
         .split_last()
         .ok_or_else(|| TrainError::Data("a conversation needs at least one message".into()))?;
@@ -59,34 +82,54 @@ pub fn encode_conversation(engine: &Engine, messages: &[ChatMessage], max_len: u
     labels.extend(answer[..end].iter().map(|&t| t as i64));
     labels.extend(std::iter::repeat_n(IGNORE, answer.len() - end));
     let mut ids = f_ids;
-    ids.truncate(max_len);
-    labels.truncate(max_len);
-    Ok(Example { ids, labels })
+    if ids.len() > max_len {
+        // Cut the context from its start, keeping the whole answer (and one token before it, so
+        // its first token is predicted from something).
+        let cut = ids.len() - max_len;
+        if cut >= p_ids.len() {
+            return Ok(None);
+        }
+        ids.drain(..cut);
+        labels.drain(..cut);
+    }
+    Ok(Some(Example { ids, labels }))
 }
 
-/// Tokenise every dialogue of `split`. Examples whose answer starts beyond `max_len` (nothing
-/// left to score) are skipped and counted.
+/// Tokenise every dialogue of `split`, counting how they fit `max_len` (see
+/// [`encode_conversation`]; examples whose answer alone is too long are left out).
 pub fn build_examples(
     engine: &Engine,
     dialogues: &[bedside_data::Located<Dialogue>],
     split: &str,
     system: Option<&str>,
     max_len: usize,
-) -> Result<(Vec<Example>, usize)> {
+) -> Result<(Vec<Example>, Fit)> {
     let mut out = Vec::new();
-    let mut skipped = 0;
+    let mut fit = Fit::default();
     for d in dialogues.iter().filter(|d| d.record.split == split) {
         let msgs = dialogue_messages(&d.record, system);
         let ex = encode_conversation(engine, &msgs, max_len).map_err(|e| {
             TrainError::Data(format!("{}:{} (id {}): {e}", d.file.display(), d.line, d.record.id))
         })?;
-        if ex.scored() == 0 {
-            skipped += 1;
-        } else {
-            out.push(ex);
+        fit.examples += 1;
+        match ex {
+            Some(ex) if ex.scored() > 0 => {
+                if ex.labels.len() < max_len || encode_len(engine, &msgs)? <= max_len {
+                    fit.whole += 1;
+                } else {
+                    fit.context_cut += 1;
+                }
+                out.push(ex);
+            }
+            _ => fit.skipped += 1,
         }
     }
-    Ok((out, skipped))
+    Ok((out, fit))
+}
+
+/// The untruncated token length of a conversation.
+fn encode_len(engine: &Engine, messages: &[ChatMessage]) -> Result<usize> {
+    Ok(engine.encode_chat_with(messages, false)?.len())
 }
 
 /// SplitMix64: a tiny, portable, seedable generator (its whole state is one `u64`, which

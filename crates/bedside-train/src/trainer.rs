@@ -30,6 +30,8 @@ pub struct RunOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunSummary {
     pub steps: usize,
+    /// How the training examples fit `data.max_seq_len`.
+    pub train_fit: crate::data::Fit,
     pub resumed_from: Option<usize>,
     pub train_examples: usize,
     pub val_examples: usize,
@@ -253,19 +255,32 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let dialogues = bedside_data::read_dialogues(&cfg.data.paths)?;
     let sys = cfg.data.system_prompt.as_deref();
     let max_len = cfg.data.max_seq_len.min(engine.model.context_length());
-    let (train_ex, skipped) = build_examples(&engine, &dialogues, &cfg.data.train_split, sys, max_len)?;
+    let (train_ex, fit) = build_examples(&engine, &dialogues, &cfg.data.train_split, sys, max_len)?;
     let (mut val_ex, _) = build_examples(&engine, &dialogues, &cfg.data.validation_split, sys, max_len)?;
     if cfg.data.max_val_examples > 0 {
         val_ex.truncate(cfg.data.max_val_examples);
     }
     if train_ex.is_empty() {
         return Err(TrainError::Data(format!(
-            "no training examples with split '{}' in {:?} ({skipped} had nothing left to score after truncation to {max_len} tokens)",
-            cfg.data.train_split, cfg.data.paths
+            "no training examples with split '{}' in {:?} ({} answers are longer than {max_len} tokens on their own)",
+            cfg.data.train_split, cfg.data.paths, fit.skipped
         )));
     }
-    if skipped > 0 {
-        tracing::warn!(skipped, "training examples skipped: the answer starts beyond max_seq_len");
+    // Whole answers matter (the urgent-care advice sits at their end): say how many fit.
+    let fit_line = format!(
+        "training examples: {} of {} fit {max_len} tokens whole ({:.1}%); {} lost the start of their context, {} were left out (answer alone longer)",
+        fit.whole,
+        fit.examples,
+        100.0 * fit.whole_share(),
+        fit.context_cut,
+        fit.skipped
+    );
+    if opts.progress {
+        eprintln!("{fit_line}");
+    }
+    tracing::info!(whole = fit.whole, examples = fit.examples, context_cut = fit.context_cut, skipped = fit.skipped, "{fit_line}");
+    if fit.whole_share() < 0.95 {
+        tracing::warn!(share = fit.whole_share(), "fewer than 95% of the training examples fit data.max_seq_len whole; raise it");
     }
     let pad = engine.tokenizer.eos_id().unwrap_or(0);
 
@@ -326,6 +341,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             pb.finish_and_clear();
             return Ok(RunSummary {
                 steps: state.step,
+                train_fit: fit,
                 resumed_from,
                 train_examples: train_ex.len(),
                 val_examples: val_ex.len(),
@@ -421,6 +437,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     metrics.write_svg(&run_dir, &title)?;
     Ok(RunSummary {
         steps: state.step,
+        train_fit: fit,
         resumed_from,
         train_examples: train_ex.len(),
         val_examples: val_ex.len(),

@@ -32,8 +32,8 @@ fn training_ids_are_inference_ids_and_message_text_stays_plain() {
                 ChatMessage::new("assistant", "Rest and drink water."),
             ]
         };
-        let benign = encode_conversation(&e, &chat("hi"), 4096).unwrap();
-        let ex = encode_conversation(&e, &chat(&hostile), 4096).unwrap();
+        let benign = encode_conversation(&e, &chat("hi"), 4096).unwrap().expect("fits");
+        let ex = encode_conversation(&e, &chat(&hostile), 4096).unwrap().expect("fits");
         assert_eq!(specials(&e, &ex.ids), specials(&e, &benign.ids), "{}: the patient's text forged special tokens", path.display());
         // Whole conversation and prompt: the ids inference computes for the same messages.
         assert_eq!(ex.ids, e.encode_chat_with(&chat(&hostile), false).unwrap());

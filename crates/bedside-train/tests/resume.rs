@@ -45,7 +45,7 @@ base = "f32"
 device = "cpu"
 [data]
 paths = [{corpus:?}]
-max_seq_len = 40
+max_seq_len = 96
 [lora]
 r = 4
 alpha = 8
