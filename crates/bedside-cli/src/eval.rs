@@ -13,7 +13,7 @@ use crate::eval_scorer;
 #[derive(Args)]
 #[command(
     about = "Evaluate base vs tuned models: empathy, knowledge, safety, equity, statistics and an HTML report",
-    after_help = "Examples:\n  bedside eval run --config configs/eval-smollm2.toml --adapter runs/smollm2-cpu/adapter\n  bedside eval run --config configs/eval-smollm2.toml --limit 5 --output-dir runs/eval-quick\n  bedside eval compare runs/eval-a runs/eval-b\n  bedside eval score --input pairs.jsonl --output scores.jsonl\n  bedside eval validate-scorer\n  bedside eval train-scorer --output my-heads.safetensors"
+    after_help = "Examples:\n  bedside eval run --config configs/eval-smollm2.toml --adapter runs/smollm2-cpu/adapter\n  bedside eval run --config configs/eval-smollm2.toml --limit 5 --output-dir runs/eval-quick\n  bedside eval summary runs/demo/eval\n  bedside eval compare runs/eval-a runs/eval-b\n  bedside eval score --input pairs.jsonl --output scores.jsonl\n  bedside eval validate-scorer\n  bedside eval train-scorer --output my-heads.safetensors"
 )]
 pub struct EvalArgs {
     #[command(subcommand)]
@@ -23,6 +23,7 @@ pub struct EvalArgs {
 #[derive(Subcommand)]
 enum EvalCommand {
     Run(RunArgs),
+    Summary(SummaryArgs),
     Compare(CompareArgs),
     Score(eval_scorer::ScoreArgs),
     ValidateScorer(eval_scorer::ValidateScorerArgs),
@@ -34,9 +35,11 @@ enum EvalCommand {
     about = "Answer the test split, safety set and equity probes with every system, score, and write the report",
     long_about = "Answer the test split, the safety set and the equity probes with the base model and each adapter \
 (same prompts, decoding settings and per-item seeds for every system), score every answer (EPITOME empathy, key-fact recall, \
-ROUGE-L, BLEU, MiniLM similarity, perplexity, length, reading grade, safety, equity; optionally an LLM judge), and write \
-generations.jsonl, scores.jsonl, results.json, report.md and report.html into the output directory. Answers are cached \
-in generations.jsonl: rerunning the same command resumes where it stopped.",
+ROUGE-L, BLEU, MiniLM similarity, perplexity, length, reading grade, safety, equity; optionally an LLM judge) together with \
+fixed control answers built from each item (reference, neutral, neutral + generic question, comfort only, the message \
+restated, the reference contradicted), check every measure's validity gates on the controls, conclude the primary \
+endpoints and write generations.jsonl, scores.jsonl, results.json, report.md and report.html into the output directory. \
+Answers are cached in generations.jsonl: rerunning the same command resumes where it stopped.",
     after_help = "Examples:\n  bedside eval run --config configs/eval-smollm2.toml --adapter runs/smollm2-cpu/adapter\n  bedside eval run --config configs/eval-smollm2.toml --adapter kind=runs/a --adapter terse=runs/b\n  bedside eval run --config configs/eval-smollm2.toml --limit 3 --output-dir runs/eval-smoke\n\nThe config format is documented in configs/eval-smollm2.toml; --adapter NAME=DIR (or DIR, named tuned, tuned2, …) replaces the\nconfig's adapter systems and keeps its base system."
 )]
 pub struct RunArgs {
@@ -55,9 +58,23 @@ pub struct RunArgs {
     /// Override the base model of the config.
     #[arg(long)]
     pub model: Option<String>,
-    /// Print results.json's path only, not the summary table.
+    /// Print the report's path only, not the summary.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Args)]
+#[command(
+    about = "Print the summary of a finished run (Markdown) from its results.json",
+    long_about = "Print the summary of an evaluation run as Markdown, from its results.json alone: the verdict on the primary \
+endpoints, every measure's mean for every system and control answer, each system's differences against the baseline with their \
+role (primary, secondary, descriptive), Holm-adjusted p and conclusion, and the validity gates computed on the controls. \
+The README's figures are this output for the main job.",
+    after_help = "Examples:\n  bedside eval summary runs/demo/eval\n  bedside eval summary runs/demo/eval/results.json > summary.md"
+)]
+pub struct SummaryArgs {
+    /// Run directory or its results.json.
+    pub run: PathBuf,
 }
 
 #[derive(Args)]
@@ -78,6 +95,11 @@ pub struct CompareArgs {
 pub fn run(a: EvalArgs) -> Result<()> {
     match a.command {
         EvalCommand::Run(r) => run_eval(r),
+        EvalCommand::Summary(s) => {
+            let r = bedside_eval::results::Results::load(&s.run)?;
+            print!("{}", report::summary_table(&r));
+            Ok(())
+        }
         EvalCommand::Compare(c) => run_compare(c),
         EvalCommand::Score(s) => eval_scorer::score(s),
         EvalCommand::ValidateScorer(v) => eval_scorer::validate_scorer(v),
@@ -102,10 +124,6 @@ fn run_eval(a: RunArgs) -> Result<()> {
     let outcome = bedside_eval::run(RunOptions { config: cfg, output_dir, progress: true })?;
     if !a.quiet {
         println!("{}", report::summary_table(&outcome.results));
-        for s in &outcome.results.summary {
-            println!("{s}");
-        }
-        println!();
     }
     println!("report: {}", outcome.dir.join("report.html").display());
     Ok(())

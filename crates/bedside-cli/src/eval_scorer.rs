@@ -47,7 +47,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     long_about = "Score (context, response) pairs for EPITOME empathy with the offline scorer (MiniLM embeddings + lexical cues + logistic heads).\n\n\
 Input: JSON lines with `id` (string), `context` and `response` (strings), and optionally `reference` (string) and `key_facts` (array of strings).\n\
 Output: one JSON line per input pair, in input order, with `id`, `emotional_reactions`, `interpretations`, `explorations` (0-2), \
-`empathy_total` (0-6), `expected` (probability-weighted level per mechanism) and `probs`.",
+`empathy_total` (0-6), `expected` (probability-weighted level per mechanism) and `probs`; with a `reference`, also `rouge_l` and \
+`similarity` (MiniLM cosine); with `key_facts`, also `key_fact_recall` (the share of facts some sentence states and none \
+contradicts, as `eval run` computes it) and `key_facts` (per fact: conveyed, contradicted, best cosine).",
     after_help = "Examples:\n  bedside eval score --input pairs.jsonl --output scores.jsonl\n  bedside eval score --input pairs.jsonl --output scores.jsonl --heads my-heads.safetensors\n\nInput line:\n  {\"id\": \"q1\", \"context\": \"I'm scared about my biopsy.\", \"response\": \"That sounds frightening. What worries you most?\"}"
 )]
 pub struct ScoreArgs {
@@ -82,13 +84,6 @@ pub fn score_json(rec: &PairRecord, s: &EmpathyScores) -> Map<String, Value> {
     m
 }
 
-/// Hook for the knowledge measures (ROUGE-L, MiniLM similarity and key-fact recall against
-/// `reference` / `key_facts`), which belong to bedside-metrics / bedside-eval: they add their
-/// fields to `out` here. Until they are wired, rows with a reference carry no knowledge fields.
-pub fn add_knowledge_measures(_rec: &PairRecord, _out: &mut Map<String, Value>) -> Result<()> {
-    Ok(())
-}
-
 pub fn score(args: ScoreArgs) -> Result<()> {
     bedside_io::check_output_not_input(&args.output, &[&args.input])?;
     let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
@@ -98,10 +93,13 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     let pb = bar(pairs.len() as u64, "scoring");
     let scores = score_chunked(&scorer, &pairs, |done, _| pb.set_position(done as u64))?;
     pb.finish_and_clear();
+    let knowledge = bedside_eval::pairs::knowledge(&recs, scorer.embedder())?;
     let mut out = Vec::new();
-    for (r, s) in recs.iter().zip(&scores) {
+    for ((r, s), k) in recs.iter().zip(&scores).zip(&knowledge) {
         let mut m = score_json(r, s);
-        add_knowledge_measures(r, &mut m)?;
+        if let Some(Value::Object(k)) = k.as_ref().map(serde_json::to_value).transpose()? {
+            m.extend(k);
+        }
         serde_json::to_writer(&mut out, &Value::Object(m))?;
         out.push(b'\n');
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{Cached, JsonlCache};
 use crate::config::{EvalConfig, SystemConfig};
+use crate::controls::{is_control, ControlBuilder};
 use crate::hash::{hash_u64, sha256_hex};
 use crate::items::EvalItem;
 use crate::systems::{chat, AnswerSource};
@@ -102,23 +103,25 @@ pub(crate) fn answer_items(
 }
 
 /// Every answer of the run: generated ones from the cache (checked against their system's
-/// fingerprint) and the reference answers of the test split.
+/// fingerprint) and the control answers, built from the items.
 pub(crate) struct AnswerBook<'a> {
     cfg: &'a EvalConfig,
     gens: &'a JsonlCache<GenRecord>,
     /// system → fingerprint of its answers.
     fingerprints: &'a BTreeMap<String, String>,
+    controls: &'a ControlBuilder,
 }
 
 impl<'a> AnswerBook<'a> {
-    pub fn new(cfg: &'a EvalConfig, gens: &'a JsonlCache<GenRecord>, fingerprints: &'a BTreeMap<String, String>) -> Self {
-        Self { cfg, gens, fingerprints }
+    pub fn new(cfg: &'a EvalConfig, gens: &'a JsonlCache<GenRecord>, fingerprints: &'a BTreeMap<String, String>, controls: &'a ControlBuilder) -> Self {
+        Self { cfg, gens, fingerprints, controls }
     }
 
-    /// The answer of `system` to `item`, if there is one.
+    /// The answer of `system` (or control) to `item`, if there is one. Controls answer only the
+    /// first sample of an item (they are the same for every sample).
     pub fn get(&self, system: &str, it: &EvalItem) -> Option<String> {
-        if system == crate::config::REFERENCE {
-            return it.reference.clone();
+        if is_control(system) {
+            return if it.sample == 0 { self.controls.answer(system, it) } else { None };
         }
         let seed = item_seed(self.cfg.decoding.seed, &it.key);
         let fp = item_fingerprint(self.fingerprints.get(system)?, &it.prompt, seed);

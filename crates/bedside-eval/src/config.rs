@@ -1,7 +1,7 @@
 //! The run configuration (`configs/eval-*.toml`). Unknown keys are errors, so a typo never
 //! silently falls back to a default.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -35,9 +35,20 @@ pub struct EvalConfig {
     /// A label for the prompt wording, recorded in every result.
     #[serde(default = "default_prompts_version")]
     pub prompts_version: String,
-    /// Also score the reference answers of the test split as a system called `reference`.
+    /// Score the control answers next to the systems (see `controls`): the reference, the
+    /// neutral answer, the neutral answer plus a generic question, comfort only, the patient's
+    /// message restated, the reference with its key facts contradicted. Every measure's validity
+    /// gates are computed on them; without them no claim is drawn.
+    #[serde(default = "yes")]
+    pub controls: bool,
+    /// With `controls = false`: still score the reference answers, as a control called `reference`.
     #[serde(default)]
     pub include_reference: bool,
+    /// Answers sampled per test item and system (each with its own seed); the statistics
+    /// resample items with all their samples (a bootstrap clustered by item), so the intervals
+    /// include the randomness of generation.
+    #[serde(default = "one_usize")]
+    pub samples_per_item: usize,
     /// Prompts generated together in one batch.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
@@ -136,6 +147,10 @@ pub struct TestSetConfig {
     /// At most this many items (spread evenly over the set).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Hand-written contradictions of key facts for the `contradicted` control (JSON lines of
+    /// id, fact, contradiction). Default: `data/eval/contradictions.jsonl` when it exists.
+    #[serde(default)]
+    pub contradictions: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -171,15 +186,32 @@ impl Default for EquityConfig {
 pub struct StatsConfig {
     #[serde(default = "default_bootstrap")]
     pub bootstrap: usize,
+    /// The error rate of every interval and test: intervals are (1 − alpha), secondary
+    /// measures are significant when their Holm-adjusted p is below alpha.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
     #[serde(default = "default_stats_seed")]
     pub seed: u64,
+    /// The primary endpoints: their conclusions are the verdict; every other directional
+    /// measure is secondary and corrected for multiplicity (Holm).
+    #[serde(default = "default_primary")]
+    pub primary: Vec<String>,
+    /// Non-inferiority margins (system − baseline, in the measure's units, ≤ 0): a measure with a
+    /// margin is concluded "non-inferior" when its whole interval lies above the margin, "worse"
+    /// when it lies below, else "inconclusive". Measures without one are tested for a difference.
+    #[serde(default = "default_margins")]
+    pub margins: BTreeMap<String, f64>,
 }
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        Self { bootstrap: default_bootstrap(), alpha: default_alpha(), seed: default_stats_seed() }
+        Self {
+            bootstrap: default_bootstrap(),
+            alpha: default_alpha(),
+            seed: default_stats_seed(),
+            primary: default_primary(),
+            margins: default_margins(),
+        }
     }
 }
 
@@ -262,7 +294,7 @@ fn default_split() -> String {
     "test".into()
 }
 fn default_test() -> Option<TestSetConfig> {
-    Some(TestSetConfig { paths: default_dialogues(), split: default_split(), limit: None })
+    Some(TestSetConfig { paths: default_dialogues(), split: default_split(), limit: None, contradictions: None })
 }
 fn default_safety() -> Option<FileSetConfig> {
     Some(FileSetConfig { path: "data/eval/safety.jsonl".into(), limit: None })
@@ -284,6 +316,15 @@ fn default_alpha() -> f64 {
 }
 fn default_stats_seed() -> u64 {
     7
+}
+fn yes() -> bool {
+    true
+}
+fn default_primary() -> Vec<String> {
+    vec!["empathy_expected".into(), "key_fact_recall".into()]
+}
+fn default_margins() -> BTreeMap<String, f64> {
+    BTreeMap::from([("key_fact_recall".to_string(), -0.05)])
 }
 fn default_examples() -> usize {
     3
@@ -326,8 +367,8 @@ impl EvalConfig {
             if s.name.trim().is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 bail!("systems[{i}].name: `{}` must be non-empty letters, digits, - _ or .", s.name);
             }
-            if s.name == REFERENCE {
-                bail!("systems[{i}].name: `{REFERENCE}` is reserved for the reference answers (include_reference)");
+            if crate::controls::is_control(&s.name) {
+                bail!("systems[{i}].name: `{}` is reserved for a control answer (see `controls`)", s.name);
             }
             if !names.insert(s.name.clone()) {
                 bail!("systems[{i}].name: duplicate system `{}`", s.name);
@@ -346,7 +387,7 @@ impl EvalConfig {
         if self.equity.samples_per_probe == 0 {
             bail!("equity.samples_per_probe: must be at least 1");
         }
-        if !(self.equity.threshold_pct >= 0.0) {
+        if self.equity.threshold_pct.is_nan() || self.equity.threshold_pct < 0.0 {
             bail!("equity.threshold_pct: must be >= 0");
         }
         if self.stats.bootstrap < 100 || self.equity.permutations < 100 {
@@ -354,6 +395,23 @@ impl EvalConfig {
         }
         if !(self.stats.alpha > 0.0 && self.stats.alpha < 0.5) {
             bail!("stats.alpha: must be in (0, 0.5)");
+        }
+        if self.samples_per_item == 0 {
+            bail!("samples_per_item: must be at least 1");
+        }
+        let known = crate::aggregate::measures::measure_keys();
+        for m in &self.stats.primary {
+            if !known.contains(&m.as_str()) {
+                bail!("stats.primary: unknown measure `{m}` (one of: {})", known.join(", "));
+            }
+        }
+        for (m, v) in &self.stats.margins {
+            if !known.contains(&m.as_str()) {
+                bail!("stats.margins: unknown measure `{m}` (one of: {})", known.join(", "));
+            }
+            if !(v.is_finite() && *v <= 0.0) {
+                bail!("stats.margins.{m}: a non-inferiority margin is a finite number <= 0 (how much worse still counts as no worse), got {v}");
+            }
         }
         if let Some(j) = &self.judge {
             for s in &j.shots {
@@ -454,7 +512,7 @@ mod tests {
         assert_eq!(demo.decoding.seed, full.decoding.seed);
         assert_eq!(demo.system_prompt, full.system_prompt);
         assert_eq!(demo.sets.test.as_ref().unwrap().limit, None, "the demo needs the whole test split");
-        assert_eq!(demo.sets.safety.as_ref().unwrap().limit, Some(20));
+        assert_eq!(demo.sets.safety.as_ref().unwrap().limit, None, "every safety item");
         assert_eq!(demo.systems.len(), 2);
     }
 
@@ -466,6 +524,9 @@ mod tests {
         assert_eq!(c.equity.threshold_pct, 5.0);
         assert_eq!(c.decoding.max_tokens, 160);
         assert!(c.judge.is_none());
+        assert!(c.controls && c.samples_per_item == 1);
+        assert_eq!(c.stats.primary, ["empathy_expected", "key_fact_recall"]);
+        assert_eq!(c.stats.margins["key_fact_recall"], -0.05);
         assert!(c.sets.test.is_some());
     }
 
@@ -488,6 +549,10 @@ mod tests {
         assert!(format!("{e:#}").contains("no adapters"));
         let e = EvalConfig::parse("model = \"m\"\nsystem_prompt = \"x\"\n[[systems]]\nname = \"reference\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("reserved"));
+        let e = EvalConfig::parse("model = \"m\"\nsystem_prompt = \"x\"\n[stats]\nprimary = [\"empathy_expectd\"]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("empathy_expectd"));
+        let e = EvalConfig::parse("model = \"m\"\nsystem_prompt = \"x\"\n[stats]\nmargins = { key_fact_recall = 0.05 }\n").unwrap_err();
+        assert!(format!("{e:#}").contains("margins.key_fact_recall"));
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! The items every system answers: the test split of the dialogue corpus, the safety set and the
 //! equity probes, in one shape.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{EvalConfig, TestSetConfig};
+use crate::config::EvalConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,13 +28,15 @@ impl Set {
     }
 }
 
-/// A safety item's rules: every group of `must_contain` needs one match, no `must_not_contain`
-/// string may appear (case-insensitive, after normalising ’ to ').
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// A safety item's rules (read by [`crate::safety::check`]): every group of `must_contain` needs
+/// an affirmed mention of one alternative; no `must_not_contain` phrase and no `must_not_match`
+/// pattern may be affirmed.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct SafetyRules {
     pub category: String,
     pub must_contain: Vec<Vec<String>>,
     pub must_not_contain: Vec<String>,
+    pub must_not_match: Vec<crate::safety::Pattern>,
 }
 
 /// An equity probe's labels.
@@ -62,17 +64,22 @@ impl EquityLabels {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct EvalItem {
-    /// `<set>/<id>` (equity samples beyond the first: `#<k>`), unique in a run.
+    /// `<set>/<id>` (samples beyond the first: `#<k>`), unique in a run.
     pub key: String,
+    /// The key of the item this is a sample of (`key` without `#<k>`): statistics are
+    /// clustered by it.
+    pub unit: String,
+    /// Which of the answers sampled for the item (0 for the first).
+    pub sample: usize,
     pub set: Set,
     pub id: String,
     /// The patient's message.
     pub prompt: String,
     pub emotion: String,
     pub specialty: String,
-    /// The comforting reference answer (test split).
+    /// The comforting reference answer (test split), or the safe reference answer (safety set).
     pub reference: Option<String>,
     /// The neutral patient message and answer, for the perplexity of the neutral answer.
     pub neutral_prompt: Option<String>,
@@ -103,8 +110,11 @@ pub(crate) fn load_items(cfg: &EvalConfig) -> Result<Vec<EvalItem>> {
         }
         for d in spread(&picked, t.limit) {
             let r = d.record;
+            let key = format!("test/{}", r.id);
             items.push(EvalItem {
-                key: format!("test/{}", r.id),
+                unit: key.clone(),
+                sample: 0,
+                key,
                 set: Set::Test,
                 id: r.id,
                 prompt: r.patient,
@@ -117,6 +127,16 @@ pub(crate) fn load_items(cfg: &EvalConfig) -> Result<Vec<EvalItem>> {
                 safety: None,
                 equity: None,
             });
+        }
+    }
+    // Further samples of every test item: the same prompt, another seed (the key's `#k`).
+    let first_samples: Vec<EvalItem> = items.clone();
+    for k in 1..cfg.samples_per_item {
+        for it in &first_samples {
+            let mut q = it.clone();
+            q.key = format!("{}#{k}", it.key);
+            q.sample = k;
+            items.push(q);
         }
     }
     if let Some(s) = &cfg.sets.safety {
@@ -138,6 +158,7 @@ pub(crate) fn load_items(cfg: &EvalConfig) -> Result<Vec<EvalItem>> {
         for p in probes.into_iter().filter(|p| keep.contains(&base_of(p))) {
             for k in 0..cfg.equity.samples_per_probe {
                 let mut q = p.clone();
+                q.sample = k;
                 if k > 0 {
                     q.key = format!("{}#{k}", p.key);
                 }
@@ -148,28 +169,13 @@ pub(crate) fn load_items(cfg: &EvalConfig) -> Result<Vec<EvalItem>> {
             }
         }
     }
-    let mut seen = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for it in &items {
-        if let Some(prev) = seen.insert(it.key.clone(), ()) {
-            let _ = prev;
+        if !seen.insert(it.key.clone()) {
             bail!("duplicate item id `{}` in the {} set", it.id, it.set.as_str());
         }
     }
     Ok(items)
-}
-
-/// (key facts, reference answer) of up to `max` dialogues outside the evaluated split, spread
-/// over the corpus: the key-fact threshold is calibrated on them, never on the test items.
-pub(crate) fn calibration_dialogues(t: &TestSetConfig, max: usize) -> Result<Vec<(Vec<String>, String)>> {
-    let files = bedside_data::jsonl_files(&t.paths)?;
-    let mut d: Vec<_> = bedside_data::read_dialogues(&files)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .into_iter()
-        .map(|l| l.record)
-        .filter(|r| r.split != t.split && !r.key_facts.is_empty() && !r.answer.is_empty())
-        .collect();
-    d.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(spread(&d, Some(max)).into_iter().map(|r| (r.key_facts, r.answer)).collect())
 }
 
 fn lines(path: &Path) -> Result<Vec<(usize, Value)>> {
@@ -228,13 +234,32 @@ pub(crate) fn read_safety(path: &Path) -> Result<Vec<EvalItem>> {
             })?;
             must.push(alts);
         }
+        let reference = match v.get("reference") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(r)) => Some(r.clone()),
+            Some(_) => bail!("{}:{line}: field `reference`: expected a string", path.display()),
+        };
+        let must_not_match = match v.get("must_not_match") {
+            None | Some(Value::Null) => vec![],
+            Some(_) => field_strs(path, line, &v, "must_not_match")?
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    crate::safety::Pattern::new(p)
+                        .map_err(|e| anyhow::anyhow!("{}:{line}: field `must_not_match[{i}]`: not a valid regular expression: {e}", path.display()))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let key = format!("safety/{id}");
         out.push(EvalItem {
-            key: format!("safety/{id}"),
+            unit: key.clone(),
+            sample: 0,
+            key,
             set: Set::Safety,
             prompt: field_str(path, line, &v, "prompt")?,
             emotion: field_str(path, line, &v, "emotion").unwrap_or_default(),
             specialty: String::new(),
-            reference: None,
+            reference,
             neutral_prompt: None,
             neutral_answer: None,
             key_facts: vec![],
@@ -242,6 +267,7 @@ pub(crate) fn read_safety(path: &Path) -> Result<Vec<EvalItem>> {
                 category: field_str(path, line, &v, "category")?,
                 must_contain: must,
                 must_not_contain: field_strs(path, line, &v, "must_not_contain")?,
+                must_not_match,
             }),
             equity: None,
             id,
@@ -263,8 +289,11 @@ pub(crate) fn read_equity(path: &Path) -> Result<Vec<EvalItem>> {
             gender: field_str(path, line, &v, "gender")?,
             sample: 0,
         };
+        let key = format!("equity/{id}");
         out.push(EvalItem {
-            key: format!("equity/{id}"),
+            unit: key.clone(),
+            sample: 0,
+            key,
             set: Set::Equity,
             prompt: field_str(path, line, &v, "text")?,
             emotion: String::new(),
@@ -303,5 +332,8 @@ mod tests {
         std::fs::write(&p, "{\"id\":\"a\",\"category\":\"c\",\"prompt\":\"p\",\"must_contain\":[[\"x\"]],\"must_not_contain\":[]}\n{\"id\":\"b\",\"category\":\"c\",\"prompt\":\"p\",\"must_contain\":[[]],\"must_not_contain\":[]}\n").unwrap();
         let e = read_safety(&p).unwrap_err().to_string();
         assert!(e.contains(":2:") && e.contains("must_contain[0]"), "{e}");
+        std::fs::write(&p, "{\"id\":\"a\",\"category\":\"c\",\"prompt\":\"p\",\"must_contain\":[[\"x\"]],\"must_not_contain\":[],\"must_not_match\":[\"stop (\"]}\n").unwrap();
+        let e = read_safety(&p).unwrap_err().to_string();
+        assert!(e.contains(":1:") && e.contains("must_not_match[0]"), "{e}");
     }
 }

@@ -18,6 +18,7 @@ mod answers;
 mod cache;
 pub mod compare;
 pub mod config;
+pub mod controls;
 mod hash;
 mod items;
 mod judge;

@@ -1,11 +1,13 @@
 //! The input of `bedside eval score`: JSON lines of (context, response) pairs, optionally with
-//! the reference answer and the key facts the response should convey.
+//! the reference answer and the key facts the response should convey, and the knowledge
+//! measures computed from those ([`knowledge`]).
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use anyhow::{bail, Result};
-use serde::Deserialize;
+use anyhow::{bail, Context, Result};
+use bedside_embed::Embedder;
+use serde::{Deserialize, Serialize};
 
 /// One input line of `bedside eval score`. Unknown fields are ignored (the input may carry
 /// other columns of the user's data).
@@ -19,6 +21,62 @@ pub struct PairRecord {
     pub reference: Option<String>,
     #[serde(default)]
     pub key_facts: Option<Vec<String>>,
+}
+
+/// The knowledge measures of one response, as `eval run` computes them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Knowledge {
+    /// ROUGE-L F1 against `reference` (when given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rouge_l: Option<f64>,
+    /// MiniLM cosine with `reference` (when given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f64>,
+    /// Share of `key_facts` stated and not contradicted (when given and non-empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_fact_recall: Option<f64>,
+    /// Per fact: conveyed, contradicted, best cosine.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub key_facts: Vec<bedside_metrics::keyfacts::FactMatch>,
+}
+
+/// The knowledge measures of every record that has a reference or key facts (`None` for the
+/// others), at the documented key-fact threshold. Every text is embedded once.
+pub fn knowledge(records: &[PairRecord], embedder: &Embedder) -> Result<Vec<Option<Knowledge>>> {
+    let sentences: Vec<Vec<String>> = records.iter().map(|r| bedside_metrics::split_sentences(&r.response)).collect();
+    let mut texts: Vec<&str> = Vec::new();
+    for (r, sents) in records.iter().zip(&sentences) {
+        if let Some(reference) = &r.reference {
+            texts.extend([r.response.as_str(), reference.as_str()]);
+        }
+        if let Some(facts) = &r.key_facts {
+            texts.extend(facts.iter().map(String::as_str));
+            texts.extend(sents.iter().map(String::as_str));
+        }
+    }
+    let table = embedder.embed_distinct(texts).context("embedding responses, references and key facts")?;
+    let emb = |t: &str| table.get(t).context("a text to score was not embedded");
+    let threshold = bedside_metrics::keyfacts::DEFAULT_THRESHOLD;
+    let mut out = Vec::with_capacity(records.len());
+    for (r, sents) in records.iter().zip(&sentences) {
+        if r.reference.is_none() && r.key_facts.as_ref().is_none_or(|f| f.is_empty()) {
+            out.push(None);
+            continue;
+        }
+        let mut k = Knowledge { rouge_l: None, similarity: None, key_fact_recall: None, key_facts: vec![] };
+        if let Some(reference) = &r.reference {
+            k.rouge_l = Some(bedside_metrics::rouge_l_f1(reference, &r.response));
+            k.similarity = Some(bedside_embed::cosine(emb(&r.response)?, emb(reference)?) as f64);
+        }
+        if let Some(facts) = r.key_facts.as_ref().filter(|f| !f.is_empty()) {
+            let facts: Vec<&str> = facts.iter().map(String::as_str).collect();
+            let recall = crate::scoring::key_facts(&facts, sents, &emb, threshold)?;
+            k.key_fact_recall = recall.recall;
+            k.key_facts = recall.facts;
+        }
+        out.push(Some(k));
+    }
+    Ok(out)
 }
 
 /// Parse `bedside eval score` input; errors name file:line and the field.

@@ -117,7 +117,8 @@ fn nll_fingerprint(system_fp: &str, job: &NllJob) -> String {
 /// Score the jobs not yet cached under `engine` (whose answers have fingerprint `system_fp`).
 fn run_nll(engine: &Engine, system_fp: &str, jobs: &[NllJob], cache: &mut JsonlCache<NllRecord>, pb: &ProgressBar) -> Result<usize> {
     // Jobs that share a prompt (one item's answers from several systems) share its forward pass.
-    let mut groups: Vec<(&[ChatMessage], Vec<(&NllJob, String)>)> = Vec::new();
+    type Group<'j> = (&'j [ChatMessage], Vec<(&'j NllJob, String)>);
+    let mut groups: Vec<Group> = Vec::new();
     for job in jobs {
         let fp = nll_fingerprint(system_fp, job);
         let key = format!("{}|{}|{}", job.kind, job.system, job.key);
@@ -169,6 +170,7 @@ pub(crate) fn perplexities(
     let neutral_jobs = |system: &str| -> Vec<NllJob> {
         test_items
             .iter()
+            .filter(|it| it.sample == 0)
             .filter_map(|it| {
                 Some(NllJob {
                     kind: "neutral",

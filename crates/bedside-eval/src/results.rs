@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 /// Bump when a field changes meaning or disappears; `bedside eval compare` checks it.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A per-answer numeric measure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,11 +44,35 @@ pub struct Comparison {
     /// mean_system / mean_baseline − 1, in %.
     #[serde(deserialize_with = "f64_or_nan")]
     pub delta_pct: f64,
-    /// The 95% (1 − alpha) bootstrap CI excludes 0 (and, for judge measures, the judge agrees
-    /// with itself well enough).
+    /// `primary`: the difference is significant when the (1 − alpha) bootstrap interval excludes
+    /// 0; `secondary`: when the Holm-adjusted bootstrap p is below alpha (and, for judge
+    /// measures, the judge agrees with itself well enough); `descriptive` measures have no
+    /// direction and are never significant.
     pub significant: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub note: Option<String>,
+    /// `primary`, `secondary` or `descriptive` (no better direction).
+    #[serde(default)]
+    pub role: String,
+    /// Two-sided bootstrap p of "no difference" (from the same resamples as the interval).
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub p_bootstrap: f64,
+    /// Holm-adjusted `p_bootstrap` across the secondary family (secondary measures only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub holm_p: Option<f64>,
+    /// The non-inferiority margin, when the config gives the measure one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub margin: Option<f64>,
+    /// Primary endpoints: `better`, `worse` or `inconclusive`; with a margin `non-inferior`,
+    /// `worse` or `inconclusive`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub conclusion: Option<String>,
+    /// Whether the difference goes the measure's better way (`None`: no direction, or 0).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub better: Option<bool>,
+    /// The measure's validity on this run (`valid`, `not valid on this run`, `no control gate`).
+    #[serde(default)]
+    pub validity: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +114,9 @@ pub struct SafetyComparison {
     pub diff_pp: f64,
     #[serde(deserialize_with = "f64_or_nan")]
     pub mcnemar_p: f64,
+    /// Holm-adjusted McNemar p across the secondary family.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub holm_p: Option<f64>,
     pub significant: bool,
 }
 
@@ -204,6 +231,72 @@ pub struct Example {
     pub empathy: BTreeMap<String, f64>,
 }
 
+/// One validity gate: a rule on the control answers, the value observed and the limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gate {
+    pub rule: String,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub value: f64,
+    pub limit: f64,
+    pub passed: bool,
+}
+
+/// A measure's gates on this run and what they allow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeasureValidity {
+    pub measure: String,
+    /// `valid`, `not valid on this run` (a gate failed: no claim is drawn from the measure) or
+    /// `no control gate`.
+    pub status: String,
+    pub gates: Vec<Gate>,
+}
+
+/// A system against another on one measure, outside the baseline comparisons (the tuned
+/// system against the neutral-plus-question control).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Contrast {
+    pub system: String,
+    pub against: String,
+    pub measure: String,
+    pub n: usize,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub diff: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub ci_low: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub ci_high: f64,
+}
+
+/// What a system's run allows saying, from the primary endpoints and their gates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    pub system: String,
+    pub baseline: String,
+    /// One sentence per primary endpoint, then the overall claim.
+    pub sentences: Vec<String>,
+    /// `more comforting`: the empathy endpoint is better, valid, and above neutral + question.
+    pub more_comforting: bool,
+    /// The knowledge endpoint's conclusion, when valid (`non-inferior`, `worse`, `inconclusive`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub knowledge: Option<String>,
+    /// The system against the neutral-plus-question control on the empathy endpoint.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vs_neutral_question: Option<Contrast>,
+}
+
+/// The statistical settings every number was computed with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsInfo {
+    pub alpha: f64,
+    pub bootstrap: usize,
+    pub samples_per_item: usize,
+    pub primary: Vec<String>,
+    pub margins: BTreeMap<String, f64>,
+    /// The secondary measures Holm's correction runs over.
+    pub secondary: Vec<String>,
+    pub method: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     pub schema_version: u32,
@@ -212,11 +305,20 @@ pub struct Results {
     pub name: String,
     pub provenance: Value,
     pub config: Value,
+    /// The evaluated systems, the baseline among them.
     pub systems: Vec<String>,
     pub baseline: String,
+    /// The control answers scored next to them (their means are in `per_system`).
+    #[serde(default)]
+    pub controls: Vec<String>,
+    pub stats: StatsInfo,
+    /// The verdict on the primary endpoints, per system other than the baseline.
+    pub verdict: Vec<Verdict>,
+    /// Each measure's validity gates on this run.
+    pub validity: Vec<MeasureValidity>,
     pub counts: BTreeMap<String, usize>,
     pub measures: Vec<MeasureDef>,
-    /// measure → system → summary.
+    /// measure → system or control → summary.
     pub per_system: BTreeMap<String, BTreeMap<String, Summary>>,
     /// Corpus BLEU (sacreBLEU 13a) per system on the test split.
     #[serde(deserialize_with = "map_f64_or_nan")]
@@ -224,6 +326,7 @@ pub struct Results {
     pub comparisons: Vec<Comparison>,
     /// `emotion` / `specialty` → rows.
     pub breakdowns: BTreeMap<String, Vec<GroupRow>>,
+    /// Per system and safety control.
     pub safety: BTreeMap<String, SafetySystem>,
     pub safety_comparisons: Vec<SafetyComparison>,
     pub equity: BTreeMap<String, EquitySystem>,

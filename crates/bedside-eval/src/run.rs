@@ -1,12 +1,15 @@
 //! `bedside eval run` as a pipeline of named steps:
 //!
-//! 1. [`prepare`] — read the items, check the systems, open the caches;
+//! 1. [`prepare`] — read the items, check the systems, open the caches, build the control
+//!    answers (`controls`);
 //! 2. [`answer`] — every system answers every item (cached, resumable);
 //! 3. [`perplexity`](crate::perplexity::perplexities) — NLL of the neutral reference answers under
 //!    each system, and of every scored answer under the base model;
 //! 4. [`judge`] — the optional LLM judge;
-//! 5. [`score`] — the per-answer measures (`scores.jsonl`);
-//! 6. [`aggregate`](crate::aggregate::aggregate) — statistics into [`Results`];
+//! 5. [`score`] — the per-answer measures of every system's and control's answers
+//!    (`scores.jsonl`);
+//! 6. [`aggregate`](crate::aggregate::aggregate) — statistics, validity gates and the verdict
+//!    into [`Results`];
 //! 7. [`write`] — `results.json`, `report.md`, `report.html`.
 
 use std::collections::BTreeMap;
@@ -21,6 +24,7 @@ use crate::aggregate::{self, AggregateInput, Aggregated};
 use crate::answers::{answer_items, AnswerBook, GenRecord, GenStats};
 use crate::cache::JsonlCache;
 use crate::config::{EvalConfig, REFERENCE};
+use crate::controls::{ControlBuilder, CONTRADICTED, CONTROLS};
 use crate::hash::path_hash;
 use crate::items::{load_items, EvalItem, Set};
 use crate::judge;
@@ -57,27 +61,45 @@ pub(crate) fn progress(total: u64, prefix: &str, show: bool) -> ProgressBar {
     pb
 }
 
-/// What the steps share: the config, the items and the run directory's caches.
+/// What the steps share: the config, the items, the control answers and the run directory's
+/// caches.
 struct Run<'a> {
     cfg: &'a EvalConfig,
     dir: &'a Path,
     show: bool,
     items: Vec<EvalItem>,
+    control_builder: ControlBuilder,
+    /// The controls scored on this run (those with at least one answer).
+    controls: Vec<String>,
     gens: JsonlCache<GenRecord>,
     nll: JsonlCache<NllRecord>,
 }
 
 impl Run<'_> {
-    /// The systems whose answers are scored: every configured system, then the reference
-    /// answers when asked for.
-    fn scored_systems(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.cfg.systems.iter().map(|s| s.name.clone()).collect();
-        if self.cfg.include_reference && self.items.iter().any(|i| i.set == Set::Test) {
-            v.push(REFERENCE.to_string());
-        }
+    /// The evaluated systems.
+    fn systems(&self) -> Vec<String> {
+        self.cfg.systems.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The systems whose answers the base model's fluency perplexity and the judge cover: the
+    /// systems and the reference control.
+    fn systems_and_reference(&self) -> Vec<String> {
+        let mut v = self.systems();
+        v.extend(self.controls.iter().filter(|c| c.as_str() == REFERENCE).cloned());
         v
     }
 }
+
+/// The hand-written contradictions file: the configured one, else the default when it exists.
+fn contradictions_path(cfg: &EvalConfig) -> Option<PathBuf> {
+    match cfg.sets.test.as_ref().and_then(|t| t.contradictions.clone()) {
+        Some(p) => Some(p),
+        None => Some(PathBuf::from(DEFAULT_CONTRADICTIONS)).filter(|p| p.is_file()),
+    }
+}
+
+/// Where the hand-written contradictions of the shipped test split are.
+const DEFAULT_CONTRADICTIONS: &str = "data/eval/contradictions.jsonl";
 
 /// Step 1: the items, the adapter directories, the caches.
 fn prepare<'a>(cfg: &'a EvalConfig, dir: &'a Path, show: bool) -> Result<Run<'a>> {
@@ -97,10 +119,24 @@ fn prepare<'a>(cfg: &'a EvalConfig, dir: &'a Path, show: bool) -> Result<Run<'a>
             }
         }
     }
+    let control_builder = ControlBuilder::load(contradictions_path(cfg).as_deref())?;
+    let wanted: Vec<&str> = if cfg.controls {
+        CONTROLS.to_vec()
+    } else if cfg.include_reference {
+        vec![REFERENCE]
+    } else {
+        vec![]
+    };
+    let controls: Vec<String> =
+        wanted.into_iter().filter(|c| items.iter().any(|it| control_builder.answer(c, it).is_some())).map(str::to_string).collect();
+    let uncontradicted = items.iter().filter(|it| it.set == Set::Test && it.sample == 0 && control_builder.answer(CONTRADICTED, it).is_none()).count();
+    if cfg.controls && uncontradicted > 0 {
+        tracing::warn!(items = uncontradicted, "test items without a contradicted control (a key fact has no contradiction: add one to the contradictions file)");
+    }
     let gens = JsonlCache::<GenRecord>::open(&dir.join("generations.jsonl"))?;
     let nll = JsonlCache::<NllRecord>::open(&dir.join("nll.jsonl"))?;
-    tracing::info!(items = items.len(), systems = cfg.systems.len(), cached = gens.len(), "eval run");
-    Ok(Run { cfg, dir, show, items, gens, nll })
+    tracing::info!(items = items.len(), systems = cfg.systems.len(), controls = controls.len(), cached = gens.len(), "eval run");
+    Ok(Run { cfg, dir, show, items, control_builder, controls, gens, nll })
 }
 
 /// Step 2: every system answers every item. Returns the generation counts and each system's
@@ -121,30 +157,31 @@ fn answer(run: &mut Run, systems: &mut LocalSystems) -> Result<(BTreeMap<String,
     Ok((stats, fingerprints))
 }
 
-/// Step 5: the per-answer scores of every scored (system, item) answer, with the perplexities
-/// and judge verdicts attached. Returns the answers' texts with the scores.
-fn score<'r>(
-    run: &'r Run,
-    book: &AnswerBook,
-    scored: &[String],
-    scorers: &Scorers,
-    judge: Option<&JudgeData>,
-) -> Result<(Vec<(String, &'r EvalItem, String)>, Vec<ScoreRecord>)> {
+/// One answer's text: (system or control, item, answer).
+type AnswerText<'r> = (String, &'r EvalItem, String);
+
+/// Step 5: the per-answer scores of every system's answers and every control answer, with the
+/// perplexities and judge verdicts attached. Returns the answers' texts with the scores.
+fn score<'r>(run: &'r Run, book: &AnswerBook, scorers: &Scorers, judge: Option<&JudgeData>) -> Result<(Vec<AnswerText<'r>>, Vec<ScoreRecord>)> {
     let mut missing = 0;
-    let texts: Vec<(String, &EvalItem, String)> = scored
-        .iter()
-        .flat_map(|s| run.items.iter().map(move |it| (s, it)))
-        .filter(|(s, it)| s.as_str() != REFERENCE || it.set == Set::Test)
-        .filter_map(|(s, it)| match book.get(s, it) {
-            Some(t) => Some((s.clone(), it, t)),
-            None => {
-                missing += 1;
-                None
+    let mut texts: Vec<(String, &EvalItem, String)> = Vec::new();
+    for s in run.systems() {
+        for it in &run.items {
+            match book.get(&s, it) {
+                Some(t) => texts.push((s.clone(), it, t)),
+                None => missing += 1,
             }
-        })
-        .collect();
+        }
+    }
     if missing > 0 {
         bail!("{missing} answers are missing from generations.jsonl after generation; rerun to fill them");
+    }
+    for c in &run.controls {
+        for it in &run.items {
+            if let Some(t) = book.get(c, it) {
+                texts.push((c.clone(), it, t));
+            }
+        }
     }
     let answers: Vec<Answer> = texts.iter().map(|(s, it, t)| Answer { system: s, item: it, text: t }).collect();
     let mut scores = scoring::score_answers(scorers, &answers)?;
@@ -202,10 +239,11 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
 
     let mut systems = LocalSystems::load(cfg)?;
     let (gen_stats, fingerprints) = answer(&mut run, &mut systems)?;
-    let scored = run.scored_systems();
+    let scored = run.systems_and_reference();
     let test_items: Vec<&EvalItem> = run.items.iter().filter(|i| i.set == Set::Test).collect();
+    let first_samples: Vec<&EvalItem> = test_items.iter().copied().filter(|i| i.sample == 0).collect();
     {
-        let book = AnswerBook::new(cfg, &run.gens, &fingerprints);
+        let book = AnswerBook::new(cfg, &run.gens, &fingerprints, &run.control_builder);
         let pb = progress(0, "perplexity", run.show);
         perplexities(cfg, &mut systems, &fingerprints, &test_items, &scored, &book, &mut run.nll, &pb)?;
         pb.finish_and_clear();
@@ -213,9 +251,9 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let gen_secs = started.elapsed().as_secs_f64();
 
     let judge_started = Instant::now();
-    let book = AnswerBook::new(cfg, &run.gens, &fingerprints);
+    let book = AnswerBook::new(cfg, &run.gens, &fingerprints, &run.control_builder);
     let judge_data = match &cfg.judge {
-        Some(j) => Some(run_judge(cfg, j, &systems, &test_items, &scored, &book, run.dir, run.show)?),
+        Some(j) => Some(run_judge(cfg, j, &systems, &first_samples, &scored, &book, run.dir, run.show)?),
         None => None,
     };
     let judge_secs = judge_started.elapsed().as_secs_f64();
@@ -228,20 +266,19 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     drop(systems);
 
     let score_started = Instant::now();
-    let mut scorers = Scorers::load().context("loading the offline scorers (run scripts/setup.sh for the embedder)")?;
+    let scorers = Scorers::load().context("loading the offline scorers (run scripts/setup.sh for the embedder)")?;
     tracing::info!(secs = score_started.elapsed().as_secs_f64(), "scorers loaded");
-    if let Some(t) = &cfg.sets.test {
-        scorers.calibrate(&crate::items::calibration_dialogues(t, 100)?)?;
-        tracing::info!(secs = score_started.elapsed().as_secs_f64(), "key-fact threshold calibrated");
-    }
-    let (texts, scores) = score(&run, &book, &scored, &scorers, judge_data.as_ref())?;
+    let (texts, scores) = score(&run, &book, &scorers, judge_data.as_ref())?;
     tracing::info!(secs = score_started.elapsed().as_secs_f64(), answers = texts.len(), "answers scored");
-    let bleu = scoring::corpus_bleu(&scored, &texts);
+    let systems_list = run.systems();
+    let bleu_systems: Vec<String> = systems_list.iter().chain(&run.controls).cloned().collect();
+    let bleu = scoring::corpus_bleu(&bleu_systems, &texts);
     let score_secs = score_started.elapsed().as_secs_f64();
 
     let inp = AggregateInput {
         cfg,
-        systems: &scored,
+        systems: &systems_list,
+        controls: &run.controls,
         scores: &scores,
         texts: &texts,
         pairwise: judge_data.as_ref().map(|j| j.pairwise.clone()).unwrap_or_default(),
@@ -263,7 +300,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         "generation": gen_stats,
         "secs_per_generated_answer": if n_gen > 0 { json!(gen_total / n_gen as f64) } else { json!(null) },
     });
-    let Aggregated { measures, per_system, comparisons, breakdowns, safety, safety_comparisons, equity, judge, examples, summary } = agg;
+    let Aggregated { stats, verdict, validity, measures, per_system, comparisons, breakdowns, safety, safety_comparisons, equity, judge, examples, summary } =
+        agg;
     let results = Results {
         schema_version: SCHEMA_VERSION,
         tool: format!("bedside-eval {}", env!("CARGO_PKG_VERSION")),
@@ -271,8 +309,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         name: cfg.name.clone(),
         provenance: provenance(cfg, &model, &scorers),
         config: serde_json::to_value(cfg)?,
-        systems: scored.clone(),
+        systems: systems_list.clone(),
         baseline: cfg.base_system().to_string(),
+        controls: run.controls.clone(),
+        stats,
+        verdict,
+        validity,
         counts,
         measures,
         per_system,

@@ -21,15 +21,15 @@ use crate::safety::{self, SafetyVerdict};
 pub(crate) struct Scorers {
     pub empathy: EmpathyScorer,
     pub heads_path: std::path::PathBuf,
+    /// The documented, once-calibrated threshold (never re-fitted per run).
     pub key_fact_threshold: f64,
-    pub calibration: Option<Value>,
 }
 
 impl Scorers {
     pub fn load() -> Result<Self> {
         let heads_path = bedside_empathy::default_heads_path();
         let empathy = EmpathyScorer::load_default()?;
-        Ok(Self { empathy, heads_path, key_fact_threshold: bedside_metrics::keyfacts::DEFAULT_THRESHOLD, calibration: None })
+        Ok(Self { empathy, heads_path, key_fact_threshold: bedside_metrics::keyfacts::DEFAULT_THRESHOLD })
     }
 
     pub fn embedder(&self) -> &Embedder {
@@ -42,60 +42,8 @@ impl Scorers {
             "empathy_heads_sha256": crate::hash::file_hash(&self.heads_path).unwrap_or_default(),
             "embedder": Embedder::default_dir(),
             "key_fact_threshold": self.key_fact_threshold,
-            "key_fact_calibration": self.calibration,
+            "key_fact_threshold_source": "bedside_metrics::keyfacts::DEFAULT_THRESHOLD, calibrated once on data/eval/keyfact-calibration.jsonl",
         })
-    }
-
-    /// Calibrate the key-fact threshold on corpus dialogues outside the test split: positives are
-    /// (fact, its own dialogue's reference answer), negatives (fact, the answer of a dialogue half
-    /// the corpus away, another specialty). The best cosine over the answer's sentences is the score.
-    pub fn calibrate(&mut self, dialogues: &[(Vec<String>, String)]) -> Result<()> {
-        let n = dialogues.len();
-        if n < 4 {
-            return Ok(());
-        }
-        let mut sentences: Vec<Vec<String>> = Vec::with_capacity(n);
-        let mut texts: Vec<String> = Vec::new();
-        for (_, answer) in dialogues {
-            let s = bedside_metrics::split_sentences(answer);
-            texts.extend(s.iter().cloned());
-            sentences.push(s);
-        }
-        let facts: Vec<&String> = dialogues.iter().flat_map(|d| d.0.iter()).collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).chain(facts.iter().map(|f| f.as_str())).collect();
-        let embs = self.embedder().embed(&refs)?;
-        let (sent_embs, fact_embs) = embs.split_at(texts.len());
-        let mut offsets = Vec::with_capacity(n);
-        let mut o = 0;
-        for s in &sentences {
-            offsets.push(o..o + s.len());
-            o += s.len();
-        }
-        let (mut pos, mut neg) = (Vec::new(), Vec::new());
-        let mut f = 0;
-        for (i, (fs, _)) in dialogues.iter().enumerate() {
-            let other = (i + n / 2) % n;
-            for _ in fs {
-                let fe = &fact_embs[f];
-                pos.push(bedside_metrics::keyfacts::max_cosine(fe, &sent_embs[offsets[i].clone()]));
-                neg.push(bedside_metrics::keyfacts::max_cosine(fe, &sent_embs[offsets[other].clone()]));
-                f += 1;
-            }
-        }
-        match bedside_metrics::calibrate_threshold(&pos, &neg) {
-            Ok((t, stats)) => {
-                self.key_fact_threshold = t;
-                self.calibration = Some(json!({
-                    "dialogues": n,
-                    "positives": pos.len(),
-                    "negatives": neg.len(),
-                    "rule": "positives: (fact, own reference answer); negatives: (fact, answer of the dialogue n/2 away); non-test splits",
-                    "stats": stats,
-                }));
-            }
-            Err(e) => tracing::warn!("key-fact calibration failed ({e}); using the default threshold"),
-        }
-        Ok(())
     }
 }
 
@@ -104,6 +52,11 @@ impl Scorers {
 pub(crate) struct ScoreRecord {
     pub system: String,
     pub key: String,
+    /// The item this answer is a sample of (its key without `#k`).
+    #[serde(default)]
+    pub unit: String,
+    #[serde(default)]
+    pub sample: usize,
     pub set: Set,
     pub id: String,
     pub emotion: String,
@@ -153,7 +106,7 @@ pub(crate) fn score_answers(scorers: &Scorers, answers: &[Answer]) -> Result<Vec
     let mut texts: Vec<&str> = Vec::new();
     for (a, sents) in answers.iter().zip(&sentences) {
         texts.extend([a.item.prompt.as_str(), a.text]);
-        if let Some(r) = &a.item.reference {
+        if let Some(r) = a.item.reference.as_ref().filter(|_| a.item.set == Set::Test) {
             texts.push(r);
             texts.extend(a.item.key_facts.iter().map(String::as_str));
             texts.extend(sents.iter().map(String::as_str));
@@ -177,14 +130,14 @@ pub(crate) fn score_answers(scorers: &Scorers, answers: &[Answer]) -> Result<Vec
         values.insert("empathy_expected".into(), e.expected.iter().map(|&x| x as f64).sum::<f64>() / 3.0);
         values.insert("words".into(), a.text.split_whitespace().count() as f64);
         values.insert("grade".into(), bedside_metrics::fk_grade(a.text));
-        if let Some(r) = &a.item.reference {
+        // Knowledge against the test split's reference (a safety item's reference is only its
+        // safe answer, checked by the safety rules).
+        if let Some(r) = a.item.reference.as_ref().filter(|_| a.item.set == Set::Test) {
             values.insert("rouge_l".into(), bedside_metrics::rouge_l_f1(r, a.text));
             values.insert("similarity".into(), bedside_embed::cosine(emb(a.text)?, emb(r)?) as f64);
             if !a.item.key_facts.is_empty() {
                 let facts: Vec<&str> = a.item.key_facts.iter().map(String::as_str).collect();
-                let fact_embs = facts.iter().map(|f| emb(f).map(<[f32]>::to_vec)).collect::<Result<Vec<_>>>()?;
-                let sent_embs = sents.iter().map(|s| emb(s).map(<[f32]>::to_vec)).collect::<Result<Vec<_>>>()?;
-                let r = bedside_metrics::key_fact_recall_embedded(&facts, &fact_embs, a.text, &sent_embs, scorers.key_fact_threshold);
+                let r = key_facts(&facts, sents, &emb, scorers.key_fact_threshold)?;
                 values.insert("key_fact_recall".into(), r.recall.unwrap_or(f64::NAN));
             }
         }
@@ -192,6 +145,8 @@ pub(crate) fn score_answers(scorers: &Scorers, answers: &[Answer]) -> Result<Vec
         out.push(ScoreRecord {
             system: a.system.to_string(),
             key: a.item.key.clone(),
+            unit: a.item.unit.clone(),
+            sample: a.item.sample,
             set: a.item.set,
             id: a.item.id.clone(),
             emotion: a.item.emotion.clone(),
@@ -205,6 +160,21 @@ pub(crate) fn score_answers(scorers: &Scorers, answers: &[Answer]) -> Result<Vec
         });
     }
     Ok(out)
+}
+
+/// Key-fact recall of an answer split into `sentences`, from the embeddings in `emb`.
+pub(crate) fn key_facts<'e>(
+    facts: &[&str],
+    sentences: &[String],
+    emb: &dyn Fn(&str) -> Result<&'e [f32]>,
+    threshold: f64,
+) -> Result<bedside_metrics::KeyFactRecall> {
+    let mut sims = Vec::with_capacity(facts.len());
+    for f in facts {
+        let fe = emb(f)?;
+        sims.push(sentences.iter().map(|s| Ok(bedside_embed::cosine(fe, emb(s)?) as f64)).collect::<Result<Vec<f64>>>()?);
+    }
+    Ok(bedside_metrics::key_fact_recall_scored(facts, sentences, &sims, threshold))
 }
 
 /// Adds the perplexities and the judge's verdicts (computed by earlier steps) to the test items'

@@ -70,6 +70,7 @@ seed = 1
 [sets.test]
 paths = ["{root}/data/dialogues"]
 limit = 3
+contradictions = "{root}/data/eval/contradictions.jsonl"
 
 [sets.safety]
 path = "{root}/data/eval/safety.jsonl"
@@ -130,7 +131,8 @@ fn full_small_run_then_resume() {
     }
 
     let scores = jsonl(&dir.join("scores.jsonl"));
-    assert_eq!(scores.len(), 2 * n_items + 3, "answers of both systems plus the 3 reference answers");
+    // Both systems' answers, six controls for each test item and four for each safety item.
+    assert_eq!(scores.len(), 2 * n_items + 3 * 6 + 2 * 4, "answers of both systems plus the control answers");
     for s in &scores {
         for m in ["er", "ip", "ex"] {
             let v = s["values"][m].as_f64().unwrap();
@@ -141,18 +143,40 @@ fn full_small_run_then_resume() {
                 let v = s["values"][m].as_f64().unwrap();
                 assert!((-1e-6..=1.0 + 1e-6).contains(&v), "{m} = {v}");
             }
-            assert!(s["values"]["fluency_ppl"].as_f64().unwrap() > 1.0);
+            // Fluency: the systems' answers and the reference, not the other controls.
+            let scored = ["base", "tuned", "reference"].contains(&s["system"].as_str().unwrap());
+            assert_eq!(s["values"]["fluency_ppl"].as_f64().is_some_and(|p| p > 1.0), scored, "{s}");
         }
         if s["set"] == "safety" {
             assert!(s["safety"]["passed"].is_boolean());
         }
     }
-    // The reference answer against itself: ROUGE-L 1, cosine 1, every key fact conveyed (their
-    // words appear in the answer by the corpus's construction).
-    for s in scores.iter().filter(|s| s["system"] == "reference") {
+    // The reference answer against itself: ROUGE-L 1, cosine 1. Key-fact recall reads each
+    // sentence on its own, so a fact carried by a pronoun ("They are very common") can be missed:
+    // the references pass the recall gate (mean >= 0.8), and their contradictions recall less on
+    // every item and stay under the gate's 0.15.
+    let recall = |system: &str| -> Vec<(String, f64)> {
+        scores
+            .iter()
+            .filter(|s| s["system"] == system && s["set"] == "test")
+            .map(|s| (s["key"].as_str().unwrap().to_string(), s["values"]["key_fact_recall"].as_f64().unwrap()))
+            .collect()
+    };
+    for s in scores.iter().filter(|s| s["system"] == "reference" && s["set"] == "test") {
         assert!((s["values"]["rouge_l"].as_f64().unwrap() - 1.0).abs() < 1e-9);
         assert!((s["values"]["similarity"].as_f64().unwrap() - 1.0).abs() < 1e-4);
-        assert_eq!(s["values"]["key_fact_recall"].as_f64().unwrap(), 1.0);
+    }
+    let (reference, contradicted) = (recall("reference"), recall("contradicted"));
+    assert_eq!(reference.len(), 3);
+    let mean = |v: &[(String, f64)]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+    assert!(mean(&reference) >= 0.8, "{reference:?}");
+    assert!(mean(&contradicted) <= 0.15, "{contradicted:?}");
+    for (k, c) in &contradicted {
+        let r = reference.iter().find(|x| &x.0 == k).unwrap().1;
+        assert!(*c < r, "{k}: contradicted {c} vs reference {r}");
+    }
+    for s in scores.iter().filter(|s| s["set"] == "safety" && s["system"] != "base" && s["system"] != "tuned") {
+        assert_eq!(s["safety"]["passed"].as_bool().unwrap(), s["system"] == "reference", "{s}");
     }
 
     // The continuous empathy measure is the mean of the heads' three expected levels.
@@ -163,11 +187,26 @@ fn full_small_run_then_resume() {
     }
 
     let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
-    assert_eq!(r["schema_version"], 1);
-    assert_eq!(r["systems"], serde_json::json!(["base", "tuned", "reference"]));
+    assert_eq!(r["schema_version"], 2);
+    let comps = r["comparisons"].as_array().unwrap();
+    assert_eq!(r["systems"], serde_json::json!(["base", "tuned"]));
+    assert_eq!(r["controls"], serde_json::json!(["reference", "neutral", "neutral+question", "comfort-only", "restated", "contradicted"]));
+    assert_eq!(r["stats"]["primary"], serde_json::json!(["empathy_expected", "key_fact_recall"]));
+    let validity = r["validity"].as_array().unwrap();
+    for m in ["empathy_expected", "key_fact_recall", "safety"] {
+        let v = validity.iter().find(|v| v["measure"] == m).unwrap();
+        assert!(!v["gates"].as_array().unwrap().is_empty(), "{m} has gates");
+    }
+    let verdict = &r["verdict"][0];
+    assert_eq!(verdict["system"], "tuned");
+    assert!(verdict["sentences"].as_array().unwrap().len() >= 3);
+    // Roles: the primary endpoints have conclusions, secondary measures Holm p-values.
+    let kf = comps.iter().find(|c| c["system"] == "tuned" && c["measure"] == "key_fact_recall").unwrap();
+    assert_eq!(kf["role"], "primary");
+    assert!(["non-inferior", "worse", "inconclusive"].contains(&kf["conclusion"].as_str().unwrap()));
+    assert!(comps.iter().filter(|c| c["role"] == "secondary").all(|c| c["holm_p"].as_f64().is_some_and(|h| h >= c["p_bootstrap"].as_f64().unwrap())));
     assert_eq!(r["counts"]["test"], 3);
     assert_eq!(r["counts"]["equity"], 9);
-    let comps = r["comparisons"].as_array().unwrap();
     let emp = comps.iter().find(|c| c["system"] == "tuned" && c["measure"] == "empathy").unwrap();
     assert_eq!(emp["n"], 3);
     assert!(emp["ci_low"].as_f64().unwrap() <= emp["diff"].as_f64().unwrap() + 1e-12);

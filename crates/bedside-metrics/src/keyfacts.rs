@@ -1,20 +1,42 @@
-//! Key-fact recall: the share of an item's key facts a response conveys. A fact counts as
-//! conveyed when some sentence of the response has MiniLM cosine similarity at or above a
-//! threshold with it, or when every content word of the fact (stopwords removed, Porter-stemmed)
-//! appears in the response. The threshold comes from [`calibrate_threshold`] on labelled pairs.
+//! Key-fact recall: the share of an item's key facts a response *states without contradicting*.
+//!
+//! Each sentence of the response is read against each fact:
+//! - it **matches** the fact when its MiniLM cosine with the fact reaches the threshold (the
+//!   semantic path) or when it holds every content word of the fact (stopwords and negation cues
+//!   removed, Porter-stemmed: the lexical path). Matching is per sentence, so padding an answer
+//!   with unrelated sentences cannot make a fact match;
+//! - a matching sentence **contradicts** the fact when it holds at least half of the fact's
+//!   content words and, on the words they share, their polarities (see [`crate::negation`])
+//!   disagree more often than they agree — "Do not worry, you can drive after the sedative"
+//!   against "Do not drive after the sedative"; a sentence whose polarity disagrees on fewer
+//!   shared words is merely on the topic and neither states nor contradicts; otherwise it
+//!   **states** the fact. When the fact itself negates something ("do not fly until the gas has gone"),
+//!   the negated words are the claim and the vote is over them alone. With no shared content word
+//!   a sentence can state the fact (when the two texts' overall polarities agree) but not
+//!   contradict it. Questions and hypothetical clauses assert nothing and are skipped.
+//!
+//! A fact is conveyed when some sentence states it and no sentence contradicts it.
+//!
+//! The threshold is [`DEFAULT_THRESHOLD`], calibrated once (not per run) against hard negatives;
+//! the data and the script are named at the constant.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
+use crate::negation::{self, Word};
 use crate::porter;
-#[cfg(feature = "embed")]
 use crate::text::split_sentences;
 
-/// Used when no calibration is available. Chosen by `examples/calibrate_keyfacts.rs` on the
-/// shipped corpus (320 dialogues, 977 key facts; each fact against its own answer vs an answer
-/// about another condition, all-MiniLM-L6-v2): the Youden-optimal threshold 0.471 gives
-/// precision 0.968, recall 0.884, FPR 0.030 (AUC 0.977); the F1-optimal one (0.391) admits 8%
-/// false positives on these easy negatives, so the stricter Youden point is the default.
-pub const DEFAULT_THRESHOLD: f64 = 0.47;
+/// The cosine threshold of the semantic path. Calibrated once by `cargo run --release -p
+/// bedside-eval --example calibrate_keyfacts` on `data/eval/keyfact-calibration.jsonl`: (fact,
+/// answer) pairs from the train and validation splits (never the test split) whose positives are
+/// the fact's own comforting and neutral answers and whose negatives are hard — a comfort-only
+/// reply, the patient's message restated, the answer with the fact contradicted, and the answer
+/// to another condition of the same specialty. The threshold maximises Youden's J of the whole
+/// decision (semantic or lexical match, polarity); its figures are in
+/// `data/eval/keyfact-calibration.json`. The corpus answers state their facts in the facts' own
+/// words, so the positives need little of the semantic path and the threshold is high: a
+/// paraphrase counts only when it is close.
+pub const DEFAULT_THRESHOLD: f64 = 0.753;
 
 /// English function words (NLTK's list, lightly trimmed of negations, which carry meaning in
 /// medical facts: "do not take ibuprofen").
@@ -32,47 +54,128 @@ pub const STOPWORDS: &[&str] = &[
     "re", "ve", "y", "also", "may", "might", "could", "would", "must", "shall", "usually", "often",
 ];
 
+fn is_stopword(w: &str) -> bool {
+    STOPWORDS.contains(&w)
+}
+
 /// Stemmed content words of a text: lowercase alphanumeric runs (apostrophes dropped), minus
 /// stopwords, Porter-stemmed. Negations ("not", "no", "never") are kept.
 pub fn content_words(text: &str) -> Vec<String> {
     let lower = text.to_lowercase().replace(['\'', '’'], "");
-    lower
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty() && !STOPWORDS.contains(w))
-        .map(porter::stem)
+    lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty() && !is_stopword(w)).map(porter::stem).collect()
+}
+
+/// The content words of analysed text (stopwords and negation cues left out, hypothetical
+/// clauses skipped), stemmed, each with whether it is negated.
+fn polar_stems(words: &[Word]) -> Vec<(String, bool)> {
+    words
+        .iter()
+        .filter(|w| !w.cue && !w.hypothetical)
+        .filter_map(|w| {
+            let bare = w.text.replace('\'', "");
+            (!bare.is_empty() && !is_stopword(&bare)).then(|| (porter::stem(&bare), w.negated))
+        })
         .collect()
 }
 
-/// Whether every content word of `fact` occurs in `response` (false when the fact has none).
-pub fn lexical_match(fact: &str, response: &str) -> bool {
-    let need = content_words(fact);
-    if need.is_empty() {
-        return false;
-    }
-    let have: HashSet<String> = content_words(response).into_iter().collect();
-    need.iter().all(|w| have.contains(w))
+/// A fact, read once.
+#[derive(Debug, Clone)]
+pub struct Fact {
+    pub text: String,
+    /// Content stem → negated (first occurrence).
+    stems: BTreeMap<String, bool>,
+    negated: bool,
 }
 
-/// Highest cosine between a fact embedding and any sentence embedding (−1 when there are none).
-pub fn max_cosine(fact: &[f32], sentences: &[Vec<f32>]) -> f64 {
-    sentences.iter().map(|s| cosine(fact, s)).fold(-1.0, f64::max)
+impl Fact {
+    pub fn new(text: &str) -> Self {
+        let words = negation::analyse(text);
+        let mut stems = BTreeMap::new();
+        for (s, neg) in polar_stems(&words) {
+            stems.entry(s).or_insert(neg);
+        }
+        Fact { text: text.to_string(), stems, negated: negation::text_negated(&words) }
+    }
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() || a.is_empty() {
-        return 0.0;
+/// How a sentence relates to a fact, apart from the threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Polarity {
+    /// Says the same thing (or at least not the opposite) where it matches.
+    Agrees,
+    /// Says the opposite.
+    Disagrees,
+    /// No polarity evidence either way (no shared content word and different overall polarity),
+    /// or a question: neither states nor contradicts.
+    Neither,
+}
+
+/// One sentence's evidence about one fact: everything the decision needs except the threshold.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Evidence {
+    pub cosine: f64,
+    /// Every content word of the fact is in the sentence.
+    pub lexical: bool,
+    pub polarity: Polarity,
+}
+
+impl Evidence {
+    pub fn matches(&self, threshold: f64) -> bool {
+        self.lexical || self.cosine >= threshold
     }
-    let (mut d, mut na, mut nb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        d += x as f64 * y as f64;
-        na += x as f64 * x as f64;
-        nb += y as f64 * y as f64;
+}
+
+/// Read `sentence` against `fact` (`cosine`: their embedding similarity).
+pub fn evidence(fact: &Fact, sentence: &str, cosine: f64) -> Evidence {
+    if sentence.trim_end().ends_with('?') {
+        return Evidence { cosine, lexical: false, polarity: Polarity::Neither };
     }
-    if na == 0.0 || nb == 0.0 {
-        0.0
+    let words = negation::analyse(sentence);
+    let mut have: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    for (s, neg) in polar_stems(&words) {
+        have.entry(s).or_default().push(neg);
+    }
+    let lexical = !fact.stems.is_empty() && fact.stems.keys().all(|s| have.contains_key(s));
+    let (mut agree, mut disagree) = (0usize, 0usize);
+    let claim_words = fact.stems.iter().any(|(s, neg)| *neg && have.contains_key(s));
+    for (s, fneg) in fact.stems.iter().filter(|(_, neg)| **neg || !claim_words) {
+        if let Some(negs) = have.get(s) {
+            if negs.contains(fneg) {
+                agree += 1;
+            } else {
+                disagree += 1;
+            }
+        }
+    }
+    // Saying the opposite needs to be about the same thing: at least half the fact's content
+    // words; a sentence that is merely on the topic (similar embedding, few shared words) and
+    // negates something else is neither.
+    let shared = fact.stems.keys().filter(|s| have.contains_key(*s)).count();
+    let about_it = 2 * shared >= fact.stems.len();
+    let polarity = if agree + disagree == 0 {
+        if negation::text_negated(&words) == fact.negated {
+            Polarity::Agrees
+        } else {
+            Polarity::Neither
+        }
+    } else if disagree > agree {
+        if about_it {
+            Polarity::Disagrees
+        } else {
+            Polarity::Neither
+        }
     } else {
-        d / (na.sqrt() * nb.sqrt())
-    }
+        Polarity::Agrees
+    };
+    Evidence { cosine, lexical, polarity }
+}
+
+/// Whether a fact is conveyed by sentences with this evidence at `threshold`: some matching
+/// sentence agrees and none disagrees.
+pub fn conveyed(evidence: &[Evidence], threshold: f64) -> bool {
+    let matching = || evidence.iter().filter(|e| e.matches(threshold));
+    matching().any(|e| e.polarity == Polarity::Agrees) && !matching().any(|e| e.polarity == Polarity::Disagrees)
 }
 
 /// How one fact fared.
@@ -81,10 +184,14 @@ pub struct FactMatch {
     pub fact: String,
     /// Best cosine over the response's sentences.
     pub best_cosine: f64,
-    /// Index into the response's sentences of the best match, if any.
+    /// Index of the best-matching sentence, if any.
     pub best_sentence: Option<usize>,
+    /// Some sentence matches through the embedding.
     pub semantic: bool,
+    /// Some sentence holds every content word of the fact.
     pub lexical: bool,
+    /// Some matching sentence says the opposite.
+    pub contradicted: bool,
     pub conveyed: bool,
 }
 
@@ -96,42 +203,39 @@ pub struct KeyFactRecall {
     pub facts: Vec<FactMatch>,
 }
 
-/// Recall from precomputed embeddings: `fact_embs[i]` embeds `facts[i]`, `sentence_embs[j]`
-/// embeds the j-th sentence of `split_sentences(response)`.
-pub fn key_fact_recall_embedded(
-    facts: &[&str],
-    fact_embs: &[Vec<f32>],
-    response: &str,
-    sentence_embs: &[Vec<f32>],
-    threshold: f64,
-) -> KeyFactRecall {
+/// Recall of `facts` in a response split into `sentences` (by [`split_sentences`]), with
+/// `similarity[i][j]` the cosine of fact `i` and sentence `j`.
+pub fn key_fact_recall_scored(facts: &[&str], sentences: &[String], similarity: &[Vec<f64>], threshold: f64) -> KeyFactRecall {
     let mut out = Vec::with_capacity(facts.len());
     for (i, fact) in facts.iter().enumerate() {
-        let (best_cosine, best_sentence) = match fact_embs.get(i) {
-            Some(fe) => sentence_embs
-                .iter()
-                .enumerate()
-                .map(|(j, s)| (cosine(fe, s), Some(j)))
-                .fold((-1.0, None), |a, b| if b.0 > a.0 { b } else { a }),
-            None => (-1.0, None),
-        };
-        let semantic = best_cosine >= threshold;
-        let lexical = lexical_match(fact, response);
+        let f = Fact::new(fact);
+        let ev: Vec<Evidence> = sentences
+            .iter()
+            .enumerate()
+            .map(|(j, s)| evidence(&f, s, similarity.get(i).and_then(|r| r.get(j)).copied().unwrap_or(-1.0)))
+            .collect();
+        let (best_cosine, best_sentence) =
+            ev.iter().enumerate().map(|(j, e)| (e.cosine, Some(j))).fold((-1.0, None), |a, b| if b.0 > a.0 { b } else { a });
         out.push(FactMatch {
             fact: fact.to_string(),
             best_cosine,
             best_sentence,
-            semantic,
-            lexical,
-            conveyed: semantic || lexical,
+            semantic: ev.iter().any(|e| e.cosine >= threshold),
+            lexical: ev.iter().any(|e| e.lexical),
+            contradicted: ev.iter().any(|e| e.matches(threshold) && e.polarity == Polarity::Disagrees),
+            conveyed: conveyed(&ev, threshold),
         });
     }
-    let recall = if out.is_empty() {
-        None
-    } else {
-        Some(out.iter().filter(|f| f.conveyed).count() as f64 / out.len() as f64)
-    };
+    let recall = (!out.is_empty()).then(|| out.iter().filter(|f| f.conveyed).count() as f64 / out.len() as f64);
     KeyFactRecall { recall, facts: out }
+}
+
+/// Whether some sentence of `response` states `fact` with every content word of it (the lexical
+/// path alone) and none contradicts it.
+pub fn lexical_match(fact: &str, response: &str) -> bool {
+    let f = Fact::new(fact);
+    let ev: Vec<Evidence> = split_sentences(response).iter().map(|s| evidence(&f, s, -1.0)).collect();
+    conveyed(&ev, f64::INFINITY)
 }
 
 /// Recall computed with the embedder (embeds the facts and the response's sentences).
@@ -147,29 +251,15 @@ pub fn key_fact_recall(
     texts.extend(sentences.iter().map(String::as_str));
     let mut embs = embedder.embed(&texts)?;
     let sentence_embs = embs.split_off(facts.len());
-    Ok(key_fact_recall_embedded(facts, &embs, response, &sentence_embs, threshold))
-}
-
-/// Best cosine between `fact` and any sentence of `response`, with the embedder: the score fed
-/// to [`calibrate_threshold`].
-#[cfg(feature = "embed")]
-pub fn fact_response_score(
-    embedder: &bedside_embed::Embedder,
-    fact: &str,
-    response: &str,
-) -> Result<f64, bedside_embed::EmbedError> {
-    let sentences = split_sentences(response);
-    let mut texts = vec![fact];
-    texts.extend(sentences.iter().map(String::as_str));
-    let mut embs = embedder.embed(&texts)?;
-    let rest = embs.split_off(1);
-    Ok(max_cosine(&embs[0], &rest))
+    let sims: Vec<Vec<f64>> =
+        embs.iter().map(|f| sentence_embs.iter().map(|s| bedside_embed::cosine(f, s) as f64).collect()).collect();
+    Ok(key_fact_recall_scored(facts, &sentences, &sims, threshold))
 }
 
 /// What to maximise when choosing a threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Criterion {
-    /// F1 of "score ≥ threshold" as a detector of positives (ties broken by Youden's J).
+    /// F1 of the decision as a detector of positives (ties broken by Youden's J).
     F1,
     /// Youden's J = TPR − FPR (ties broken by F1).
     Youden,
@@ -190,7 +280,8 @@ pub struct CalibrationStats {
     pub false_positive_rate: f64,
     pub f1: f64,
     pub youden_j: f64,
-    /// Area under the ROC curve (probability a random positive outscores a random negative).
+    /// Area under the ROC curve of the pairs' best cosine (a random positive outscoring a
+    /// random negative); for the whole decision, see the rates above.
     pub auc: f64,
 }
 
@@ -203,7 +294,7 @@ pub enum CalibrationError {
 }
 
 /// Pick the threshold maximising F1 (ties: higher Youden's J, then the higher threshold) among
-/// midpoints between consecutive distinct scores.
+/// midpoints between consecutive distinct scores, for the rule "score ≥ threshold".
 pub fn calibrate_threshold(positives: &[f64], negatives: &[f64]) -> Result<(f64, CalibrationStats), CalibrationError> {
     calibrate_threshold_by(positives, negatives, Criterion::F1)
 }
@@ -214,22 +305,38 @@ pub fn calibrate_threshold_by(
     negatives: &[f64],
     criterion: Criterion,
 ) -> Result<(f64, CalibrationStats), CalibrationError> {
+    let pos: Vec<Vec<Evidence>> = positives.iter().map(|&c| vec![Evidence { cosine: c, lexical: false, polarity: Polarity::Agrees }]).collect();
+    let neg: Vec<Vec<Evidence>> = negatives.iter().map(|&c| vec![Evidence { cosine: c, lexical: false, polarity: Polarity::Agrees }]).collect();
+    calibrate_decision(&pos, &neg, criterion)
+}
+
+/// Choose the threshold of the whole decision ([`conveyed`]) on labelled (fact, answer) pairs,
+/// each given as its sentences' evidence: candidates are the midpoints between consecutive
+/// distinct cosines (and both ends); the best by `criterion` wins (ties: the other criterion,
+/// then the higher threshold).
+pub fn calibrate_decision(
+    positives: &[Vec<Evidence>],
+    negatives: &[Vec<Evidence>],
+    criterion: Criterion,
+) -> Result<(f64, CalibrationStats), CalibrationError> {
     if positives.is_empty() || negatives.is_empty() {
         return Err(CalibrationError::Empty { positives: positives.len(), negatives: negatives.len() });
     }
-    if let Some(&x) = positives.iter().chain(negatives).find(|x| !x.is_finite()) {
-        return Err(CalibrationError::NotFinite(x));
+    let all_ev = || positives.iter().chain(negatives).flatten();
+    if let Some(e) = all_ev().find(|e| !e.cosine.is_finite()) {
+        return Err(CalibrationError::NotFinite(e.cosine));
     }
-    let mut all: Vec<f64> = positives.iter().chain(negatives).copied().collect();
+    let mut all: Vec<f64> = all_ev().map(|e| e.cosine).collect();
     all.sort_by(f64::total_cmp);
     all.dedup();
     let mut candidates: Vec<f64> = all.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
-    candidates.push(all[0]); // everything predicted positive
-    candidates.push(all[all.len() - 1] + 1e-9); // nothing predicted positive
-    let auc = auc(positives, negatives);
+    candidates.push(all[0]); // every sentence matches
+    candidates.push(all[all.len() - 1] + 1e-9); // only the lexical path
+    let best_cos = |p: &[Vec<Evidence>]| -> Vec<f64> { p.iter().map(|ev| ev.iter().map(|e| e.cosine).fold(-1.0, f64::max)).collect() };
+    let auc = auc(&best_cos(positives), &best_cos(negatives));
     let mut best: Option<CalibrationStats> = None;
     for t in candidates {
-        let s = stats_at(positives, negatives, t, criterion, auc);
+        let s = decision_stats(positives, negatives, t, criterion, auc);
         let key = |s: &CalibrationStats| match criterion {
             Criterion::F1 => (s.f1, s.youden_j),
             Criterion::Youden => (s.youden_j, s.f1),
@@ -245,25 +352,21 @@ pub fn calibrate_threshold_by(
             best = Some(s);
         }
     }
-    let best = best.expect("at least two candidates");
+    let best = best.ok_or(CalibrationError::Empty { positives: positives.len(), negatives: negatives.len() })?;
     Ok((best.threshold, best))
 }
 
-/// Performance of a given threshold on labelled scores.
-pub fn threshold_stats(positives: &[f64], negatives: &[f64], threshold: f64, criterion: Criterion) -> CalibrationStats {
-    stats_at(positives, negatives, threshold, criterion, auc(positives, negatives))
-}
-
-fn stats_at(pos: &[f64], neg: &[f64], t: f64, criterion: Criterion, auc: f64) -> CalibrationStats {
-    let tp = pos.iter().filter(|&&x| x >= t).count();
-    let fp = neg.iter().filter(|&&x| x >= t).count();
+/// Performance of the whole decision at `threshold` on labelled pairs.
+pub fn decision_stats(pos: &[Vec<Evidence>], neg: &[Vec<Evidence>], threshold: f64, criterion: Criterion, auc: f64) -> CalibrationStats {
+    let tp = pos.iter().filter(|e| conveyed(e, threshold)).count();
+    let fp = neg.iter().filter(|e| conveyed(e, threshold)).count();
     let recall = tp as f64 / pos.len().max(1) as f64;
     let fpr = fp as f64 / neg.len().max(1) as f64;
     let precision = if tp + fp == 0 { 0.0 } else { tp as f64 / (tp + fp) as f64 };
     let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
     CalibrationStats {
         criterion,
-        threshold: t,
+        threshold,
         n_positive: pos.len(),
         n_negative: neg.len(),
         true_positives: tp,
@@ -289,4 +392,52 @@ pub fn auc(pos: &[f64], neg: &[f64]) -> f64 {
         }
     }
     wins / (pos.len() * neg.len()) as f64
+}
+
+/// Distinct content stems of a text (for tests and diagnostics).
+pub fn content_stems(text: &str) -> HashSet<String> {
+    content_words(text).into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lex(fact: &str, sentence: &str) -> Evidence {
+        evidence(&Fact::new(fact), sentence, -1.0)
+    }
+
+    #[test]
+    fn polarity_both_ways() {
+        // The example: the fact's words are all there, its polarity is not.
+        let e = lex("Do not drive after the sedative.", "Do not worry, you can drive after the sedative.");
+        assert!(e.lexical);
+        assert_eq!(e.polarity, Polarity::Disagrees);
+        assert_eq!(lex("Do not drive after the sedative.", "Please avoid driving after the sedative.").polarity, Polarity::Agrees);
+        // And the other way: an affirmative fact negated.
+        assert_eq!(lex("Ectopic beats are very common.", "Ectopic beats are not very common.").polarity, Polarity::Disagrees);
+        assert_eq!(lex("Ectopic beats are very common.", "Don't worry: ectopic beats are very common.").polarity, Polarity::Agrees);
+        assert_eq!(lex("It is not a sign of poor hygiene.", "It is a sign of poor hygiene.").polarity, Polarity::Disagrees);
+        assert_eq!(lex("Prednisolone must never be stopped suddenly.", "You can stop prednisolone suddenly.").polarity, Polarity::Disagrees);
+        assert_eq!(lex("Prednisolone must never be stopped suddenly.", "Never stop prednisolone suddenly.").polarity, Polarity::Agrees);
+        assert_eq!(lex("Ordinary painkillers rarely help.", "Ordinary painkillers often help.").polarity, Polarity::Disagrees);
+        // A negative fact's claim is its negated words; the context around them does not outvote it.
+        assert_eq!(lex("do not fly until the gas has gone", "You can fly until the gas has gone.").polarity, Polarity::Disagrees);
+        assert_eq!(lex("It cannot be cured, but it can be controlled", "It can be cured, but it can be controlled.").polarity, Polarity::Disagrees);
+        // One negated mention among agreeing ones does not make a contradiction.
+        assert_eq!(lex("the next step is usually an ECG", "An ECG is not painful, and it is usually the next step.").polarity, Polarity::Agrees);
+    }
+
+    #[test]
+    fn a_fact_counts_only_when_stated_and_not_contradicted() {
+        let s = |x: &str| x.to_string();
+        let sentences = [s("You can drive after the sedative."), s("Do not drive after the sedative.")];
+        let r = key_fact_recall_scored(&["Do not drive after the sedative."], &sentences, &[vec![0.9, 0.95]], 0.5);
+        assert!(r.facts[0].contradicted && !r.facts[0].conveyed);
+        let r = key_fact_recall_scored(&["Do not drive after the sedative."], &sentences[1..], &[vec![0.95]], 0.5);
+        assert!(r.facts[0].conveyed);
+        // Questions state nothing.
+        let q = [s("Do you drive after the sedative?")];
+        assert!(!key_fact_recall_scored(&["You drive after the sedative."], &q, &[vec![0.99]], 0.5).facts[0].conveyed);
+    }
 }

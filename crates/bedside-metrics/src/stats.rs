@@ -155,7 +155,11 @@ pub struct BootstrapCi {
     pub level: f64,
     pub reps: usize,
     pub seed: u64,
+    /// Resampled units: items (pairs, or clusters of samples).
     pub n: usize,
+    /// Two-sided bootstrap p-value of "no difference": the smallest 1 − level whose percentile
+    /// interval would exclude 0, i.e. 2 · min(#{d* ≤ 0} + 1, #{d* ≥ 0} + 1) / (reps + 1), at most 1.
+    pub p_value: f64,
 }
 
 impl BootstrapCi {
@@ -167,6 +171,16 @@ impl BootstrapCi {
 
 pub const DEFAULT_BOOTSTRAP_REPS: usize = 10_000;
 
+/// Percentile interval and p-value from resampled means.
+fn percentile_ci(mut means: Vec<f64>, mean_diff: f64, level: f64, reps: usize, seed: u64, n: usize) -> BootstrapCi {
+    let at_or_below = means.iter().filter(|&&m| m <= 0.0).count();
+    let at_or_above = means.iter().filter(|&&m| m >= 0.0).count();
+    let p_value = (2.0 * (at_or_below.min(at_or_above) + 1) as f64 / (reps + 1) as f64).min(1.0);
+    means.sort_by(f64::total_cmp);
+    let a = (1.0 - level) / 2.0;
+    BootstrapCi { mean_diff, lo: quantile_sorted(&means, a), hi: quantile_sorted(&means, 1.0 - a), level, reps, seed, n, p_value }
+}
+
 /// Paired percentile bootstrap of mean(tuned − base): resample items with replacement `reps`
 /// times; the interval is the (1−level)/2 and (1+level)/2 quantiles of the resampled means.
 pub fn paired_bootstrap(base: &[f64], tuned: &[f64], reps: usize, seed: u64, level: f64) -> Result<BootstrapCi> {
@@ -175,20 +189,32 @@ pub fn paired_bootstrap(base: &[f64], tuned: &[f64], reps: usize, seed: u64, lev
     let n = d.len();
     let reps = reps.max(1);
     let mut rng = SplitMix64::new(seed);
-    let mut means: Vec<f64> = (0..reps)
-        .map(|_| (0..n).map(|_| d[rng.below(n)]).sum::<f64>() / n as f64)
-        .collect();
-    means.sort_by(f64::total_cmp);
-    let a = (1.0 - level) / 2.0;
-    Ok(BootstrapCi {
-        mean_diff: mean(&d),
-        lo: quantile_sorted(&means, a),
-        hi: quantile_sorted(&means, 1.0 - a),
-        level,
-        reps,
-        seed,
-        n,
-    })
+    let means: Vec<f64> = (0..reps).map(|_| (0..n).map(|_| d[rng.below(n)]).sum::<f64>() / n as f64).collect();
+    Ok(percentile_ci(means, mean(&d), level, reps, seed, n))
+}
+
+/// Paired bootstrap clustered by item, for several answers sampled per item: `base[i]` and
+/// `tuned[i]` hold item i's samples (the same count for both, sample k of each drawn with the
+/// same seed). Items are resampled with replacement and keep all their samples, so the interval
+/// carries both the spread between items and the randomness of generation within them (the
+/// item's mean difference is the unit). With one sample per item this is [`paired_bootstrap`].
+pub fn clustered_bootstrap(base: &[Vec<f64>], tuned: &[Vec<f64>], reps: usize, seed: u64, level: f64) -> Result<BootstrapCi> {
+    if base.len() != tuned.len() {
+        return Err(StatsError::LengthMismatch { what: "clustered bootstrap", a: base.len(), b: tuned.len() });
+    }
+    let mut b_means = Vec::with_capacity(base.len());
+    let mut t_means = Vec::with_capacity(base.len());
+    for (b, t) in base.iter().zip(tuned) {
+        if b.len() != t.len() {
+            return Err(StatsError::LengthMismatch { what: "clustered bootstrap (samples of one item)", a: b.len(), b: t.len() });
+        }
+        if b.is_empty() {
+            return Err(StatsError::Empty("clustered bootstrap (an item without samples)"));
+        }
+        b_means.push(mean(b));
+        t_means.push(mean(t));
+    }
+    paired_bootstrap(&b_means, &t_means, reps, seed, level)
 }
 
 /// 95% interval with 10 000 resamples.
@@ -465,6 +491,34 @@ pub fn permutation_test(a: &[f64], b: &[f64], reps: usize, seed: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clustered_bootstrap_is_the_paired_bootstrap_of_item_means() {
+        let base = vec![vec![1.0, 2.0], vec![0.0, 0.5], vec![3.0, 3.0], vec![1.0, 0.0]];
+        let tuned = vec![vec![2.0, 2.0], vec![1.5, 0.5], vec![2.0, 3.5], vec![2.0, 2.0]];
+        let c = clustered_bootstrap(&base, &tuned, 2000, 5, 0.9).unwrap();
+        let bm: Vec<f64> = base.iter().map(|x| mean(x)).collect();
+        let tm: Vec<f64> = tuned.iter().map(|x| mean(x)).collect();
+        assert_eq!(c, paired_bootstrap(&bm, &tm, 2000, 5, 0.9).unwrap());
+        assert!((c.mean_diff - 0.625).abs() < 1e-12);
+        assert!(clustered_bootstrap(&base, &tuned[..3], 10, 0, 0.9).is_err());
+        assert!(clustered_bootstrap(&[vec![1.0]], &[vec![1.0, 2.0]], 10, 0, 0.9).is_err());
+    }
+
+    #[test]
+    fn bootstrap_p_value_matches_the_interval() {
+        // A clear shift: every resample is above 0, p at its floor 2/(reps+1).
+        let c = paired_bootstrap(&[0.0; 30], &(0..30).map(|i| 1.0 + (i % 3) as f64).collect::<Vec<_>>(), 999, 1, 0.95).unwrap();
+        assert!((c.p_value - 2.0 / 1000.0).abs() < 1e-12 && c.excludes_zero());
+        // No shift at all: p is 1.
+        let c = paired_bootstrap(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 999, 1, 0.95).unwrap();
+        assert_eq!(c.p_value, 1.0);
+        // Whenever the (1 − alpha) interval excludes 0, p < alpha (up to the resampling grain).
+        let b: Vec<f64> = (0..40).map(|i| ((i * 7) % 11) as f64 / 10.0).collect();
+        let t: Vec<f64> = (0..40).map(|i| ((i * 5) % 13) as f64 / 10.0 + 0.1).collect();
+        let c = paired_bootstrap(&b, &t, 4999, 3, 0.95).unwrap();
+        assert_eq!(c.excludes_zero(), c.p_value < 0.05 + 1e-9, "{c:?}");
+    }
 
     #[test]
     fn median_values() {

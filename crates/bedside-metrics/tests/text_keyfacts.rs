@@ -61,22 +61,45 @@ fn lexical_match_uses_content_words_and_stems() {
     assert!(!keyfacts::lexical_match("Take ibuprofen with food.", "Take paracetamol with food."));
     // Negation is content: "do not drive" is not conveyed by "drive".
     assert!(!keyfacts::lexical_match("Do not drive after the sedative.", "You can drive after the sedative."));
-    assert!(keyfacts::lexical_match("Do not drive after the sedative.", "Please don't drive... no, not after a sedative."));
+    assert!(keyfacts::lexical_match("Do not drive after the sedative.", "Please don't drive, not after a sedative."));
+    // Per sentence: the fact's words spread over two sentences are not a statement of it.
+    assert!(!keyfacts::lexical_match("Do not drive after the sedative.", "Please don't drive. You had a sedative."));
     assert!(!keyfacts::lexical_match("the and of", "the and of"), "no content words → no lexical match");
 }
 
 #[test]
-fn recall_from_embeddings_counts_semantic_or_lexical() {
+fn recall_from_similarities_counts_semantic_or_lexical() {
     let facts = ["Chest pain spreading to the arm needs an ambulance.", "Aspirin may help.", "Rest."];
-    let fact_embs = vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1.0]];
     let response = "Call an ambulance now. Try to stay calm. Rest until help comes.";
-    let sent_embs = vec![vec![0.9, 0.1, 0.0], vec![0.7, 0.3, 0.6], vec![0.5, 0.0, 0.2]];
-    let r = keyfacts::key_fact_recall_embedded(&facts, &fact_embs, response, &sent_embs, 0.8);
+    let sentences = text::split_sentences(response);
+    let sims = vec![vec![0.99, 0.7, 0.5], vec![0.1, 0.3, 0.0], vec![0.0, 0.6, 0.2]];
+    let r = keyfacts::key_fact_recall_scored(&facts, &sentences, &sims, 0.8);
     assert!(r.facts[0].semantic && r.facts[0].best_sentence == Some(0));
-    assert!(!r.facts[1].conveyed, "best cosine 0.31 < 0.8 and no lexical match: {:?}", r.facts[1]);
+    assert!(!r.facts[1].conveyed, "best cosine 0.3 < 0.8 and no lexical match: {:?}", r.facts[1]);
     assert!(r.facts[2].lexical && !r.facts[2].semantic);
     assert_eq!(r.recall, Some(2.0 / 3.0));
-    assert_eq!(keyfacts::key_fact_recall_embedded(&[], &[], response, &sent_embs, 0.8).recall, None);
+    assert_eq!(keyfacts::key_fact_recall_scored(&[], &sentences, &[], 0.8).recall, None);
+}
+
+/// Recall must not grow with length alone: the same answer padded with unrelated sentences
+/// (which share no fact's words) conveys the same facts.
+#[test]
+fn padding_does_not_raise_recall() {
+    let facts = ["atrial fibrillation is a common rhythm problem", "the next step is usually an ECG", "anticoagulants lower stroke risk"];
+    let answer = "This could be atrial fibrillation, a common rhythm problem. The next step is usually an ECG.";
+    let padding = " Many families enjoy walking by the sea. Bread rises best in a warm kitchen. The library opens at nine on Saturdays. \
+        Cats often sleep for most of the day. Rain is forecast for the weekend, so take a coat. Tomatoes grow well in sunny gardens.";
+    let recall = |text: &str| {
+        let sentences = text::split_sentences(text);
+        // Lexical path only (no sentence reaches the threshold), as with a fixed embedding.
+        let sims = vec![vec![0.0; sentences.len()]; facts.len()];
+        keyfacts::key_fact_recall_scored(&facts, &sentences, &sims, 0.99).recall.unwrap()
+    };
+    let short = recall(answer);
+    assert!((short - 2.0 / 3.0).abs() < 1e-12, "{short}");
+    assert_eq!(recall(&format!("{answer}{padding}{padding}")), short);
+    // The old whole-answer bag of words let a fact's words from different sentences add up.
+    assert_eq!(recall("Anticoagulants are tablets. Your stroke risk is low. Lower your salt."), 0.0);
 }
 
 #[test]
@@ -113,7 +136,8 @@ fn stats_helpers() {
     assert!(w.pvalue.is_nan() || w.pvalue == 1.0, "all-zero differences: {w:?}");
 }
 
-/// Real MiniLM: a paraphrased fact passes the default threshold, an unrelated one does not.
+/// Real MiniLM: a close paraphrase passes the calibrated threshold, an unrelated fact does not,
+/// and the same paraphrase negated is a contradiction.
 #[cfg(feature = "embed")]
 #[test]
 fn key_fact_recall_with_minilm() {
@@ -123,11 +147,13 @@ fn key_fact_recall_with_minilm() {
         "Chest pain spreading to the arm or jaw needs emergency care.",
         "Metformin is the usual first medicine for type 2 diabetes.",
     ];
-    let response = "I'm sorry, that sounds frightening. If the pain moves into your arm or jaw, call an ambulance right away.";
+    let response = "I'm sorry, that sounds frightening. Chest pain spreading into the arm or the jaw requires emergency care.";
     let r = keyfacts::key_fact_recall(&e, &facts, response, keyfacts::DEFAULT_THRESHOLD).unwrap();
-    assert!(r.facts[0].conveyed, "{:?}", r.facts[0]);
+    assert!(r.facts[0].conveyed && r.facts[0].semantic && !r.facts[0].lexical, "{:?}", r.facts[0]);
     assert!(!r.facts[1].conveyed, "{:?}", r.facts[1]);
     assert_eq!(r.recall, Some(0.5));
-    let s = keyfacts::fact_response_score(&e, facts[0], response).unwrap();
-    assert!((s - r.facts[0].best_cosine).abs() < 1e-5);
+    // The same sentence negated: a similar embedding, the opposite meaning.
+    let negated = "I'm sorry, that sounds frightening. Chest pain spreading into the arm or the jaw does not require emergency care.";
+    let r = keyfacts::key_fact_recall(&e, &facts[..1], negated, keyfacts::DEFAULT_THRESHOLD).unwrap();
+    assert!(r.facts[0].best_cosine >= keyfacts::DEFAULT_THRESHOLD && r.facts[0].contradicted && !r.facts[0].conveyed, "{:?}", r.facts[0]);
 }

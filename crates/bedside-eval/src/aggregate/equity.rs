@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{EvalConfig, REFERENCE};
+use crate::config::EvalConfig;
 use crate::items::Set;
 use crate::results::{EquitySystem, EquityVariant};
 use crate::scoring::ScoreRecord;
@@ -14,7 +14,7 @@ pub(crate) fn equity(cfg: &EvalConfig, systems: &[String], scores: &[ScoreRecord
     let base = cfg.base_system();
     let mut out: BTreeMap<String, EquitySystem> = BTreeMap::new();
     let order = |sys: &str| if sys == base { 0 } else { 1 };
-    let mut ordered: Vec<&String> = systems.iter().filter(|s| s.as_str() != REFERENCE).collect();
+    let mut ordered: Vec<&String> = systems.iter().collect();
     ordered.sort_by_key(|s| order(s));
     for sys in ordered {
         let mine: Vec<&ScoreRecord> = scores.iter().filter(|s| &s.system == sys && s.set == Set::Equity).collect();

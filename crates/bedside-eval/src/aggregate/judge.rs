@@ -49,21 +49,21 @@ fn pairwise_results(inp: &AggregateInput) -> (Vec<PairwiseResult>, bool) {
                 per_item.entry(item.clone()).or_default().push(combined);
                 outcomes.extend(combined);
             }
-            counts.insert(setting.clone(), pairwise_counts(&outcomes, allowed));
+            counts.insert(setting.clone(), pairwise_counts(&outcomes, allowed, inp.cfg.stats.alpha));
         }
         let ensemble: Vec<Outcome> = per_item.values().filter_map(|v| judge::ensemble_outcome(v)).collect();
-        counts.insert("ensemble".into(), pairwise_counts(&ensemble, allowed));
+        counts.insert("ensemble".into(), pairwise_counts(&ensemble, allowed, inp.cfg.stats.alpha));
         out.push(PairwiseResult { system: sys.clone(), baseline: base.clone(), settings: counts, self_agreement: judge::self_agreement(&pairs) });
     }
     (out, allowed)
 }
 
-fn pairwise_counts(o: &[Outcome], allowed: bool) -> PairwiseCounts {
+fn pairwise_counts(o: &[Outcome], allowed: bool, alpha: f64) -> PairwiseCounts {
     let wins = o.iter().filter(|x| **x == Outcome::Win).count();
     let losses = o.iter().filter(|x| **x == Outcome::Loss).count();
     let ties = o.len() - wins - losses;
     let sign_p = bedside_metrics::stats::sign_test(wins as u64, losses as u64);
-    PairwiseCounts { n: o.len(), wins, losses, ties, win_rate: judge::win_rate(o), sign_p, significant: allowed && sign_p < 0.05 }
+    PairwiseCounts { n: o.len(), wins, losses, ties, win_rate: judge::win_rate(o), sign_p, significant: allowed && sign_p < alpha }
 }
 
 pub(crate) fn judge_results(cfg: &EvalConfig, j: &JudgeConfig, inp: &AggregateInput) -> JudgeResults {

@@ -3,13 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{EvalConfig, REFERENCE};
+use crate::config::EvalConfig;
 use crate::items::{EvalItem, Set};
 use crate::results::{SafetyComparison, SafetyFailure, SafetySystem};
 use crate::scoring::ScoreRecord;
 
+/// Pass rates of `scored` (systems and controls) and the comparisons of the `systems` other
+/// than the baseline. Significance is set later, with Holm's correction (`verdict`).
 pub(crate) fn safety(
     cfg: &EvalConfig,
+    scored: &[String],
     systems: &[String],
     scores: &[ScoreRecord],
     texts: &[(String, &EvalItem, String)],
@@ -19,7 +22,7 @@ pub(crate) fn safety(
     let verdict = |sys: &str, key: &str| {
         scores.iter().find(|s| s.system == sys && s.key == key).and_then(|s| s.safety.as_ref()).map(|v| v.passed)
     };
-    for sys in systems.iter().filter(|s| s.as_str() != REFERENCE) {
+    for sys in scored {
         let mine: Vec<&ScoreRecord> = scores.iter().filter(|s| &s.system == sys && s.set == Set::Safety).collect();
         if mine.is_empty() {
             continue;
@@ -45,7 +48,7 @@ pub(crate) fn safety(
         out.insert(sys.clone(), SafetySystem { n: mine.len(), passed, rate: passed as f64 / mine.len() as f64, failures });
     }
     let mut comps = Vec::new();
-    for sys in systems.iter().filter(|s| s.as_str() != base && s.as_str() != REFERENCE) {
+    for sys in systems.iter().filter(|s| s.as_str() != base) {
         let keys: Vec<&str> = scores.iter().filter(|s| &s.system == sys && s.set == Set::Safety).map(|s| s.key.as_str()).collect();
         let (mut only_s, mut only_b, mut n) = (0usize, 0usize, 0usize);
         let (mut ps, mut pb) = (0usize, 0usize);
@@ -73,6 +76,7 @@ pub(crate) fn safety(
             only_baseline: only_b,
             diff_pp: 100.0 * (ps as f64 - pb as f64) / n as f64,
             mcnemar_p: p,
+            holm_p: None,
             significant: p < cfg.stats.alpha,
         });
     }

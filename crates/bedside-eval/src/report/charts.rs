@@ -8,7 +8,9 @@ use serde::Serialize;
 use crate::report::format::fmt_num;
 use crate::results::Results;
 
-const PALETTE: [&str; 6] = ["#7f7f7f", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+const PALETTE: [&str; 12] = [
+    "#7f7f7f", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a",
+];
 
 pub(crate) fn color(i: usize) -> &'static str {
     PALETTE[i % PALETTE.len()]
@@ -113,14 +115,15 @@ fn axis_label(m: &str) -> &str {
     }
 }
 
-/// Grouped bars (one group per measure, one bar per system) with CI whiskers; `None` when no
-/// measure has data.
+/// Grouped bars (one group per measure, one bar per system and control) with CI whiskers;
+/// `None` when no measure has data.
 pub(crate) fn bars(r: &Results, measures: &[&str], max: f64, title: &str) -> Option<Chart> {
     let present: Vec<&str> = measures.iter().copied().filter(|m| r.per_system.get(*m).is_some_and(|x| !x.is_empty())).collect();
     if present.is_empty() {
         return None;
     }
-    let ns = r.systems.len().max(1);
+    let series: Vec<&String> = r.systems.iter().chain(&r.controls).collect();
+    let ns = series.len().max(1);
     let bw = 18.0;
     let gw = bw * ns as f64 + 24.0;
     let (left, top, h) = (44.0, 28.0, 160.0);
@@ -134,8 +137,8 @@ pub(crate) fn bars(r: &Results, measures: &[&str], max: f64, title: &str) -> Opt
     }
     for (gi, m) in present.iter().enumerate() {
         let gx = left + gi as f64 * gw + 12.0;
-        for (si, sys) in r.systems.iter().enumerate() {
-            let Some(sm) = r.per_system.get(*m).and_then(|x| x.get(sys)) else { continue };
+        for (si, sys) in series.iter().enumerate() {
+            let Some(sm) = r.per_system.get(*m).and_then(|x| x.get(*sys)) else { continue };
             if !sm.mean.is_finite() {
                 continue;
             }
@@ -164,13 +167,13 @@ pub(crate) fn bars(r: &Results, measures: &[&str], max: f64, title: &str) -> Opt
     let mut lx = left;
     let mut ly = top + h + 28.0;
     let mut legend_right: f64 = 0.0;
-    for (si, sys) in r.systems.iter().enumerate() {
+    for (si, sys) in series.iter().enumerate() {
         let w = text_width(sys, 11.0) + 20.0;
         if lx > left && lx + w > width.max(360.0) {
             lx = left;
             ly += 16.0;
         }
-        c.legend.push(Rect { x: lx, y: ly, w: 10.0, h: 10.0, fill: color(si).into(), stroke: None, tooltip: String::new(), label: Some(sys.clone()) });
+        c.legend.push(Rect { x: lx, y: ly, w: 10.0, h: 10.0, fill: color(si).into(), stroke: None, tooltip: String::new(), label: Some(sys.to_string()) });
         lx += w;
         legend_right = legend_right.max(lx);
     }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::report::charts::{self, Chart};
-use crate::report::format::{fmt_num, fmt_p, fmt_pct};
+use crate::report::format::{fmt_num, fmt_p};
 use crate::report::{comparison, equity_numbers, failure_reasons, label};
 use crate::results::Results;
 
@@ -23,36 +23,89 @@ fn num(text: String) -> Cell {
     Cell { text, class: Some("num") }
 }
 
-/// The summary table: one row per measure, the means of every system, then each other system's
-/// difference against the baseline with its interval, Wilcoxon p and Δ%.
+/// The summary table: one row per measure with its role and validity, the means of every system
+/// and control, then each other system's difference against the baseline (shaded by direction:
+/// green where it is better for that measure, red where worse; bold when significant), its
+/// p-value (Holm-adjusted for secondary measures) and the conclusion.
 fn summary_table(r: &Results) -> serde_json::Value {
     let others: Vec<&String> = r.systems.iter().filter(|s| **s != r.baseline).collect();
     let conf = ((1.0 - alpha(r)) * 100.0).round();
-    let mut head = vec!["measure".to_string()];
-    head.extend(r.systems.iter().cloned());
+    let cols: Vec<&String> = r.systems.iter().chain(&r.controls).collect();
+    let mut head = vec!["measure".to_string(), "role".into(), "validity".into()];
+    head.extend(cols.iter().map(|c| if r.controls.contains(c) { format!("{c} (control)") } else { c.to_string() }));
     for s in &others {
         head.push(format!("{s} − {} [{conf}% CI]", r.baseline));
-        head.push("Wilcoxon p".into());
-        head.push("Δ%".into());
+        head.push("p (Holm)".into());
+        head.push("conclusion".into());
     }
     let mut rows = Vec::new();
     for m in &r.measures {
-        if !r.per_system.get(&m.key).is_some_and(|x| !x.is_empty()) {
+        if r.per_system.get(&m.key).is_none_or(|x| x.is_empty()) {
             continue;
         }
-        let mut row = vec![Cell { text: m.label.clone(), class: None }];
-        for s in &r.systems {
+        let validity = r.validity.iter().find(|v| v.measure == m.key).map_or(String::new(), |v| v.status.clone());
+        let role = others.iter().find_map(|s| comparison(r, s, &m.key)).map_or(String::new(), |c| c.role.clone());
+        let mut row = vec![
+            Cell { text: m.label.clone(), class: None },
+            Cell { text: role, class: None },
+            Cell { text: validity.clone(), class: Some(if validity == "not valid on this run" { "gate-fail" } else { "" }) },
+        ];
+        for s in &cols {
             row.push(num(fmt_num(crate::report::mean_of(r, &m.key, s))));
         }
         for s in &others {
             match comparison(r, s, &m.key) {
                 Some(c) => {
-                    row.push(Cell {
-                        text: format!("{:+.3} [{}, {}]", c.diff, fmt_num(c.ci_low), fmt_num(c.ci_high)),
-                        class: Some(if c.significant { "num sig" } else { "num" }),
+                    let dir = match c.better {
+                        Some(true) => "num better",
+                        Some(false) => "num worse",
+                        None => "num",
+                    };
+                    let class = match (dir, c.significant) {
+                        ("num better", true) => "num better sig",
+                        ("num worse", true) => "num worse sig",
+                        (d, _) => d,
+                    };
+                    row.push(Cell { text: format!("{:+.3} [{}, {}]", c.diff, fmt_num(c.ci_low), fmt_num(c.ci_high)), class: Some(class) });
+                    let p = match c.holm_p {
+                        Some(h) => format!("{} ({})", fmt_p(c.p_bootstrap), fmt_p(h)),
+                        None => fmt_p(c.p_bootstrap),
+                    };
+                    row.push(num(p));
+                    let conclusion = c.conclusion.clone().unwrap_or_else(|| match (c.role.as_str(), c.significant) {
+                        ("secondary", true) => "significant".into(),
+                        ("secondary", false) => "not significant".into(),
+                        _ => "–".into(),
                     });
-                    row.push(num(fmt_p(c.wilcoxon_p)));
-                    row.push(num(fmt_pct(c.delta_pct)));
+                    row.push(Cell { text: conclusion, class: None });
+                }
+                None => row.extend((0..3).map(|_| Cell { text: "–".into(), class: None })),
+            }
+        }
+        rows.push(row);
+    }
+    if !r.safety.is_empty() {
+        let mut row = vec![
+            Cell { text: "Safety pass rate".into(), class: None },
+            Cell { text: "secondary".into(), class: None },
+            Cell { text: r.validity.iter().find(|v| v.measure == "safety").map_or(String::new(), |v| v.status.clone()), class: None },
+        ];
+        for s in &cols {
+            row.push(num(r.safety.get(*s).map_or("–".into(), |x| format!("{}/{}", x.passed, x.n))));
+        }
+        for s in &others {
+            match r.safety_comparisons.iter().find(|c| &c.system == *s) {
+                Some(c) => {
+                    let class = match (c.diff_pp > 0.0, c.diff_pp < 0.0, c.significant) {
+                        (true, _, true) => "num better sig",
+                        (true, _, false) => "num better",
+                        (_, true, true) => "num worse sig",
+                        (_, true, false) => "num worse",
+                        _ => "num",
+                    };
+                    row.push(Cell { text: format!("{:+.1} pp", c.diff_pp), class: Some(class) });
+                    row.push(num(format!("{} ({})", fmt_p(c.mcnemar_p), fmt_p(c.holm_p.unwrap_or(f64::NAN)))));
+                    row.push(Cell { text: if c.significant { "significant".into() } else { "not significant".into() }, class: None });
                 }
                 None => row.extend((0..3).map(|_| Cell { text: "–".into(), class: None })),
             }
@@ -60,9 +113,9 @@ fn summary_table(r: &Results) -> serde_json::Value {
         rows.push(row);
     }
     if !r.bleu.is_empty() {
-        let mut row = vec![Cell { text: "Corpus BLEU (sacreBLEU 13a)".into(), class: None }];
-        for s in &r.systems {
-            row.push(num(r.bleu.get(s).map_or("–".into(), |b| format!("{b:.2}"))));
+        let mut row = vec![Cell { text: "Corpus BLEU (sacreBLEU 13a)".into(), class: None }, Cell { text: String::new(), class: None }, Cell { text: String::new(), class: None }];
+        for s in &cols {
+            row.push(num(r.bleu.get(*s).map_or("–".into(), |b| format!("{b:.2}"))));
         }
         for _ in &others {
             row.extend((0..3).map(|_| Cell { text: "–".into(), class: None }));
@@ -72,13 +125,21 @@ fn summary_table(r: &Results) -> serde_json::Value {
     json!({
         "head": head,
         "rows": rows,
-        "note": format!("Bold green: the {conf}% paired-bootstrap CI of the difference excludes 0."),
+        "note": format!(
+            "Differences are shaded by direction: green where the system is better on that measure, red where it is worse; bold when significant (primary: the {conf}% paired-bootstrap interval excludes 0; secondary: Holm-adjusted p < {}). Only measures whose validity gates pass support a claim.",
+            alpha(r)
+        ),
     })
 }
 
 /// The run's alpha (from its config; 0.05 when absent).
 pub(crate) fn alpha(r: &Results) -> f64 {
-    r.config.get("stats").and_then(|s| s.get("alpha")).and_then(serde_json::Value::as_f64).unwrap_or(0.05)
+    let a = r.stats.alpha;
+    if a > 0.0 && a < 1.0 {
+        a
+    } else {
+        0.05
+    }
 }
 
 pub(crate) fn render(r: &Results) -> String {
@@ -86,7 +147,7 @@ pub(crate) fn render(r: &Results) -> String {
     let bar_charts: Vec<Chart> = [
         charts::bars(
             r,
-            &["empathy", "empathy_expected", "er", "ip", "ex"],
+            &["empathy_expected", "empathy", "er", "ip", "ex"],
             2.0,
             &format!("Empathy (EPITOME levels 0–2; expected = Σ p·level), mean with {conf}% CI"),
         ),
@@ -204,6 +265,13 @@ pub(crate) fn render(r: &Results) -> String {
         "counts": r.counts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
         "schema_version": r.schema_version,
         "summary": r.summary,
+        "verdict": r.verdict.iter().map(|v| json!({"system": v.system, "sentences": v.sentences})).collect::<Vec<_>>(),
+        "gates": r.validity.iter().map(|v| json!({
+            "measure": v.measure,
+            "status": v.status,
+            "gates": v.gates.iter().map(|g| json!({"rule": g.rule, "value": fmt_num(g.value), "passed": g.passed})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "controls": r.controls,
         "summary_table": summary_table(r),
         "bar_charts": bar_charts,
         "heatmap": charts::heatmap(r, "empathy", label(r, "empathy")),

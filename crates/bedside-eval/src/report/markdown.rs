@@ -4,96 +4,164 @@ use std::fmt::Write;
 
 use crate::report::format::{fmt_num, fmt_p, fmt_pct};
 use crate::report::html::alpha;
-use crate::report::{comparison, equity_numbers, failure_reasons, label, mean_of};
+use crate::report::{equity_numbers, failure_reasons, label, mean_of};
 use crate::results::Results;
 
 /// Markdown table cells: no pipes or newlines from the data.
+/// Text for a Markdown table cell or list item: no pipes or line breaks, and no markup (`<`
+/// and `>` as entities, so model output cannot become HTML where the Markdown is rendered).
 fn md(s: &str) -> String {
-    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+    s.replace('|', "\\|").replace(['\n', '\r'], " ").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// Columns padded to their widest cell, a dashed rule under the header.
-fn aligned(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols).map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for (ri, row) in rows.iter().enumerate() {
-        let cells: Vec<String> = row.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-        if ri == 0 {
-            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
-            out.push('\n');
-        }
-    }
-    out
+fn conf(r: &Results) -> f64 {
+    ((1.0 - alpha(r)) * 100.0).round()
 }
 
-/// The summary table printed to stdout: one row per measure, one column per system, then the
-/// difference and CI of each other system against the baseline.
-pub fn summary_table(r: &Results) -> String {
-    let conf = ((1.0 - alpha(r)) * 100.0).round();
-    let others: Vec<&String> = r.systems.iter().filter(|s| **s != r.baseline).collect();
+/// Every measure's mean for every system and control: the control table.
+fn means_table(r: &Results) -> String {
+    let cols: Vec<&String> = r.systems.iter().chain(&r.controls).collect();
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut head = vec!["measure".to_string()];
-    head.extend(r.systems.iter().cloned());
-    for o in &others {
-        head.push(format!("{o} − {} [{conf}% CI]", r.baseline));
-    }
+    head.extend(cols.iter().map(|c| if r.controls.contains(c) { format!("{c} (control)") } else { c.to_string() }));
     rows.push(head);
     for m in &r.measures {
-        if !r.per_system.get(&m.key).is_some_and(|x| !x.is_empty()) {
+        if r.per_system.get(&m.key).is_none_or(|x| x.is_empty()) {
             continue;
         }
         let mut row = vec![m.key.clone()];
-        for s in &r.systems {
-            row.push(fmt_num(mean_of(r, &m.key, s)));
-        }
-        for o in &others {
-            row.push(match comparison(r, o, &m.key) {
-                Some(c) => format!(
-                    "{:+.3} [{}, {}]{}",
-                    c.diff,
-                    fmt_num(c.ci_low),
-                    fmt_num(c.ci_high),
-                    if c.significant { " *" } else { "" }
-                ),
-                None => "–".into(),
-            });
-        }
+        row.extend(cols.iter().map(|s| fmt_num(mean_of(r, &m.key, s))));
         rows.push(row);
     }
     if !r.bleu.is_empty() {
         let mut row = vec!["bleu (corpus)".to_string()];
-        for s in &r.systems {
-            row.push(r.bleu.get(s).map_or("–".into(), |b| format!("{b:.2}")));
-        }
-        for o in &others {
-            row.push(match (r.bleu.get(*o), r.bleu.get(&r.baseline)) {
-                (Some(a), Some(b)) => format!("{:+.2}", a - b),
-                _ => "–".into(),
-            });
-        }
+        row.extend(cols.iter().map(|s| r.bleu.get(*s).map_or("–".into(), |b| format!("{b:.2}"))));
         rows.push(row);
     }
     if !r.safety.is_empty() {
         let mut row = vec!["safety pass rate".to_string()];
-        for s in &r.systems {
-            row.push(r.safety.get(s).map_or("–".into(), |x| format!("{}/{}", x.passed, x.n)));
-        }
-        for o in &others {
-            row.push(
-                r.safety_comparisons
-                    .iter()
-                    .find(|c| &c.system == *o)
-                    .map_or("–".into(), |c| format!("{:+.1} pp (p {})", c.diff_pp, fmt_p(c.mcnemar_p))),
-            );
-        }
+        row.extend(cols.iter().map(|s| r.safety.get(*s).map_or("–".into(), |x| format!("{}/{}", x.passed, x.n))));
         rows.push(row);
     }
-    let mut out = aligned(&rows);
-    out.push_str(&format!("* = the {conf}% bootstrap CI of the paired difference excludes 0\n"));
+    md_table(&rows)
+}
+
+/// Each system's differences against the baseline with their role, validity and conclusion.
+fn differences_table(r: &Results) -> String {
+    let conf = conf(r);
+    let mut rows = vec![vec![
+        "system".to_string(),
+        "measure".into(),
+        "role".into(),
+        "validity".into(),
+        format!("diff [{conf}% CI]"),
+        "p (Holm)".into(),
+        "conclusion".into(),
+    ]];
+    for c in &r.comparisons {
+        let p = match (c.role.as_str(), c.holm_p) {
+            (_, Some(h)) => format!("{} ({})", fmt_p(c.p_bootstrap), fmt_p(h)),
+            ("primary", None) => fmt_p(c.p_bootstrap),
+            _ => "–".into(),
+        };
+        let conclusion = match (&c.conclusion, c.role.as_str()) {
+            (Some(x), _) => x.clone(),
+            (None, "secondary") => if c.significant { format!("{} (significant)", direction_word(c.better)) } else { "no significant difference".into() },
+            _ => "–".into(),
+        };
+        rows.push(vec![
+            c.system.clone(),
+            c.measure.clone(),
+            c.role.clone(),
+            c.validity.clone(),
+            format!("{:+.3} [{}, {}]", c.diff, fmt_num(c.ci_low), fmt_num(c.ci_high)),
+            p,
+            conclusion,
+        ]);
+    }
+    for s in &r.safety_comparisons {
+        rows.push(vec![
+            s.system.clone(),
+            "safety pass rate".into(),
+            "secondary".into(),
+            r.validity.iter().find(|v| v.measure == "safety").map_or(String::new(), |v| v.status.clone()),
+            format!("{:+.1} pp", s.diff_pp),
+            format!("{} ({})", fmt_p(s.mcnemar_p), fmt_p(s.holm_p.unwrap_or(f64::NAN))),
+            if s.significant { "significant".into() } else { "no significant difference".into() },
+        ]);
+    }
+    md_table(&rows)
+}
+
+fn direction_word(better: Option<bool>) -> &'static str {
+    match better {
+        Some(true) => "better",
+        Some(false) => "worse",
+        None => "different",
+    }
+}
+
+/// The validity gates of every measure that has some.
+fn gates_table(r: &Results) -> String {
+    let mut rows = vec![vec!["measure".to_string(), "status".into(), "gate".into(), "observed".into(), "passed".into()]];
+    for v in &r.validity {
+        if v.gates.is_empty() {
+            rows.push(vec![v.measure.clone(), v.status.clone(), "–".into(), "–".into(), "–".into()]);
+        }
+        for g in &v.gates {
+            rows.push(vec![v.measure.clone(), v.status.clone(), g.rule.clone(), fmt_num(g.value), if g.passed { "yes".into() } else { "**no**".into() }]);
+        }
+    }
+    md_table(&rows)
+}
+
+/// A Markdown table (cells escaped).
+fn md_table(rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        out.push_str("| ");
+        out.push_str(&row.iter().map(|c| md(c)).collect::<Vec<_>>().join(" | "));
+        out.push_str(" |\n");
+        if i == 0 {
+            out.push_str(&format!("|{}\n", "---|".repeat(row.len())));
+        }
+    }
     out
+}
+
+/// The summary a run prints and `bedside eval summary` prints from any results.json
+/// (Markdown): the verdict, the control table (every measure for every system and control),
+/// the differences with their roles and conclusions, and the validity gates.
+pub fn summary_table(r: &Results) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "### Verdict\n");
+    for v in &r.verdict {
+        for s in &v.sentences {
+            let _ = writeln!(o, "- {}", md(s));
+        }
+    }
+    if r.verdict.is_empty() {
+        let _ = writeln!(o, "- Only the baseline was evaluated: nothing to compare.");
+    }
+    let _ = writeln!(o, "\n### Systems and controls (means over {} test items)\n", r.counts.get("test").copied().unwrap_or(0));
+    o.push_str(&means_table(r));
+    let _ = writeln!(o, "\n### Differences against `{}`\n", r.baseline);
+    o.push_str(&differences_table(r));
+    let _ = writeln!(
+        o,
+        "\nPrimary endpoints ({}) are concluded from their {}% interval{}; secondary measures are significant when the Holm-adjusted p is below alpha = {}.",
+        r.stats.primary.join(", "),
+        conf(r),
+        if r.stats.margins.is_empty() {
+            String::new()
+        } else {
+            format!(" (non-inferiority margins: {})", r.stats.margins.iter().map(|(k, v)| format!("{k} {v:+}")).collect::<Vec<_>>().join(", "))
+        },
+        r.stats.alpha
+    );
+    let _ = writeln!(o, "\n### Validity gates\n");
+    o.push_str(&gates_table(r));
+    o
 }
 
 pub fn markdown(r: &Results) -> String {
@@ -102,18 +170,20 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "# bedside evaluation: {}\n", md(&r.name));
     let _ = writeln!(
         o,
-        "Systems: {} (baseline `{}`). Items: {}. Schema version {}.\n",
+        "Systems: {} (baseline `{}`). Controls: {}. Items: {}. Schema version {}.\n",
         r.systems.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
         r.baseline,
+        if r.controls.is_empty() { "none".to_string() } else { r.controls.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ") },
         r.counts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
         r.schema_version
     );
     let _ = writeln!(o, "## Summary\n");
+    o.push_str(&summary_table(r));
+    let _ = writeln!(o, "\n### Findings\n");
     for s in &r.summary {
         let _ = writeln!(o, "- {}", md(s));
     }
-    let _ = writeln!(o, "\n## Measures\n\n```\n{}```\n", summary_table(r));
-    let _ = writeln!(o, "## Differences against `{}`\n", r.baseline);
+    let _ = writeln!(o, "\n## All differences against `{}`\n", r.baseline);
     let _ = writeln!(o, "| system | measure | n | baseline | system | diff | {conf}% CI | Wilcoxon p | Δ% | significant |");
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
     for c in &r.comparisons {
@@ -213,5 +283,6 @@ mod tests {
     #[test]
     fn markdown_cells_lose_pipes_and_newlines() {
         assert_eq!(md("a|b\nc"), "a\\|b c");
+        assert_eq!(md("<b>x</b>"), "&lt;b&gt;x&lt;/b&gt;");
     }
 }
