@@ -5,8 +5,8 @@
 #      quantized GGUF (configs/train-smollm2-cpu.toml);
 #   3. evaluate base vs tuned on the held-out test split, the safety set and the equity probes
 #      (configs/eval-smollm2-demo.toml): empathy, knowledge, safety, equity, statistics;
-#   4. print the summary table and where the report is.
-# Measured on three 2-core machines after the build: 1.3-3 minutes training, 7.5-13 evaluating (9-16 in all).
+#   4. print the summary (verdict, control table, gates; Markdown) and where the report is, and
+#      keep it in runs/demo/summary.md (scripts/readme_summary.sh puts it into the README).
 # Rerunning reuses the adapter and cached answers; delete runs/demo to start over. Extra arguments go to `bedside eval run` (e.g. --limit 5).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,5 +25,6 @@ fi
 
 echo "demo: evaluating base vs tuned ($run/eval)" >&2
 "$bin" eval run --config configs/eval-smollm2-demo.toml --adapter "tuned=$run/train/adapter" \
-  --output-dir "$run/eval" "$@"
-echo "demo: training curve $run/train/loss.svg; open the report in a browser (it is self-contained)" >&2
+  --output-dir "$run/eval" --quiet "$@" >&2
+"$bin" eval summary "$run/eval" | tee "$run/summary.md"
+echo "demo: summary in $run/summary.md; training curve $run/train/loss.svg; report $run/eval/report.html (self-contained)" >&2
