@@ -123,9 +123,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
 #[command(
     about = "Check the empathy scorer against EPITOME's human labels: accuracy, macro-F1, kappa, confusion matrices",
     long_about = "Score the EPITOME Reddit pairs (Sharma et al. 2020; emotional-reactions-reddit.csv, interpretations-reddit.csv, explorations-reddit.csv) \
-with the scorer and compare with the human levels. The data is research-only: it is read here at run time and never copied. \
+with the scorer and compare with the human levels, on all pairs and on the held-out 20% (the seeker posts `train-scorer --epitome` \
+never trains on: the only fair figures for heads trained on EPITOME). The data is research-only: it is read here at run time and never copied. \
 Targets (macro-F1 >= 0.6 per mechanism) are reported, not enforced: the exit status is 0 whenever the check ran.",
-    after_help = "Examples:\n  bedside eval validate-scorer\n  bedside eval validate-scorer --epitome-dir ../shared/epitome --json\n  bedside eval validate-scorer --heads my-heads.safetensors --output validation.json"
+    after_help = "Examples:\n  bedside eval validate-scorer\n  bedside eval validate-scorer --record\n  bedside eval validate-scorer --epitome-dir ../shared/epitome --json\n  bedside eval validate-scorer --heads my-heads.safetensors --output validation.json"
 )]
 pub struct ValidateScorerArgs {
     /// Directory with the three EPITOME CSVs.
@@ -143,6 +144,10 @@ pub struct ValidateScorerArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Record the macro-F1 figures (all pairs and held-out 20%) beside the heads
+    /// (`<heads>.validation.json`, keyed by the heads' SHA-256), where `eval run` reports read them.
+    #[arg(long)]
+    pub record: bool,
 }
 
 pub fn validate_scorer(args: ValidateScorerArgs) -> Result<()> {
@@ -165,6 +170,13 @@ pub fn validate_scorer(args: ValidateScorerArgs) -> Result<()> {
     if let Some(o) = &args.output {
         write_atomic(o, js.as_bytes())?;
     }
+    if args.record {
+        let heads = args.heads.clone().unwrap_or_else(default_heads_path);
+        let rec = bedside_empathy::validation_record(&report, &heads)?;
+        let path = bedside_empathy::validation_record_path(&heads);
+        write_atomic(&path, (serde_json::to_string_pretty(&rec)? + "\n").as_bytes())?;
+        eprintln!("recorded → {}", path.display());
+    }
     if args.json {
         println!("{js}");
     } else {
@@ -177,16 +189,23 @@ pub fn validate_scorer(args: ValidateScorerArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 #[command(
-    about = "Train empathy heads (ER, IP, EX) from your own labelled (context, response) pairs",
+    about = "Train empathy heads (ER, IP, EX) from labelled (context, response) pairs, or in domain from EPITOME",
     long_about = "Train the three logistic heads from JSON lines with `id`, `context`, `response`, `emotional_reactions`, `interpretations`, \
 `explorations` (0-2 each; optional `domain`). Features: MiniLM embeddings plus lexical cues. The L2 strength of each head is chosen \
-by 5-fold cross-validation on the input unless --lambda is given. Training is deterministic: the same input gives the same file.",
-    after_help = "Examples:\n  bedside eval train-scorer --output data/empathy/heads-v1.safetensors\n  bedside eval train-scorer --input my-labels.jsonl --output heads.safetensors\n  bedside eval train-scorer --input a.jsonl --input b.jsonl --features lex+cos --lambda 0.1 --output heads.safetensors\n  bedside eval validate-scorer --heads heads.safetensors"
+by 5-fold cross-validation on the input unless --lambda is given. Training is deterministic: the same input gives the same file.\n\n\
+With --epitome DIR (the three EPITOME Reddit CSVs, research-use data): train on a fixed 80% of the pairs, split by seeker post \
+(SHA-256 of sp_id), and report macro-F1 on the other 20%. Features: hashed TF-IDF word and character n-grams of the response plus \
+the lexical cues (no embedder needed); class-balanced heads with per-class bias offsets chosen by cross-validation inside the 80%. \
+The weights are derived from EPITOME: they are written only where you say, never inside this repository.",
+    after_help = "Examples:\n  bedside eval train-scorer --output data/empathy/heads-v1.safetensors\n  bedside eval train-scorer --input my-labels.jsonl --output heads.safetensors\n  bedside eval train-scorer --input a.jsonl --input b.jsonl --features lex+cos --lambda 0.1 --output heads.safetensors\n  bedside eval train-scorer --epitome ../shared/epitome --output ~/epitome-heads.safetensors --report ~/epitome-heads.json\n  bedside eval validate-scorer --heads heads.safetensors\n  bedside eval run --config configs/eval-smollm2.toml --heads ~/epitome-heads.safetensors"
 )]
 pub struct TrainScorerArgs {
     /// Labelled JSON lines (repeatable; default: data/empathy/labelled-part-*.jsonl).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "epitome")]
     pub input: Vec<PathBuf>,
+    /// Train in domain on the EPITOME CSVs in this directory (80% by seeker post; 20% held out).
+    #[arg(long, value_name = "DIR")]
+    pub epitome: Option<PathBuf>,
     /// Heads file to write (safetensors, atomically).
     #[arg(long)]
     pub output: PathBuf,
@@ -222,7 +241,65 @@ fn parse_lambda(s: &str) -> Result<[f64; 3]> {
     }
 }
 
+/// The bedside checkout `path` would land in, if any: the workspace this binary was built from, or
+/// a directory holding bedside's labelled empathy files (the current one when run from a clone).
+pub fn repository_containing(path: &Path) -> Option<PathBuf> {
+    // The deepest existing ancestor, canonicalised (the file itself need not exist yet).
+    let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().ok()?.join(path) };
+    let mut existing = abs.as_path();
+    while !existing.exists() {
+        existing = existing.parent()?;
+    }
+    let canon = existing.canonicalize().ok()?;
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().ok();
+    canon.ancestors().find(|a| built.as_deref() == Some(*a) || a.join("data/empathy/labelled-part-a.jsonl").is_file()).map(Path::to_path_buf)
+}
+
+fn train_epitome(args: &TrainScorerArgs, dir: &Path) -> Result<()> {
+    if let Some(repo) = repository_containing(&args.output) {
+        bail!(
+            "--output {} is inside the bedside repository ({}): heads trained on EPITOME are research-use data and must not be \
+             committed or shipped with it; write them elsewhere (e.g. --output ~/epitome-heads.safetensors)",
+            args.output.display(),
+            repo.display()
+        );
+    }
+    if !dir.is_dir() {
+        bail!("--epitome {}: not a directory (it must hold {})", dir.display(), bedside_empathy::data::EPITOME_FILES.join(", "));
+    }
+    let mut opts = bedside_empathy::epitome::EpitomeOptions::default();
+    if let Some(l) = args.lambda.as_deref() {
+        opts.lambda = parse_lambda(l)?;
+    }
+    let pb = bar(0, "featurising");
+    let (mut heads, report) = bedside_empathy::epitome::train_epitome(dir, &opts, |stage, d, t| {
+        pb.set_message(stage.to_string());
+        pb.set_length(t as u64);
+        pb.set_position(d as u64);
+    })?;
+    pb.finish_and_clear();
+    heads.metadata.insert("created".into(), args.date.clone().unwrap_or_else(bedside_empathy::train::utc_date_today));
+    heads.save(&args.output)?;
+    Heads::load(&args.output)?;
+    if let Some(r) = &args.report {
+        write_atomic(r, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    eprintln!("trained {} heads on EPITOME's training 80% in {:.1}s → {}", heads.features.spec(), report.seconds, args.output.display());
+    for m in &report.mechanisms {
+        let a = &m.heldout;
+        eprintln!(
+            "  {:<20} train {} / held out {}: held-out macro-F1 {:.3} (F1 per level {:.3} / {:.3} / {:.3}, accuracy {:.3}, quadratic kappa {:.3}); \
+             out-of-fold {:.3}",
+            m.mechanism, m.n_train, m.n_heldout, a.macro_f1, a.f1[0], a.f1[1], a.f1[2], a.accuracy, a.quadratic_kappa, m.oof_macro_f1_offsets
+        );
+    }
+    Ok(())
+}
+
 pub fn train_scorer(args: TrainScorerArgs) -> Result<()> {
+    if let Some(dir) = args.epitome.clone() {
+        return train_epitome(&args, &dir);
+    }
     let features = FeatureSet::parse(&args.features)?;
     let lambda = args.lambda.as_deref().map(parse_lambda).transpose()?;
     let inputs = if args.input.is_empty() { labelled_parts(Path::new("."))? } else { args.input.clone() };
@@ -272,6 +349,12 @@ mod tests {
     #[test]
     fn lambda_takes_one_or_three_values() {
         assert!(parse_lambda("0.1,0.2").is_err());
+        // EPITOME-trained heads are refused inside the repository, wherever the path points in it.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        assert!(repository_containing(&root.join("data/empathy/epitome.safetensors")).is_some());
+        assert!(repository_containing(&root.join("runs/new-dir/x.safetensors")).is_some());
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(repository_containing(&tmp.path().join("sub/heads.safetensors")), None);
         assert_eq!(parse_lambda("0.1").unwrap(), [0.1; 3]);
     }
 }

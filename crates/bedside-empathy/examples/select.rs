@@ -18,9 +18,13 @@ use anyhow::Result;
 use bedside_empathy::data::{labelled_parts, read_epitome, read_labelled};
 use bedside_empathy::metrics::agreement;
 use bedside_empathy::train::train_with_cv;
-use bedside_empathy::{EmpathyScores, FeatureSet};
+use bedside_empathy::{analyse, EmpathyScores, FeatureSet};
 use bedside_embed::Embedder;
 use candle_core::Device;
+
+fn kept(context: &str, response: &str) -> String {
+    analyse(context, response).kept_text().into_owned()
+}
 
 fn embed_all(e: &Embedder, texts: &[&str], cache: &Path) -> Result<HashMap<String, Vec<f32>>> {
     let mut map: HashMap<String, Vec<f32>> = match std::fs::read(cache) {
@@ -66,12 +70,14 @@ fn main() -> Result<()> {
     let e = Embedder::load(&Embedder::default_dir(), &Device::Cpu)?;
     let cache_dir = std::env::temp_dir().join("bedside-empathy-select");
     std::fs::create_dir_all(&cache_dir)?;
-    let texts: Vec<&str> = pairs.iter().flat_map(|p| [p.context.as_str(), p.response.as_str()]).collect();
+    let kept_texts: Vec<String> = pairs.iter().map(|p| kept(&p.context, &p.response)).collect();
+    let texts: Vec<&str> = pairs.iter().map(|p| p.context.as_str()).chain(kept_texts.iter().map(String::as_str)).collect();
     let emb = embed_all(&e, &texts, &cache_dir.join("labelled.json"))?;
     let epi = match &epi_dir {
         Some(d) => {
             let f = read_epitome(Path::new(d))?;
-            let t: Vec<&str> = f.iter().flatten().flat_map(|r| [r.seeker_post.as_str(), r.response_post.as_str()]).collect();
+            let k: Vec<String> = f.iter().flatten().map(|r| kept(&r.seeker_post, &r.response_post)).collect();
+            let t: Vec<&str> = f.iter().flatten().map(|r| r.seeker_post.as_str()).chain(k.iter().map(String::as_str)).collect();
             let em = embed_all(&e, &t, &cache_dir.join("epitome.json"))?;
             Some((f, em))
         }
@@ -82,7 +88,7 @@ fn main() -> Result<()> {
         if only.as_deref().is_some_and(|o| o != set.name()) {
             continue;
         }
-        let x: Vec<Vec<f32>> = pairs.iter().map(|p| set.assemble(&p.context, &p.response, &emb[&p.context], &emb[&p.response])).collect();
+        let x: Vec<Vec<f32>> = pairs.iter().map(|p| set.assemble(&analyse(&p.context, &p.response), &emb[&p.context], &emb[&kept(&p.context, &p.response)])).collect();
         let (heads, rep) = train_with_cv(&pairs, &x, e.dim(), set, None, |_, _| {})?;
         println!("== {}  lambda {:?}  CV macro-F1 ER {:.3} IP {:.3} EX {:.3}", set.name(), rep.lambda, rep.cv_macro_f1[0], rep.cv_macro_f1[1], rep.cv_macro_f1[2]);
         if std::env::var("SELECT_WEIGHTS").is_ok() {
@@ -105,7 +111,7 @@ fn main() -> Result<()> {
                 let pred: Vec<u8> = rows
                     .iter()
                     .map(|r| {
-                        let f = set.assemble(&r.seeker_post, &r.response_post, &em[&r.seeker_post], &em[&r.response_post]);
+                        let f = set.assemble(&analyse(&r.seeker_post, &r.response_post), &em[&r.seeker_post], &em[&kept(&r.seeker_post, &r.response_post)]);
                         EmpathyScores::from_probs(heads.predict(&f)).levels()[m]
                     })
                     .collect();

@@ -39,6 +39,22 @@ impl Head {
     }
 }
 
+impl Head {
+    /// Class probabilities for a sparse standardised row (index, value) of width `d`.
+    pub fn probs_sparse(&self, z: &[(u32, f32)], d: usize) -> [f32; 3] {
+        let mut logits = [0f64; 3];
+        for (k, l) in logits.iter_mut().enumerate() {
+            let row = &self.weight[k * d..(k + 1) * d];
+            *l = self.bias[k] as f64 + z.iter().map(|&(j, x)| row[j as usize] as f64 * x as f64).sum::<f64>();
+        }
+        let p = softmax3(logits);
+        [p[0] as f32, p[1] as f32, p[2] as f32]
+    }
+}
+
+/// A sparse feature row: (index, value) pairs in increasing index order.
+pub type SparseRow = Vec<(u32, f32)>;
+
 /// The three heads with their shared feature standardisation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Heads {
@@ -49,6 +65,8 @@ pub struct Heads {
     pub std: Vec<f32>,
     /// ER, IP, EX.
     pub heads: [Head; 3],
+    /// IDF per n-gram bucket, for [`FeatureSet::NgramLexical`] heads (empty otherwise).
+    pub idf: Vec<f32>,
     /// Free-form provenance (training set hash, date, hyperparameters), saved in the file header.
     pub metadata: BTreeMap<String, String>,
 }
@@ -121,10 +139,10 @@ pub fn class_weights(y: &[u8], balanced: bool) -> [f64; 3] {
     w
 }
 
-/// Weighted mean cross-entropy + λ/2 ‖W‖² (bias unpenalised) and its gradient.
-/// θ = W row-major [3, d] followed by b[3].
-fn loss_grad(theta: &[f64], z: &[Vec<f64>], y: &[u8], sw: &[f64], lambda: f64, grad: &mut [f64]) -> f64 {
-    let d = z.first().map_or(0, Vec::len);
+/// Weighted mean cross-entropy + λ/2 ‖W‖² (bias unpenalised) and its gradient, over sparse rows
+/// (index, value) of width `d` (a dense row is every index in order: the same sums in the same
+/// order). θ = W row-major [3, d] followed by b[3].
+fn loss_grad(theta: &[f64], z: &[Vec<(u32, f64)>], d: usize, y: &[u8], sw: &[f64], lambda: f64, grad: &mut [f64]) -> f64 {
     grad.iter_mut().for_each(|g| *g = 0.0);
     let wsum: f64 = sw.iter().sum::<f64>().max(1e-12);
     let mut loss = 0.0;
@@ -134,14 +152,16 @@ fn loss_grad(theta: &[f64], z: &[Vec<f64>], y: &[u8], sw: &[f64], lambda: f64, g
         }
         let mut l = [0f64; 3];
         for (k, lk) in l.iter_mut().enumerate() {
-            *lk = theta[3 * d + k] + theta[k * d..(k + 1) * d].iter().zip(x).map(|(a, b)| a * b).sum::<f64>();
+            let row = &theta[k * d..(k + 1) * d];
+            *lk = theta[3 * d + k] + x.iter().map(|&(j, v)| row[j as usize] * v).sum::<f64>();
         }
         let p = softmax3(l);
         loss -= wi * p[yi as usize].max(1e-300).ln();
         for k in 0..3 {
             let r = wi * (p[k] - if k == yi as usize { 1.0 } else { 0.0 }) / wsum;
-            for (g, xv) in grad[k * d..(k + 1) * d].iter_mut().zip(x) {
-                *g += r * xv;
+            let g = &mut grad[k * d..(k + 1) * d];
+            for &(j, v) in x {
+                g[j as usize] += r * v;
             }
             grad[3 * d + k] += r;
         }
@@ -239,13 +259,19 @@ fn lbfgs(theta: &mut [f64], max_iter: usize, mut f: impl FnMut(&[f64], &mut [f64
     }
 }
 
-/// Fit one head on standardised features.
+/// Fit one head on standardised dense features.
 pub fn fit_head(z: &[Vec<f64>], y: &[u8], lambda: f64, balanced: bool, max_iter: usize) -> Head {
     let d = z.first().map_or(0, Vec::len);
+    let sparse: Vec<Vec<(u32, f64)>> = z.iter().map(|r| r.iter().enumerate().map(|(j, &v)| (j as u32, v)).collect()).collect();
+    fit_head_sparse(&sparse, d, y, lambda, balanced, max_iter)
+}
+
+/// Fit one head on standardised sparse rows of width `d`.
+pub fn fit_head_sparse(z: &[Vec<(u32, f64)>], d: usize, y: &[u8], lambda: f64, balanced: bool, max_iter: usize) -> Head {
     let cw = class_weights(y, balanced);
     let sw: Vec<f64> = y.iter().map(|&l| cw[l as usize]).collect();
     let mut theta = vec![0.0; 3 * d + 3];
-    lbfgs(&mut theta, max_iter, |t, g| loss_grad(t, z, y, &sw, lambda, g));
+    lbfgs(&mut theta, max_iter, |t, g| loss_grad(t, z, d, y, &sw, lambda, g));
     Head {
         weight: theta[..3 * d].iter().map(|v| *v as f32).collect(),
         bias: [theta[3 * d] as f32, theta[3 * d + 1] as f32, theta[3 * d + 2] as f32],
@@ -281,7 +307,7 @@ pub fn train(x: &[Vec<f32>], y: &[Vec<u8>; 3], embedding_dim: usize, opts: &Trai
     }
     metadata.insert("n_train".into(), x.len().to_string());
     metadata.insert("class_balanced".into(), opts.balanced.to_string());
-    Ok(Heads { features: opts.features, embedding_dim, mean, std, heads, metadata })
+    Ok(Heads { features: opts.features, embedding_dim, mean, std, heads, idf: Vec::new(), metadata })
 }
 
 impl Heads {
@@ -293,6 +319,14 @@ impl Heads {
     pub fn predict(&self, x: &[f32]) -> [[f32; 3]; 3] {
         let z = standardise(x, &self.mean, &self.std);
         [self.heads[0].probs(&z), self.heads[1].probs(&z), self.heads[2].probs(&z)]
+    }
+
+    /// [`Heads::predict`] for a sparse raw row: every feature whose mean is not 0 must be present
+    /// (absent entries are taken as 0, which standardises to 0 only where the mean is 0).
+    pub fn predict_sparse(&self, x: &[(u32, f32)]) -> [[f32; 3]; 3] {
+        let z: Vec<(u32, f32)> = x.iter().map(|&(j, v)| (j, (v - self.mean[j as usize]) / self.std[j as usize])).collect();
+        let d = self.width();
+        [self.heads[0].probs_sparse(&z, d), self.heads[1].probs_sparse(&z, d), self.heads[2].probs_sparse(&z, d)]
     }
 
     /// Write a safetensors file atomically (`bedside_io`: unique temp, fsync, rename, directory
@@ -313,6 +347,9 @@ impl Heads {
         for (m, h) in self.heads.iter().enumerate() {
             tensors.insert(format!("{}.weight", SHORT[m]), (vec![3, d], h.weight.clone()));
             tensors.insert(format!("{}.bias", SHORT[m]), (vec![3], h.bias.to_vec()));
+        }
+        if !self.idf.is_empty() {
+            tensors.insert("ngram.idf".into(), (vec![self.idf.len()], self.idf.clone()));
         }
         let mut meta = self.metadata.clone();
         meta.insert("format".into(), FORMAT.into());
@@ -384,17 +421,44 @@ impl Heads {
             heads.push(Head { weight, bias: [b[0], b[1], b[2]] });
         }
         let heads: [Head; 3] = heads.try_into().map_err(|_| anyhow::anyhow!("three heads expected"))?;
+        let idf = if features == FeatureSet::NgramLexical {
+            let idf = get("ngram.idf", &[crate::ngrams::BUCKETS])?;
+            if idf.iter().any(|v| !v.is_finite() || *v < 0.0) {
+                bail!("ngram.idf has negative or non-finite values");
+            }
+            idf
+        } else {
+            Vec::new()
+        };
         let mut metadata = meta;
         for k in ["format", "format_version", "feature_spec", "embedding_dim", "mechanisms", "lexical_features"] {
             metadata.remove(k);
         }
-        Ok(Heads { features, embedding_dim, mean, std, heads, metadata })
+        Ok(Heads { features, embedding_dim, mean, std, heads, idf, metadata })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dense_rows(z: &[Vec<f64>]) -> Vec<Vec<(u32, f64)>> {
+        z.iter().map(|r| r.iter().enumerate().map(|(j, &v)| (j as u32, v)).collect()).collect()
+    }
+
+    #[test]
+    fn sparse_rows_fit_and_predict_like_dense_ones() {
+        // Rows with zeros left out give the same head as the dense rows, bit for bit.
+        let dense = vec![vec![0.0, 1.5, 0.0], vec![-1.0, 0.0, 0.5], vec![0.0, -0.5, 2.0], vec![1.0, 0.0, 0.0]];
+        let y = vec![0u8, 1, 2, 0];
+        let sparse: Vec<Vec<(u32, f64)>> =
+            dense.iter().map(|r| r.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(j, &v)| (j as u32, v)).collect()).collect();
+        let a = fit_head(&dense, &y, 0.05, true, 200);
+        let b = fit_head_sparse(&sparse, 3, &y, 0.05, true, 200);
+        assert_eq!(a, b);
+        let z = [0.5f32, 0.0, -1.0];
+        assert_eq!(a.probs(&z), a.probs_sparse(&[(0, 0.5), (2, -1.0)], 3));
+    }
 
     #[test]
     fn logistic_regression_separates_and_matches_closed_form_binary_case() {
@@ -407,29 +471,30 @@ mod tests {
         assert!(p_lo[0] > 0.5 && p_hi[2] > 0.5, "{p_lo:?} {p_hi:?}");
         // Gradient at the optimum is ~0: check by finite differences of the loss.
         let sw = vec![2.0 / 3.0 * 2.0 / 2.0; 4];
+        let z = dense_rows(&z);
         let mut theta: Vec<f64> = h.weight.iter().map(|v| *v as f64).chain(h.bias.iter().map(|v| *v as f64)).collect();
         let mut g = vec![0.0; theta.len()];
-        let f0 = loss_grad(&theta, &z, &y, &sw, 0.1, &mut g);
+        let f0 = loss_grad(&theta, &z, 1, &y, &sw, 0.1, &mut g);
         theta[2] += 1e-3; // weight of class 2
-        let f1 = loss_grad(&theta, &z, &y, &sw, 0.1, &mut g);
+        let f1 = loss_grad(&theta, &z, 1, &y, &sw, 0.1, &mut g);
         assert!((f1 - f0).abs() < 1e-5, "not at optimum: {f0} {f1}");
     }
 
     #[test]
     fn gradient_matches_finite_differences() {
-        let z: Vec<Vec<f64>> = vec![vec![0.3, -1.0], vec![1.2, 0.4], vec![-0.7, 0.9], vec![0.1, 0.1]];
+        let z = dense_rows(&[vec![0.3, -1.0], vec![1.2, 0.4], vec![-0.7, 0.9], vec![0.1, 0.1]]);
         let y = vec![0u8, 1, 2, 1];
         let sw = vec![1.0, 0.5, 2.0, 0.5];
         let theta: Vec<f64> = (0..9).map(|i| (i as f64 * 0.37).sin()).collect();
         let mut g = vec![0.0; 9];
-        loss_grad(&theta, &z, &y, &sw, 0.2, &mut g);
+        loss_grad(&theta, &z, 2, &y, &sw, 0.2, &mut g);
         for i in 0..9 {
             let mut tp = theta.clone();
             let mut tm = theta.clone();
             tp[i] += 1e-6;
             tm[i] -= 1e-6;
             let mut s = vec![0.0; 9];
-            let num = (loss_grad(&tp, &z, &y, &sw, 0.2, &mut s) - loss_grad(&tm, &z, &y, &sw, 0.2, &mut s)) / 2e-6;
+            let num = (loss_grad(&tp, &z, 2, &y, &sw, 0.2, &mut s) - loss_grad(&tm, &z, 2, &y, &sw, 0.2, &mut s)) / 2e-6;
             assert!((num - g[i]).abs() < 1e-6, "param {i}: {num} vs {}", g[i]);
         }
     }

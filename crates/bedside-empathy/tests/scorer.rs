@@ -124,18 +124,18 @@ fn scorer_validated_against_epitome_human_labels() {
     let secs = t.elapsed().as_secs_f64();
     eprintln!("{}", bedside_empathy::validate::render(&r));
     eprintln!("scored {} pairs in {secs:.1}s ({:.0} pairs/min)", r.distinct_pairs, r.distinct_pairs as f64 / secs * 60.0);
-    // Floors: measured values (data/empathy/README.md) minus 0.05, and always above the
+    // Floors: measured values (data/empathy/README.md) minus 0.05, and always 0.05 above the
     // majority-class baseline.
     let floors = FLOORS;
     for (m, f) in r.mechanisms.iter().zip(floors) {
         let a = &m.agreement;
-        assert!(a.macro_f1 > a.majority_macro_f1 + 0.1, "{}: macro-F1 {:.3} vs majority {:.3}", m.mechanism, a.macro_f1, a.majority_macro_f1);
+        assert!(a.macro_f1 > a.majority_macro_f1 + 0.05, "{}: macro-F1 {:.3} vs majority {:.3}", m.mechanism, a.macro_f1, a.majority_macro_f1);
         assert!(a.macro_f1 >= f - slack, "{}: macro-F1 {:.3} below floor {f} - {slack}", m.mechanism, a.macro_f1);
     }
 }
 
 /// Macro-F1 floors for ER, IP, EX (measured minus 0.05).
-const FLOORS: [f64; 3] = [0.43, 0.46, 0.51];
+const FLOORS: [f64; 3] = [0.45, 0.46, 0.37];
 
 /// The shipped heads were trained on exactly the labelled files in the repository: editing or
 /// adding a labelled file without retraining (`bedside eval train-scorer`) fails here.
@@ -164,4 +164,49 @@ fn scorer_rejects_mismatched_heads() {
     let h = heads::train(&x, &y, 8, &TrainOptions { features: set, ..TrainOptions::default() }).unwrap();
     let e = EmpathyScorer::new(h, emb).err().expect("8-d heads with a 384-d embedder must fail").to_string();
     assert!(e.contains("384"), "{e}");
+}
+
+/// Reports name the heads and their figures; the EPITOME record beside a heads file counts only
+/// for the file it was made from (its SHA-256), so retrained heads never inherit old figures.
+#[test]
+fn scorer_info_reads_only_the_record_of_its_own_heads() {
+    use sha2::{Digest, Sha256};
+    let set = FeatureSet::Lexical;
+    let (x, y) = synthetic(120, set.width(0));
+    let mut h = heads::train(&x, &y, 0, &TrainOptions { features: set, ..TrainOptions::default() }).unwrap();
+    for (k, v) in [("cv_macro_f1_er", "0.71"), ("cv_macro_f1_ip", "0.72"), ("cv_macro_f1_ex", "0.73"), ("n_train", "120"), ("training_files", "t.jsonl"), ("created", "2026-12-05")] {
+        h.metadata.insert(k.into(), v.into());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("h.safetensors");
+    h.save(&p).unwrap();
+    let sha: String = Sha256::digest(std::fs::read(&p).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
+    let record = |sha: &str| {
+        serde_json::json!({
+            "heads_sha256": sha, "pairs": 3084, "macro_f1": {"er": 0.5, "ip": 0.6, "ex": 0.7},
+            "heldout_pairs": 586, "heldout_macro_f1": {"er": 0.51, "ip": 0.61, "ex": 0.71},
+        })
+        .to_string()
+    };
+    let rec_path = bedside_empathy::validation_record_path(&p);
+    assert_eq!(rec_path, dir.path().join("h.validation.json"));
+
+    std::fs::write(&rec_path, record(&sha)).unwrap();
+    let info = bedside_empathy::ScorerInfo::of(&h, Some(&p));
+    assert_eq!(info.heads_sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(info.feature_spec, set.spec());
+    assert_eq!(info.trained_on, "120 labelled pairs (t.jsonl)");
+    assert_eq!(info.validation.len(), 3, "{:?}", info.validation);
+    assert_eq!(info.validation[0].1, [0.71, 0.72, 0.73]);
+    assert_eq!(info.validation[1].1, [0.5, 0.6, 0.7]);
+    assert_eq!(info.validation[2].1, [0.51, 0.61, 0.71]);
+    assert!(info.validation[2].0.contains("held-out 20%, 586 pairs"), "{:?}", info.validation[2]);
+    let s = info.summary();
+    assert!(s.contains("h.safetensors") && s.contains("EPITOME macro-F1 (all 3084 pairs") && s.contains("EX 0.700"), "{s}");
+
+    // A record made for other heads is ignored.
+    std::fs::write(&rec_path, record(&"0".repeat(64))).unwrap();
+    let info = bedside_empathy::ScorerInfo::of(&h, Some(&p));
+    assert_eq!(info.validation.len(), 1, "{:?}", info.validation);
+    assert!(!info.summary().contains("EPITOME"));
 }
