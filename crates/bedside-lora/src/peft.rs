@@ -319,7 +319,7 @@ pub fn attach(model: &mut Model, adapter: &Adapter, weight: f64) -> Result<()> {
     for (module, a, b, scale) in plan {
         let a = a.to_device(&device)?.to_dtype(dtype)?;
         let b = b.to_device(&device)?.to_dtype(dtype)?;
-        branches.insert(module, LoraBranch { a, b, scale: scale * weight, dropout: 0.0 });
+        branches.insert(module, LoraBranch { a, b, scale: scale * weight, dropout: 0.0, rows: None });
     }
     for (name, lin) in model.linears_mut() {
         if let Some(br) = branches.remove(&name) {
@@ -429,6 +429,7 @@ pub fn attach_trainable(model: &mut Model, cfg: &LoraConfig, seed: u64, dtype: D
             b: b.as_tensor().clone(),
             scale: cfg.scale_for(&name),
             dropout: cfg.lora_dropout,
+            rows: None,
         });
         vars.push((peft_key(&name, Factor::A), a));
         vars.push((peft_key(&name, Factor::B), b));

@@ -164,6 +164,10 @@ pub struct LoraBranch {
     pub scale: f64,
     /// Dropout on the branch input, applied only in training with a dropout RNG.
     pub dropout: f32,
+    /// Inference only: the batch rows (`u32` indices into the first dimension of a
+    /// `(batch, seq, in)` input) this branch applies to; `None` applies it to every row. A server
+    /// that batches requests for different adapters gives each adapter's branches its rows.
+    pub rows: Option<Tensor>,
 }
 
 impl LoraBranch {
@@ -229,8 +233,29 @@ impl Linear {
             self.base.forward(x, dense_prefill)?
         };
         for l in &self.lora {
-            let d = l.forward(x, mode.dropout())?.to_dtype(y.dtype())?;
-            y = (y + d)?;
+            match &l.rows {
+                None => {
+                    let d = l.forward(x, mode.dropout())?.to_dtype(y.dtype())?;
+                    y = (y + d)?;
+                }
+                Some(rows) => {
+                    let training = mode.is_train();
+                    if training || x.rank() != 3 {
+                        return Err(candle_core::Error::Msg(format!(
+                            "a LoRA branch limited to some batch rows runs only for inference on (batch, seq, features) inputs, not {:?}{}",
+                            x.dims(),
+                            if training { " in training" } else { "" }
+                        ))
+                        .into());
+                    }
+                    if rows.elem_count() > 0 {
+                        let d = l
+                            .forward(&x.index_select(rows, 0)?, None)?
+                            .to_dtype(y.dtype())?;
+                        y = y.index_add(rows, &d, 0)?;
+                    }
+                }
+            }
         }
         Ok(y)
     }
@@ -239,7 +264,11 @@ impl Linear {
     /// branch over a base it reads by rows, f32 tensors on the CPU.
     pub(crate) fn fuses_in_training(&self, x: &Tensor) -> bool {
         match self.lora.as_slice() {
-            [l] => self.base.readable_by_rows() && [x, &l.a, &l.b].iter().all(|t| applies(t)),
+            [l] => {
+                l.rows.is_none()
+                    && self.base.readable_by_rows()
+                    && [x, &l.a, &l.b].iter().all(|t| applies(t))
+            }
             _ => false,
         }
     }

@@ -214,6 +214,67 @@ impl Cache {
         self.pads = rows.iter().map(|&r| self.pads[r]).collect();
         Ok(())
     }
+
+    /// Append the rows of `other` (e.g. a prompt just processed on its own) to this cache, so
+    /// they decode in the same batch from the next step: whichever side holds fewer positions is
+    /// left-padded to the other's length. Each row keeps its own token positions, so the rows
+    /// continue exactly as they would have alone.
+    pub fn join(&mut self, other: Cache) -> Result<()> {
+        if self.kv.len() != other.kv.len() {
+            return Err(cache_err(format!("cannot join caches of {} and {} layers", self.kv.len(), other.kv.len())));
+        }
+        if other.pads.is_empty() {
+            return Ok(());
+        }
+        if self.pads.is_empty() {
+            *self = other;
+            return Ok(());
+        }
+        let len = self.len.max(other.len);
+        let (shift_self, shift_other) = (len - self.len, len - other.len);
+        let cap = (len + KV_HEADROOM).next_multiple_of(KV_ROUND);
+        for (mine, theirs) in self.kv.iter_mut().zip(other.kv) {
+            let (Some(a), Some(b)) = (mine.as_ref(), theirs.as_ref()) else {
+                if self.len == 0 && other.len == 0 {
+                    continue;
+                }
+                return Err(cache_err("cannot join a cache that holds no keys for a layer".into()));
+            };
+            let placed = |t: &Tensor, n: usize, shift: usize| -> Result<Tensor> { Ok(t.narrow(2, 0, n)?.pad_with_zeros(2, shift, cap - len)?) };
+            let k = Tensor::cat(&[placed(&a.k, self.len, shift_self)?, placed(&b.k, other.len, shift_other)?], 0)?;
+            let v = Tensor::cat(&[placed(&a.v, self.len, shift_self)?, placed(&b.v, other.len, shift_other)?], 0)?;
+            *mine = Some(LayerKv { k, v, shared: std::sync::atomic::AtomicBool::new(false) });
+        }
+        self.pads.iter_mut().for_each(|p| *p += shift_self);
+        self.pads.extend(other.pads.iter().map(|p| p + shift_other));
+        self.len = len;
+        Ok(())
+    }
+
+    /// Drop the leading positions that are padding in every row (left when the longest rows
+    /// leave a batch), so the batch's length is its longest remaining row's.
+    pub fn trim_padding(&mut self) -> Result<()> {
+        let drop = self.pads.iter().copied().min().unwrap_or(0).min(self.len);
+        if drop == 0 {
+            return Ok(());
+        }
+        for slot in self.kv.iter_mut().flatten() {
+            let cap = slot.capacity();
+            *slot = LayerKv {
+                k: slot.k.narrow(2, drop, cap - drop)?.contiguous()?,
+                v: slot.v.narrow(2, drop, cap - drop)?.contiguous()?,
+                // A single row's view is already contiguous and keeps sharing its buffer.
+                shared: std::sync::atomic::AtomicBool::new(slot.shared.load(std::sync::atomic::Ordering::Relaxed)),
+            };
+        }
+        self.pads.iter_mut().for_each(|p| *p -= drop);
+        self.len -= drop;
+        Ok(())
+    }
+}
+
+fn cache_err(msg: String) -> ModelError {
+    ModelError::Candle(candle_core::Error::Msg(msg))
 }
 
 /// Where a model was loaded from, for `info` and run records.

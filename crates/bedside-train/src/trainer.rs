@@ -477,6 +477,7 @@ pub fn attach_adapter_trainable(model: &mut Model, adapter: &bedside_lora::Adapt
             b: vb.as_tensor().clone(),
             scale: adapter.config.scale_for(&name),
             dropout: 0.0,
+            rows: None,
         });
         vars.push((ka, va));
         vars.push((kb, vb));

@@ -428,6 +428,7 @@ mod tests {
                     b: v[2].clone(),
                     scale,
                     dropout: p,
+                    rows: None,
                 }],
             };
             assert!(lin.fuses_in_training(&v[0]), "the fused op must apply");
@@ -492,6 +493,7 @@ mod tests {
                 b: b.clone(),
                 scale,
                 dropout: p,
+                rows: None,
             }],
         };
         let composed = |x: &Tensor, a: &Tensor, b: &Tensor, rng: &mut DropoutRng| {
