@@ -98,7 +98,7 @@ impl ModelArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct SamplingArgs {
-    /// Sampling temperature; 0 means greedy.
+    /// Sampling temperature; 0 means greedy (plain argmax unless --repeat-penalty is given).
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f64,
     /// Keep only the k most likely tokens (0 = off).
@@ -110,8 +110,9 @@ pub struct SamplingArgs {
     /// Drop tokens less likely than this fraction of the most likely one.
     #[arg(long, default_value_t = 0.05)]
     pub min_p: f64,
-    /// Penalise recently used tokens (1.0 = off).
-    #[arg(long, default_value_t = 1.1)]
+    /// Penalise recently used tokens (1.0 = off, the default, as in llama.cpp, transformers and
+    /// OpenAI's API; llama.cpp's old default was 1.1).
+    #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
     /// How many recent tokens the repeat penalty looks at.
     #[arg(long, default_value_t = 64)]

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bedside_model::{Cache, LoadOptions, Logits, Model, ModelLocation};
-use bedside_tokenizer::{ChatMessage, ChatTemplate, ModelTokenizer, TokenStream};
+use bedside_tokenizer::{ChatMessage, ChatTemplate, ModelTokenizer};
 use candle_core::Tensor;
 
-use crate::sampling::{Sampler, SamplingParams};
-use crate::stop::StopMatcher;
+use crate::sampling::SamplingParams;
+use crate::sequence::Sequence;
 use crate::{GenerateError, Result};
 
 #[derive(Debug, Clone, Default)]
@@ -168,30 +168,7 @@ impl Engine {
             flat.extend_from_slice(p);
         }
         let eog = self.tokenizer.eog_ids().to_vec();
-
-        struct Row<'a> {
-            index: usize,
-            sampler: Sampler,
-            history: Vec<u32>,
-            out: Vec<u32>,
-            stream: TokenStream<'a>,
-            stop: StopMatcher,
-            done: Option<FinishReason>,
-        }
-        let mut rows: Vec<Row> = prompts
-            .iter()
-            .zip(params)
-            .enumerate()
-            .map(|(index, (p, sp))| Row {
-                index,
-                sampler: Sampler::new(sp.clone()),
-                history: p.clone(),
-                out: Vec::new(),
-                stream: TokenStream::new(&self.tokenizer),
-                stop: StopMatcher::new(&sp.stop),
-                done: None,
-            })
-            .collect();
+        let mut rows: Vec<Sequence> = prompts.iter().zip(params).map(|(p, sp)| Sequence::new(&self.tokenizer, p, sp.clone())).collect();
 
         let start = Instant::now();
         let mut cache = Cache::with_padding(&self.model, pads);
@@ -205,35 +182,11 @@ impl Engine {
             let mut next = Vec::with_capacity(active.len());
             for (slot, &r) in active.iter().enumerate() {
                 let row = &mut rows[r];
-                let tok = row.sampler.sample(&mut logits[slot], &row.history);
-                if eog.contains(&tok) {
-                    row.done = Some(FinishReason::Eos);
-                } else {
-                    row.out.push(tok);
-                    row.history.push(tok);
-                    if let Some(piece) = row.stream.push(tok)? {
-                        let shown = row.stop.push(&piece);
-                        if let (Some(cb), false) = (on_text.as_deref_mut(), shown.is_empty()) {
-                            cb(row.index, &shown)?;
-                        }
-                    }
-                    if row.stop.stopped() {
-                        row.done = Some(FinishReason::Stop);
-                    } else if row.out.len() >= row.sampler.params().max_tokens {
-                        row.done = Some(FinishReason::Length);
-                    } else if cache.len() + 1 > ctx {
-                        row.done = Some(FinishReason::Context);
-                    }
+                let step = row.advance(&mut logits[slot], &eog, cache.len() + 1 > ctx)?;
+                if let (Some(cb), false) = (on_text.as_deref_mut(), step.text.is_empty()) {
+                    cb(r, &step.text)?;
                 }
-                if row.done.is_some() {
-                    if let Some(rest) = row.stream.finish()? {
-                        row.stop.push(&rest);
-                    }
-                    let tail = row.stop.finish();
-                    if let (Some(cb), false) = (on_text.as_deref_mut(), tail.is_empty()) {
-                        cb(row.index, &tail)?;
-                    }
-                } else {
+                if let (None, Some(tok)) = (row.finished(), row.last_token()) {
                     next.push((slot, tok));
                 }
             }
@@ -247,16 +200,16 @@ impl Engine {
             let toks: Vec<u32> = next.iter().map(|(_, t)| *t).collect();
             let ids = Tensor::from_vec(toks, (active.len(), 1), &device)?;
             logits = self.model.forward(&ids, Some(&mut cache), Logits::Last)?.to_vec2::<f32>()?;
-            check_finite(&logits, rows.iter().map(|r| r.out.len()).max().unwrap_or(0))?;
+            check_finite(&logits, rows.iter().map(|r| r.output().len()).max().unwrap_or(0))?;
         }
         let decode_secs = decode_start.elapsed().as_secs_f64();
         Ok(rows
             .into_iter()
             .map(|r| Generation {
-                text: r.stop.text().to_string(),
-                prompt_tokens: prompts[r.index].len(),
-                tokens: r.out,
-                finish_reason: r.done.unwrap_or(FinishReason::Length),
+                text: r.text().to_string(),
+                prompt_tokens: r.prompt_len(),
+                tokens: r.output().to_vec(),
+                finish_reason: r.finished().unwrap_or(FinishReason::Length),
                 prompt_secs,
                 decode_secs,
             })
@@ -267,7 +220,7 @@ impl Engine {
 /// Stop with an error instead of sampling from logits that hold NaN or infinity (weights or an
 /// adapter the model cannot compute with): sampling them gives an empty or arbitrary answer
 /// that looks like a real one.
-fn check_finite(logits: &[Vec<f32>], generated: usize) -> Result<()> {
+pub(crate) fn check_finite(logits: &[Vec<f32>], generated: usize) -> Result<()> {
     match logits.iter().flatten().find(|x| !x.is_finite()) {
         None => Ok(()),
         Some(x) => Err(GenerateError::Invalid(format!(

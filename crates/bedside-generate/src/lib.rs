@@ -1,12 +1,19 @@
 //! Generation for bedside: a loaded [`Engine`] (model + tokenizer + chat template), seeded
-//! [`sampling`], stop strings, UTF-8-safe streaming, and batched generation of many prompts.
+//! [`sampling`], stop strings, UTF-8-safe streaming, batched generation of many prompts, and
+//! continuous batching ([`batch`]) of requests that come and go, each with its own adapter.
 
+pub mod adapters;
+pub mod batch;
 pub mod engine;
 pub mod sampling;
+pub mod sequence;
 pub mod stop;
 
+pub use adapters::RowAdapters;
+pub use batch::{ContinuousBatch, Request, Update};
 pub use engine::{Engine, EngineOptions, FinishReason, Generation};
 pub use sampling::{Sampler, SamplingParams};
+pub use sequence::{ChosenLogprob, Sequence, TokenLogprob};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
