@@ -81,6 +81,31 @@ pub struct SystemConfig {
     /// Scale applied to every adapter (1.0 = as trained).
     #[serde(default = "one")]
     pub adapter_weight: f64,
+    /// An OpenAI-compatible endpoint (e.g. `http://127.0.0.1:8080/v1`: `bedside serve`,
+    /// llama-server, vLLM) that answers for this system instead of the local model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The model id to ask the endpoint for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The environment variable that holds the endpoint's API key, if it needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Requests sent to the endpoint at once (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+}
+
+impl SystemConfig {
+    /// A system answered by the local model with no adapters.
+    pub fn local(name: &str) -> Self {
+        Self { name: name.into(), adapters: Vec::new(), adapter_weight: 1.0, endpoint: None, model: None, api_key_env: None, concurrency: None }
+    }
+
+    /// The local base model with no adapters (not an endpoint).
+    pub fn is_local_base(&self) -> bool {
+        self.adapters.is_empty() && self.endpoint.is_none()
+    }
 }
 
 /// Decoding settings, identical for every system.
@@ -355,7 +380,7 @@ impl EvalConfig {
     pub fn parse(text: &str) -> Result<Self> {
         let mut cfg: EvalConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         if cfg.systems.is_empty() {
-            cfg.systems.push(SystemConfig { name: "base".into(), adapters: vec![], adapter_weight: 1.0 });
+            cfg.systems.push(SystemConfig::local("base"));
         }
         cfg.validate()?;
         Ok(cfg)
@@ -376,9 +401,27 @@ impl EvalConfig {
             if !s.adapter_weight.is_finite() {
                 bail!("systems[{i}].adapter_weight: must be a finite number");
             }
+            match (&s.endpoint, &s.model) {
+                (Some(url), Some(_)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        bail!("systems[{i}].endpoint: `{url}` must be an http:// or https:// URL (e.g. http://127.0.0.1:8080/v1)");
+                    }
+                    if !s.adapters.is_empty() {
+                        bail!("systems[{i}]: an endpoint system takes no local adapters (ask the endpoint for the adapter's model id)");
+                    }
+                    if s.concurrency == Some(0) {
+                        bail!("systems[{i}].concurrency: must be at least 1");
+                    }
+                }
+                (Some(_), None) => bail!("systems[{i}].model: an endpoint system needs the model id to ask for"),
+                (None, _) if s.model.is_some() || s.api_key_env.is_some() || s.concurrency.is_some() => {
+                    bail!("systems[{i}]: model, api_key_env and concurrency apply only to endpoint systems (set endpoint)")
+                }
+                (None, _) => {}
+            }
         }
-        if !self.systems.iter().any(|s| s.adapters.is_empty()) {
-            bail!("systems: one system must have no adapters (the base model, the baseline of every comparison)");
+        if !self.systems.iter().any(|s| s.is_local_base()) {
+            bail!("systems: one system must be the local model with no adapters (the baseline of every comparison, and the model that scores fluency)");
         }
         if self.batch_size == 0 {
             bail!("batch_size: must be at least 1");
@@ -439,9 +482,9 @@ impl EvalConfig {
         Ok(())
     }
 
-    /// The baseline system's name (the first without adapters).
+    /// The baseline system's name (the first local one without adapters).
     pub fn base_system(&self) -> &str {
-        self.systems.iter().find(|s| s.adapters.is_empty()).map(|s| s.name.as_str()).unwrap_or("base")
+        self.systems.iter().find(|s| s.is_local_base()).map(|s| s.name.as_str()).unwrap_or("base")
     }
 
     /// Sampling parameters for one item (the seed is the item's).
@@ -467,14 +510,15 @@ impl EvalConfig {
         if specs.is_empty() {
             return Ok(());
         }
-        let base = self.systems.iter().find(|s| s.adapters.is_empty()).cloned();
-        let mut systems: Vec<SystemConfig> = base.into_iter().collect();
+        let base = self.systems.iter().find(|s| s.is_local_base()).cloned();
+        // Endpoint systems stay.
+        let mut systems: Vec<SystemConfig> = base.into_iter().chain(self.systems.iter().filter(|s| s.endpoint.is_some()).cloned()).collect();
         for (i, spec) in specs.iter().enumerate() {
             let (name, dir) = match spec.split_once('=') {
                 Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), d.to_string()),
                 _ => (if i == 0 { "tuned".to_string() } else { format!("tuned{}", i + 1) }, spec.clone()),
             };
-            systems.push(SystemConfig { name, adapters: vec![PathBuf::from(dir)], adapter_weight: 1.0 });
+            systems.push(SystemConfig { adapters: vec![PathBuf::from(dir)], ..SystemConfig::local(&name) });
         }
         self.systems = systems;
         self.validate()

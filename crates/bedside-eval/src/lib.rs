@@ -19,6 +19,7 @@ mod cache;
 pub mod compare;
 pub mod config;
 pub mod controls;
+pub mod endpoint;
 mod hash;
 mod items;
 mod judge;

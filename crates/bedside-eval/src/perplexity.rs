@@ -196,9 +196,11 @@ pub(crate) fn perplexities(
             })
         })
         .collect();
-    let n_neutral: usize = cfg.systems.iter().map(|s| neutral_jobs(&s.name).len()).sum();
+    // An endpoint's model cannot be scored teacher-forced here: no neutral perplexity for it.
+    let local = || cfg.systems.iter().filter(|s| s.endpoint.is_none());
+    let n_neutral: usize = local().map(|s| neutral_jobs(&s.name).len()).sum();
     pb.set_length((n_neutral + fluency_jobs.len()) as u64);
-    for system in &cfg.systems {
+    for system in local() {
         systems.select(system)?;
         let fp = fingerprints.get(&system.name).context("a system without a fingerprint")?;
         run_nll(&systems.engine, fp, &neutral_jobs(&system.name), cache, pb)?;

@@ -147,9 +147,16 @@ fn answer(run: &mut Run, systems: &mut LocalSystems) -> Result<(BTreeMap<String,
     let mut stats = BTreeMap::new();
     let mut fingerprints = BTreeMap::new();
     for system in &cfg.systems {
-        let mut source = systems.source(cfg, system)?;
-        let fp = crate::systems::AnswerSource::fingerprint(&source).to_string();
-        let st = answer_items(cfg, system, &mut source, &run.items, &mut run.gens, &pb)?;
+        // An endpoint system answers over HTTP; the others on the loaded model.
+        let (fp, st) = if system.endpoint.is_some() {
+            let mut source = crate::endpoint::EndpointSource::new(cfg, system)?;
+            let fp = crate::systems::AnswerSource::fingerprint(&source).to_string();
+            (fp, answer_items(cfg, system, &mut source, &run.items, &mut run.gens, &pb)?)
+        } else {
+            let mut source = systems.source(cfg, system)?;
+            let fp = crate::systems::AnswerSource::fingerprint(&source).to_string();
+            (fp, answer_items(cfg, system, &mut source, &run.items, &mut run.gens, &pb)?)
+        };
         stats.insert(system.name.clone(), st);
         fingerprints.insert(system.name.clone(), fp);
     }
@@ -196,8 +203,13 @@ fn provenance(cfg: &EvalConfig, model: &ModelInfo, scorers: &Scorers) -> Value {
         .systems
         .iter()
         .map(|s| {
-            let a: Vec<Value> = s.adapters.iter().map(|p| json!({"path": p, "sha256": path_hash(p).unwrap_or_default()})).collect();
-            json!({"name": s.name, "adapters": a, "adapter_weight": s.adapter_weight})
+            let a: Vec<Value> =
+                s.adapters.iter().map(|p| json!({"path": p, "sha256": path_hash(p).unwrap_or_default()})).collect();
+            let mut v = json!({"name": s.name, "adapters": a, "adapter_weight": s.adapter_weight});
+            if let (Some(url), Some(model)) = (&s.endpoint, &s.model) {
+                v["endpoint"] = json!({"url": url, "model": model});
+            }
+            v
         })
         .collect();
     json!({

@@ -2,10 +2,11 @@
 //!
 //! Every system answers through an [`AnswerSource`]: given chats and per-chat sampling settings,
 //! it returns answers, and its fingerprint names everything those answers depend on besides the
-//! prompt and the seed (so cached answers are reused only when nothing changed). Today every
-//! system is the base model with zero or more LoRA adapters ([`LocalSystems`], one model loaded
-//! once, adapters swapped between systems); a remote endpoint would be another source, with its
-//! own fingerprint (URL, model name, decoding), and no teacher-forced perplexity.
+//! prompt and the seed (so cached answers are reused only when nothing changed). A system is
+//! either the base model with zero or more LoRA adapters ([`LocalSystems`], one model loaded
+//! once, adapters swapped between systems) or an OpenAI-compatible endpoint
+//! ([`crate::endpoint`], fingerprinted by URL, model name and decoding, with no teacher-forced
+//! perplexity).
 
 use std::time::Instant;
 
