@@ -10,6 +10,7 @@ mod eval;
 mod eval_scorer;
 mod generate;
 mod info;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
     name = "bedside",
     version,
     about = "Run, fine-tune and evaluate open LLMs for empathetic, accurate answers to patients",
-    after_help = "Examples:\n  bedside info models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n  bedside generate --user \"I'm scared about my chest pain. What should I do?\"\n  bedside chat --system \"You are a caring clinician.\"\n  bedside bench --prompt-tokens 512 --gen-tokens 128\n\nLogs go to stderr (RUST_LOG or -v to raise the level); answers go to stdout.\nCPU work runs on one thread per physical core; RAYON_NUM_THREADS=N sets another count."
+    after_help = "Examples:\n  bedside info models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n  bedside generate --user \"I'm scared about my chest pain. What should I do?\"\n  bedside chat --system \"You are a caring clinician.\"\n  bedside bench --prompt-tokens 512 --gen-tokens 128\n  bedside serve --adapter tuned=runs/demo/train/adapter\n\nLogs go to stderr (RUST_LOG or -v to raise the level); answers go to stdout.\nCPU work runs on one thread per physical core; RAYON_NUM_THREADS=N sets another count."
 )]
 struct Cli {
     /// More log output on stderr (-v info, -vv debug). Logs never contain prompt or answer text.
@@ -39,6 +40,7 @@ enum Command {
     Data(data::DataArgs),
     Eval(eval::EvalArgs),
     Train(train::TrainArgs),
+    Serve(serve::ServeArgs),
 }
 
 /// A closed stdout (`bedside info MODEL | head -n 1`) ends the command quietly, once for every
@@ -71,13 +73,31 @@ fn main() {
         std::env::set_var("RAYON_NUM_THREADS", candle_core::utils::get_num_threads().to_string());
     }
     let cli = Cli::parse();
-    let level = match cli.verbose {
+    // A server logs each request (info); other commands only warnings unless asked.
+    let serve = match &cli.command {
+        Command::Serve(a) => match a.resolve() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        },
+        _ => None,
+    };
+    let level = match cli.verbose + u8::from(serve.is_some()) {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: a service's log collector would store the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if serve.as_ref().is_some_and(|c| c.log_format == bedside_serve::LogFormat::Json) {
+        fmt.json().with_current_span(false).init();
+    } else {
+        fmt.init();
+    }
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
@@ -87,6 +107,7 @@ fn main() {
         Command::Data(a) => data::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(a),
+        Command::Serve(_) => serve.map_or_else(|| Ok(()), serve::run),
     };
     if let Err(e) = result {
         if is_broken_pipe(&e) {
