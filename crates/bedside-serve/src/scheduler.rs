@@ -174,7 +174,6 @@ pub fn run(
     let mut live: HashMap<u64, Live> = HashMap::new();
     let mut pending: VecDeque<Request> = VecDeque::new();
     let mut updates = Vec::new();
-    let _ = cap;
     loop {
         // Wait for work when idle; otherwise take whatever arrived and keep stepping.
         let idle = batch.is_empty() && pending.is_empty();
@@ -191,7 +190,7 @@ pub fn run(
             .into_iter()
             .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
         {
-            match prepare(&engine, &job, context) {
+            match prepare(&engine, &job, context, cap) {
                 Ok(req) => {
                     live.insert(
                         job.id,
@@ -266,8 +265,9 @@ pub fn run(
     }
 }
 
-/// Tokenize a job's prompt and check it against the context.
-fn prepare(engine: &Engine, job: &Job, context: usize) -> Result<Request, ApiError> {
+/// Tokenize a job's prompt and check it against the context; without a `max_tokens` the answer
+/// may fill the context, up to the server's cap.
+fn prepare(engine: &Engine, job: &Job, context: usize, cap: usize) -> Result<Request, ApiError> {
     let g = &job.generation;
     let ids = match &g.prompt {
         Prompt::Chat(m) => engine.encode_chat(m).map_err(|e| {
@@ -299,7 +299,7 @@ fn prepare(engine: &Engine, job: &Job, context: usize) -> Result<Request, ApiErr
     }
     let mut params = g.params.clone();
     if params.max_tokens == 0 {
-        params.max_tokens = context - ids.len();
+        params.max_tokens = (context - ids.len()).min(cap);
     } else if ids.len() + params.max_tokens > context {
         return Err(ApiError::invalid(
             Some("max_tokens"),
@@ -379,7 +379,7 @@ fn fail_all(
     shared.metrics.active.set(0);
 }
 
-/// Whether the model thread should still be waited for.
+/// Whether the model and adapters are loaded.
 pub fn model_ready(shared: &Shared) -> bool {
     shared.ready.load(Ordering::Acquire)
 }
