@@ -46,7 +46,7 @@ enum Command {
 /// A closed stdout (`bedside info MODEL | head -n 1`) ends the command quietly, once for every
 /// command: Rust ignores SIGPIPE, which turns each later print into a panic (exit 101 and a
 /// backtrace); with the default action restored, the process ends at its first write to the
-/// closed pipe, as `cat` and `grep` do. Sockets are unaffected (Rust sends with MSG_NOSIGNAL).
+/// closed pipe, as `cat` and `grep` do; `serve` ignores it again (`survive_closed_sockets`).
 #[cfg(unix)]
 fn end_quietly_on_closed_stdout() {
     // SAFETY: restores a signal's default disposition before any thread starts.
@@ -57,6 +57,21 @@ fn end_quietly_on_closed_stdout() {
 
 #[cfg(not(unix))]
 fn end_quietly_on_closed_stdout() {}
+
+/// A server must outlive its clients: a client that hangs up mid-answer makes the next write to
+/// its socket fail, and writes that go through `writev` (hyper's vectored writes) or TLS do not
+/// carry MSG_NOSIGNAL, so with SIGPIPE's default action one disconnect would end the server. It
+/// ignores the signal and handles the EPIPE error on that connection instead.
+#[cfg(unix)]
+fn survive_closed_sockets() {
+    // SAFETY: sets a signal's disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+#[cfg(not(unix))]
+fn survive_closed_sockets() {}
 
 /// Whether an error comes from writing to a closed pipe (where the platform reports it as an
 /// error rather than a signal): the reader has stopped reading, which is not a failure.
@@ -73,6 +88,9 @@ fn main() {
         std::env::set_var("RAYON_NUM_THREADS", candle_core::utils::get_num_threads().to_string());
     }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        survive_closed_sockets();
+    }
     // A server logs each request (info); other commands only warnings unless asked.
     let serve = match &cli.command {
         Command::Serve(a) => match a.resolve() {

@@ -910,7 +910,7 @@ fn queue_limit_disconnect_and_timeout() {
     let Some(model) = bedside_testutil::smollm2_gguf() else {
         return;
     };
-    let srv = Server::start(
+    let mut srv = Server::start(
         &[
             "--model",
             &s(&model),
@@ -971,7 +971,7 @@ fn queue_limit_disconnect_and_timeout() {
     b["stream"] = json!(true);
     let r = ureq::post(&url)
         .timeout(Duration::from_secs(60))
-        .send_json(b)
+        .send_json(b.clone())
         .unwrap();
     let mut reader = BufReader::new(r.into_reader());
     let mut line = String::new();
@@ -991,6 +991,45 @@ fn queue_limit_disconnect_and_timeout() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Hang up with unread answer bytes (the kernel then resets the connection) while the server
+    // keeps writing: its later writes fail with EPIPE, which must not end it (SIGPIPE ignored).
+    let body = serde_json::to_vec(&b).unwrap();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(&srv.addr).unwrap();
+        let req = http_request(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            &body,
+        );
+        c.write_all(&req).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut first = [0u8; 64];
+        let n = c.read(&mut first).unwrap();
+        assert!(n > 0);
+        std::thread::sleep(Duration::from_millis(300));
+        drop(c);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            srv.alive(),
+            "a client's disconnect ended the server:\n{}",
+            srv.logs()
+        );
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            .unwrap();
+        assert!(
+            ignored & (1 << (13 - 1)) != 0,
+            "SIGPIPE is not ignored: {status}"
+        );
+    }
+    assert_eq!(get(&format!("{}/health", srv.url), None).0, 200);
 }
 
 /// HTTPS with a certificate the test makes; plain HTTP to the same port gets no answer.
