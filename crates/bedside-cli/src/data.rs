@@ -38,7 +38,7 @@ enum DataCommand {
     Stats(StatsArgs),
     Split(SplitArgs),
     EquityProbes(EquityArgs),
-    Rewrite(RewriteArgs),
+    Rewrite(Box<RewriteArgs>),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -307,7 +307,7 @@ pub fn run(a: DataArgs) -> Result<()> {
         DataCommand::Stats(a) => stats(a),
         DataCommand::Split(a) => split(a),
         DataCommand::EquityProbes(a) => equity(a),
-        DataCommand::Rewrite(a) => rewrite(a),
+        DataCommand::Rewrite(a) => rewrite(*a),
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Generation {
     pub decode_secs: f64,
 }
 
+/// Receives a row's index and a piece of its answer text, as soon as it is safe to show.
+type OnRowText<'a> = &'a mut dyn FnMut(usize, &str) -> Result<()>;
+
 impl Engine {
     /// Load from a `--model` spec: a GGUF file, an HF directory or a hub id.
     pub fn load(spec: &str, opts: &EngineOptions) -> Result<Self> {
@@ -144,7 +147,7 @@ impl Engine {
         &self,
         prompts: &[Vec<u32>],
         params: &[SamplingParams],
-        mut on_text: Option<&mut dyn FnMut(usize, &str) -> Result<()>>,
+        mut on_text: Option<OnRowText<'_>>,
     ) -> Result<Vec<Generation>> {
         let ctx = self.model.context_length();
         for (i, (p, sp)) in prompts.iter().zip(params).enumerate() {

@@ -1,6 +1,6 @@
 //! `EngineOptions::adapters`: PEFT adapters attached at load time, checked against PEFT's logits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bedside_generate::{Engine, EngineOptions, SamplingParams};
 use bedside_model::Logits;
@@ -10,7 +10,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
-fn engine(spec: &PathBuf, adapters: Vec<(PathBuf, f64)>) -> Engine {
+fn engine(spec: &Path, adapters: Vec<(PathBuf, f64)>) -> Engine {
     Engine::load(spec.to_str().unwrap(), &EngineOptions { adapters, ..Default::default() }).unwrap()
 }
 
