@@ -102,6 +102,11 @@ enum ProjSrc<'a> {
 fn proj_src<'t>(l: &'t Linear, held: &mut Held<'t>) -> Option<ProjSrc<'t>> {
     let mut lora = Vec::with_capacity(l.lora.len());
     for br in &l.lora {
+        // The fused step applies a branch to every row; one limited to some rows (a server
+        // mixing adapters in a batch) takes the composed path.
+        if br.rows.is_some() {
+            return None;
+        }
         let (a, b) = (held.hold(&br.a)?, held.hold(&br.b)?);
         lora.push((a, b, br.rank(), br.scale as f32));
     }
