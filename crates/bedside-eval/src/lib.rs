@@ -36,3 +36,9 @@ pub mod systems;
 pub use answers::GenStats;
 pub use config::EvalConfig;
 pub use run::{run, RunOptions, RunOutcome};
+
+/// Read and check a safety set (the `data/eval/safety.jsonl` format): its number of items, or an
+/// error naming the file, the line and the field.
+pub fn check_safety_file(path: &std::path::Path) -> anyhow::Result<usize> {
+    items::read_safety(path).map(|items| items.len())
+}

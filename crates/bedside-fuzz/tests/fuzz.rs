@@ -532,7 +532,7 @@ fn jsonl_and_config_readers() {
         |(_, text)| {
             std::fs::write(&p, text).unwrap();
             let _ = bedside_data::read_jsonl(&p);
-            let _ = bedside_eval::items::read_safety(&p);
+            let _ = bedside_eval::check_safety_file(&p);
             let _ = bedside_lora::LoraConfig::from_json_str(&p, text);
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
                 let _ = bedside_model::ModelConfig::from_hf_json(&p, &v);
