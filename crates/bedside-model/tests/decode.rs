@@ -110,6 +110,7 @@ fn fused_decode_equals_the_composed_path_on_f32_weights_with_lora_branches() {
                 b: Tensor::from_vec(values(o * r, seed + 5, 0.3), (o, r), &Device::Cpu).unwrap(),
                 scale: 1.5,
                 dropout: 0.1,
+                rows: None,
             });
         }
     }
