@@ -161,13 +161,18 @@ pub fn mutate_json(rng: &mut Rng, v: &mut serde_json::Value) {
             let mut b = s.clone().into_bytes();
             mutate_bytes(rng, &mut b);
             *s = String::from_utf8_lossy(&b).into_owned();
-            if rng.chance(8) {
+            // Long strings, but bounded: repeats compound over the 1 to 8 mutations of an input
+            // (64^8 times a seed's string is tens of gigabytes).
+            if rng.chance(8) && s.len() < MAX_REPEATED_LEN {
                 *s = s.repeat(1 + rng.below(64));
             }
         }
         other => *other = rng.pick(&extremes).clone(),
     }
 }
+
+/// A string longer than this is not repeated again by [`mutate_json`].
+const MAX_REPEATED_LEN: usize = 1 << 16;
 
 /// Seconds each target runs: `BEDSIDE_FUZZ_SECS`, default 5.
 pub fn budget() -> Duration {
