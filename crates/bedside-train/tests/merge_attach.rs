@@ -236,5 +236,9 @@ fn adapter_trained_on_the_quantized_default_model_merges_as_attached() {
     let moved = max_abs(&want, &logits(&deq(), &ids));
     eprintln!("quantized vs dequantized: base {base_err:.3}, with the adapter {tuned_err:.3}; the adapter moves logits by {moved:.3}");
     assert!(moved > 0.1, "the trained adapter hardly changes the model ({moved})");
-    assert!(tuned_err <= 1.5 * base_err + 0.05, "the adapter on the quantized base adds error: {tuned_err} vs the base's {base_err}");
+    // A branch missing or misapplied on the quantized path leaves an error the size of the
+    // adapter's own effect; a working one leaves the base's rounding error, somewhat amplified
+    // (the largest of 12 × 49,152 logits, so the bound on the ratio is loose).
+    assert!(tuned_err < 0.5 * moved, "the adapter is not applied on the quantized base: error {tuned_err}, adapter effect {moved}");
+    assert!(tuned_err <= 2.0 * base_err + 0.05, "the adapter on the quantized base adds error: {tuned_err} vs the base's {base_err}");
 }
