@@ -52,6 +52,18 @@ struct Lora<'a> {
     b: bk::Weight<'a>,
     rank: usize,
     scale: f32,
+    /// The batch rows this branch applies to (a server mixing adapters in one batch); all when
+    /// `None`.
+    rows: Option<Vec<usize>>,
+}
+
+/// A LoRA branch before its factors are read: the indices of its held A and B, rank, scale, rows.
+struct LoraSrc {
+    a: usize,
+    b: usize,
+    rank: usize,
+    scale: f32,
+    rows: Option<Vec<usize>>,
 }
 
 struct Layer<'a> {
@@ -95,20 +107,38 @@ impl<'t> Held<'t> {
 /// What a projection is before its tensors are held: a quantized view, or the index of a held
 /// dense weight; LoRA factors likewise.
 enum ProjSrc<'a> {
-    Quantized(bk::QMatrix<'a>, Vec<(usize, usize, usize, f32)>),
-    Dense(usize, Vec<(usize, usize, usize, f32)>),
+    Quantized(bk::QMatrix<'a>, Vec<LoraSrc>),
+    Dense(usize, Vec<LoraSrc>),
 }
 
-fn proj_src<'t>(l: &'t Linear, held: &mut Held<'t>) -> Option<ProjSrc<'t>> {
+/// `l` as the step reads it, for a batch of `batch` rows.
+fn proj_src<'t>(l: &'t Linear, held: &mut Held<'t>, batch: usize) -> Option<ProjSrc<'t>> {
     let mut lora = Vec::with_capacity(l.lora.len());
     for br in &l.lora {
-        // The fused step applies a branch to every row; one limited to some rows (a server
-        // mixing adapters in a batch) takes the composed path.
-        if br.rows.is_some() {
-            return None;
-        }
+        let rows = match &br.rows {
+            None => None,
+            Some(t) => {
+                let rows: Vec<u32> = t
+                    .flatten_all()
+                    .ok()?
+                    .to_dtype(DType::U32)
+                    .ok()?
+                    .to_vec1()
+                    .ok()?;
+                if rows.iter().any(|&r| r as usize >= batch) {
+                    return None;
+                }
+                Some(rows.into_iter().map(|r| r as usize).collect())
+            }
+        };
         let (a, b) = (held.hold(&br.a)?, held.hold(&br.b)?);
-        lora.push((a, b, br.rank(), br.scale as f32));
+        lora.push(LoraSrc {
+            a,
+            b,
+            rank: br.rank(),
+            scale: br.scale as f32,
+            rows,
+        });
     }
     match &l.base {
         BaseWeight::Quantized(q, _) => Some(ProjSrc::Quantized(qmatrix(q)?, lora)),
@@ -133,12 +163,13 @@ fn proj<'a>(
         return None;
     }
     let mut branches = Vec::with_capacity(lora.len());
-    for &(a, b, rank, scale) in lora {
+    for l in lora {
         branches.push(Lora {
-            a: bk::Weight::Dense(bk::DenseMatrix::new(held.slice(a)?, rank, in_dim).ok()?),
-            b: bk::Weight::Dense(bk::DenseMatrix::new(held.slice(b)?, out_dim, rank).ok()?),
-            rank,
-            scale,
+            a: bk::Weight::Dense(bk::DenseMatrix::new(held.slice(l.a)?, l.rank, in_dim).ok()?),
+            b: bk::Weight::Dense(bk::DenseMatrix::new(held.slice(l.b)?, out_dim, l.rank).ok()?),
+            rank: l.rank,
+            scale: l.scale,
+            rows: l.rows.clone(),
         });
     }
     Some(Proj {
@@ -204,14 +235,14 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
         for l in [
             &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, gate_proj, up_proj, down_proj,
         ] {
-            let Some(s) = proj_src(l, &mut held) else {
+            let Some(s) = proj_src(l, &mut held, b) else {
                 return Ok(None);
             };
             p.push(s);
         }
         srcs.push((n1, n2, p));
     }
-    let Some(head_src) = proj_src(&model.lm_head, &mut held) else {
+    let Some(head_src) = proj_src(&model.lm_head, &mut held, b) else {
         return Ok(None);
     };
     let Some(final_norm) = held.hold(&model.norm.weight) else {
@@ -595,7 +626,8 @@ fn quantize_for(
     }
 }
 
-/// `out += Σ scale · (x · Aᵀ) · Bᵀ` over `p`'s LoRA branches, in f32.
+/// `out += Σ scale · (x · Aᵀ) · Bᵀ` over `p`'s LoRA branches, in f32; a branch limited to some
+/// batch rows reads and adds only those rows.
 fn add_lora(
     backend: bk::Backend,
     p: &Proj,
@@ -606,45 +638,82 @@ fn add_lora(
     tmp: &mut Vec<f32>,
 ) -> Result<()> {
     for l in &p.lora {
-        tmp.resize(rows * l.rank, 0.0);
-        let x_in = bk::Input {
-            rows,
-            cols,
-            f32: Some(&x[..rows * cols]),
-            blocks32: None,
-            blocks256: None,
-        };
-        bk::matmul(
-            backend,
-            &bk::Serial,
-            x_in,
-            &mut [bk::Job {
-                weight: l.a,
-                out: tmp,
-                accumulate: false,
-            }],
-        )
-        .map_err(candle_core::Error::Msg)?;
-        tmp.iter_mut().for_each(|v| *v *= l.scale);
-        let t_in = bk::Input {
-            rows,
-            cols: l.rank,
-            f32: Some(tmp),
-            blocks32: None,
-            blocks256: None,
-        };
-        bk::matmul(
-            backend,
-            &Pool,
-            t_in,
-            &mut [bk::Job {
-                weight: l.b,
-                out,
-                accumulate: true,
-            }],
-        )
-        .map_err(candle_core::Error::Msg)?;
+        match &l.rows {
+            None => {
+                tmp.resize(rows * l.rank, 0.0);
+                lora_rows(backend, l, rows, cols, &x[..rows * cols], tmp, out)?;
+            }
+            Some(sel) if sel.is_empty() => {}
+            Some(sel) => {
+                // Gather the branch's rows, run it on them alone, add its output back to them.
+                let (n, od) = (sel.len(), l.b.rows());
+                tmp.resize(n * (cols + l.rank + od), 0.0);
+                let (xg, rest) = tmp.split_at_mut(n * cols);
+                let (t, yg) = rest.split_at_mut(n * l.rank);
+                for (j, &r) in sel.iter().enumerate() {
+                    xg[j * cols..(j + 1) * cols].copy_from_slice(&x[r * cols..(r + 1) * cols]);
+                }
+                yg.fill(0.0);
+                lora_rows(backend, l, n, cols, xg, t, yg)?;
+                for (j, &r) in sel.iter().enumerate() {
+                    let dst = &mut out[r * od..(r + 1) * od];
+                    dst.iter_mut()
+                        .zip(&yg[j * od..(j + 1) * od])
+                        .for_each(|(o, y)| *o += y);
+                }
+            }
+        }
     }
+    Ok(())
+}
+
+/// `out += scale · (x · Aᵀ) · Bᵀ` for `rows` contiguous rows of `x`; `t` holds `rows × rank`.
+fn lora_rows(
+    backend: bk::Backend,
+    l: &Lora,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: &mut [f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let x_in = bk::Input {
+        rows,
+        cols,
+        f32: Some(x),
+        blocks32: None,
+        blocks256: None,
+    };
+    bk::matmul(
+        backend,
+        &bk::Serial,
+        x_in,
+        &mut [bk::Job {
+            weight: l.a,
+            out: t,
+            accumulate: false,
+        }],
+    )
+    .map_err(candle_core::Error::Msg)?;
+    t.iter_mut().for_each(|v| *v *= l.scale);
+    let t_in = bk::Input {
+        rows,
+        cols: l.rank,
+        f32: Some(t),
+        blocks32: None,
+        blocks256: None,
+    };
+    bk::matmul(
+        backend,
+        &Pool,
+        t_in,
+        &mut [bk::Job {
+            weight: l.b,
+            out,
+            accumulate: true,
+        }],
+    )
+    .map_err(candle_core::Error::Msg)?;
     Ok(())
 }
 

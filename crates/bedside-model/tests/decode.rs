@@ -129,6 +129,35 @@ fn fused_decode_equals_the_composed_path_on_f32_weights_with_lora_branches() {
         moved > 1e-2,
         "LoRA branches changed the logits by only {moved}"
     );
+
+    // A server mixing adapters in one batch limits branches to rows: the fused step applies each
+    // to its rows only (rows 0 and 2; row 1; none), as the composed path does.
+    let limits: [&[u32]; 3] = [&[0, 2], &[1], &[]];
+    for (i, (_, lin)) in model.linears_mut().into_iter().enumerate() {
+        for (j, br) in lin.lora.iter_mut().enumerate() {
+            let sel = limits[(i + j) % limits.len()];
+            br.rows = Some(Tensor::new(sel, &Device::Cpu).unwrap());
+        }
+    }
+    let limited = (
+        run(&model, &prompts, 5, true),
+        run(&model, &prompts, 5, false),
+    );
+    let (d, m) = max_diff(&limited.0, &limited.1);
+    assert!(
+        d < 1e-4 * m.max(1.0),
+        "with row-limited LoRA: fused vs composed differ by {d} (max |logit| {m})"
+    );
+    for r in 0..prompts.len() {
+        let row = |x: &[Vec<Vec<f32>>]| -> Vec<Vec<Vec<f32>>> {
+            x.iter().map(|s| vec![s[r].clone()]).collect()
+        };
+        let (from_all, _) = max_diff(&row(&limited.0), &row(&lora.0));
+        assert!(
+            from_all > 1e-3,
+            "row {r}: limiting the branches changed nothing ({from_all})"
+        );
+    }
 }
 
 /// SmolLM2's own shapes (grouped-query heads 9:3, head_dim 64, rotary base 1e5), dequantized so
