@@ -40,7 +40,7 @@ fixed control answers built from each item (reference, neutral, neutral + generi
 restated, the reference contradicted), check every measure's validity gates on the controls, conclude the primary \
 endpoints and write generations.jsonl, scores.jsonl, results.json, report.md and report.html into the output directory. \
 Answers are cached in generations.jsonl: rerunning the same command resumes where it stopped.",
-    after_help = "Examples:\n  bedside eval run --config configs/eval-smollm2.toml --adapter runs/smollm2-cpu/adapter\n  bedside eval run --config configs/eval-smollm2.toml --adapter kind=runs/a --adapter terse=runs/b\n  bedside eval run --config configs/eval-smollm2.toml --limit 3 --output-dir runs/eval-smoke\n\nThe config format is documented in configs/eval-smollm2.toml; --adapter NAME=DIR (or DIR, named tuned, tuned2, …) replaces the\nconfig's adapter systems and keeps its base system."
+    after_help = "Examples:\n  bedside eval run --config configs/eval-smollm2.toml --adapter runs/smollm2-cpu/adapter\n  bedside eval run --config configs/eval-smollm2.toml --adapter kind=runs/a --adapter terse=runs/b\n  bedside eval run --config configs/eval-smollm2.toml --limit 3 --output-dir runs/eval-smoke\n  bedside eval run --config configs/eval-smollm2.toml --heads ~/epitome-heads.safetensors   # scorer from train-scorer\n\nThe config format is documented in configs/eval-smollm2.toml; --adapter NAME=DIR (or DIR, named tuned, tuned2, …) replaces the\nconfig's adapter systems and keeps its base system."
 )]
 pub struct RunArgs {
     /// The run configuration (TOML).
@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Print the report's path only, not the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Empathy heads to score with (default: the config's `empathy_heads`, else the shipped
+    /// data/empathy/heads-v1.safetensors), e.g. ones from `bedside eval train-scorer`.
+    #[arg(long, value_name = "FILE")]
+    pub heads: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -115,6 +119,9 @@ fn run_eval(a: RunArgs) -> Result<()> {
     cfg.set_adapters(&a.adapters).with_context(|| format!("{}: --adapter", a.config.display()))?;
     if let Some(n) = a.limit {
         cfg.apply_limit(n);
+    }
+    if let Some(h) = &a.heads {
+        cfg.empathy_heads = Some(h.clone());
     }
     let output_dir = a
         .output_dir

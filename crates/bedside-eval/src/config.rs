@@ -52,6 +52,10 @@ pub struct EvalConfig {
     /// Prompts generated together in one batch.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Empathy heads to score with (default: the shipped data/empathy/heads-v1.safetensors); a
+    /// relative path is read from the working directory.
+    #[serde(default)]
+    pub empathy_heads: Option<std::path::PathBuf>,
     /// The systems; the first without adapters is the baseline. When absent: just `base`.
     #[serde(default)]
     pub systems: Vec<SystemConfig>,

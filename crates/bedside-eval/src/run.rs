@@ -119,6 +119,10 @@ fn prepare<'a>(cfg: &'a EvalConfig, dir: &'a Path, show: bool) -> Result<Run<'a>
             }
         }
     }
+    if let Some(h) = &cfg.empathy_heads {
+        // Read now, not after the answers: a wrong file should cost seconds, not the whole run.
+        bedside_empathy::Heads::load(h).with_context(|| format!("empathy_heads: {}", h.display()))?;
+    }
     let control_builder = ControlBuilder::load(contradictions_path(cfg).as_deref())?;
     let wanted: Vec<&str> = if cfg.controls {
         CONTROLS.to_vec()
@@ -278,7 +282,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     drop(systems);
 
     let score_started = Instant::now();
-    let scorers = Scorers::load().context("loading the offline scorers (run scripts/setup.sh for the embedder)")?;
+    let scorers = Scorers::load(cfg.empathy_heads.as_deref()).context("loading the offline scorers (run scripts/setup.sh for the embedder)")?;
     tracing::info!(secs = score_started.elapsed().as_secs_f64(), "scorers loaded");
     let (texts, scores) = score(&run, &book, &scorers, judge_data.as_ref())?;
     tracing::info!(secs = score_started.elapsed().as_secs_f64(), answers = texts.len(), "answers scored");

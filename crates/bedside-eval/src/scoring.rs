@@ -26,9 +26,12 @@ pub(crate) struct Scorers {
 }
 
 impl Scorers {
-    pub fn load() -> Result<Self> {
-        let heads_path = bedside_empathy::default_heads_path();
-        let empathy = EmpathyScorer::load_default()?;
+    /// With the empathy heads at `heads` (`--heads`, the config's `empathy_heads`), else the
+    /// shipped ones.
+    pub fn load(heads: Option<&std::path::Path>) -> Result<Self> {
+        let heads_path = heads.map_or_else(bedside_empathy::default_heads_path, std::path::Path::to_path_buf);
+        let empathy = EmpathyScorer::load_heads(Some(&heads_path))
+            .with_context(|| format!("loading the empathy heads {}", heads_path.display()))?;
         Ok(Self { empathy, heads_path, key_fact_threshold: bedside_metrics::keyfacts::DEFAULT_THRESHOLD })
     }
 
@@ -40,6 +43,8 @@ impl Scorers {
         json!({
             "empathy_heads": self.heads_path,
             "empathy_heads_sha256": crate::hash::file_hash(&self.heads_path).unwrap_or_default(),
+            "empathy_scorer": self.empathy.info(),
+            "empathy_scorer_summary": self.empathy.info().summary(),
             "embedder": Embedder::default_dir(),
             "key_fact_threshold": self.key_fact_threshold,
             "key_fact_threshold_source": "bedside_metrics::keyfacts::DEFAULT_THRESHOLD, calibrated once on data/eval/keyfact-calibration.jsonl",

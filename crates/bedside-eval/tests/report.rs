@@ -183,3 +183,17 @@ fn report_renders_in_headless_chromium() {
     assert!(!dom.contains("<h1>injected"), "answer text became markup");
     assert_eq!(dom.matches("<h1").count(), 1, "exactly the report's own heading");
 }
+
+/// The report names the empathy scorer and its validation figures (issue 19), escaped.
+#[test]
+fn report_names_the_empathy_scorer() {
+    let mut r = sample();
+    assert!(!report::markdown(&r).contains("## Empathy scorer"), "no section without a scorer summary");
+    assert!(!report::html(&r).contains("<h2>Empathy scorer</h2>"), "no section without a scorer summary");
+    r.provenance["scorers"] = json!({"empathy_scorer_summary": format!("empathy scorer heads-v1.safetensors (lex-v4/lex+cos+resp); EPITOME macro-F1: ER 0.500 {EVIL}")});
+    let md = report::markdown(&r);
+    assert!(md.contains("## Empathy scorer") && md.contains("heads-v1.safetensors (lex-v4/lex+cos+resp)"), "{md}");
+    let html = report::html(&r);
+    assert!(html.contains("<h2>Empathy scorer</h2>") && html.contains("EPITOME macro-F1: ER 0.500 &lt;script&gt;"), "{html}");
+    assert!(!html.contains("<script>alert"));
+}

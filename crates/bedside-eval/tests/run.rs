@@ -230,6 +230,10 @@ fn full_small_run_then_resume() {
     assert!(!html.contains("<script"));
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("## Safety") && md.contains("## Equity"));
+    // The report names the scorer that produced the empathy levels (the shipped heads here).
+    let scorer = r["provenance"]["scorers"]["empathy_scorer_summary"].as_str().unwrap();
+    assert!(scorer.contains("heads-v1.safetensors"), "{scorer}");
+    assert!(md.contains(&format!("## Empathy scorer\n\n{scorer}")), "{md}");
 
     // Interrupt: keep 10 answers and a torn half line, as if the process died mid-write.
     let text = std::fs::read_to_string(dir.join("generations.jsonl")).unwrap();
@@ -283,4 +287,25 @@ fn answer_nll_matches_transformers() {
     assert_eq!(together[2], (n, mean));
     assert_eq!(together[1], alone);
     assert_ne!(together[1], together[0]);
+}
+
+/// A heads file that cannot be read stops the run before any answer is generated.
+#[test]
+fn unreadable_empathy_heads_fail_before_generation() {
+    let Some((gguf, root)) = models() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = tmp.path().join("adapter");
+    random_adapter(&gguf, &adapter);
+    let heads = tmp.path().join("heads.safetensors");
+    std::fs::write(&heads, b"not a safetensors file").unwrap();
+    let mut cfg = config(&gguf, &root, &adapter);
+    cfg.empathy_heads = Some(heads.clone());
+    let dir = tmp.path().join("run");
+    let Err(err) = bedside_eval::run(RunOptions { config: cfg, output_dir: dir.clone(), progress: false }) else {
+        panic!("a run with an unreadable heads file succeeded");
+    };
+    let msg = format!("{err:#}");
+    assert!(msg.contains("empathy_heads") && msg.contains("heads.safetensors"), "{msg}");
+    let answered = std::fs::read_to_string(dir.join("generations.jsonl")).unwrap_or_default();
+    assert!(answered.trim().is_empty(), "answers were generated before the heads were checked");
 }

@@ -282,6 +282,7 @@ pub(crate) fn render(r: &Results) -> String {
         "safety_notes": safety_notes,
         "judge": judge,
         "examples": examples,
+        "empathy_scorer": r.provenance["scorers"]["empathy_scorer_summary"].as_str(),
         "provenance": serde_json::to_string_pretty(&r.provenance).unwrap_or_default(),
         "timings": serde_json::to_string_pretty(&r.timings).unwrap_or_default(),
     });

@@ -272,6 +272,9 @@ pub fn markdown(r: &Results) -> String {
             let _ = writeln!(o, "**{}** (empathy {}): {}\n", md(s), fmt_num(e.empathy.get(s).copied().unwrap_or(f64::NAN)), md(a));
         }
     }
+    if let Some(s) = r.provenance["scorers"]["empathy_scorer_summary"].as_str() {
+        let _ = writeln!(o, "## Empathy scorer\n\n{}\n", md(s));
+    }
     let _ = writeln!(o, "## Provenance\n\n```json\n{}\n```", serde_json::to_string_pretty(&r.provenance).unwrap_or_default());
     o
 }
