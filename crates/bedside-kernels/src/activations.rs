@@ -189,6 +189,16 @@ impl Activations {
     }
 }
 
+/// `x` rounded to the nearest integer, ties to even, for |x| ≤ 2²² (quantized activations are
+/// within ±127.5). `round_ties_even` compiles to a libm call per value on CPUs without SSE4.1
+/// as the baseline; adding and subtracting 1.5·2²³ rounds the same way in the FPU's default
+/// mode and vectorizes.
+#[inline(always)]
+fn round_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
 /// One 32-value block: quants into `q`; returns the f16-rounded scale, the quants' sum and
 /// ggml's Q8_1 `s` (`f16(d·Σq)`, with the unrounded `d`).
 #[inline]
@@ -198,7 +208,7 @@ fn quantize_block32(x: &[f32], q: &mut [i8]) -> (f32, i32, f32) {
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0i32;
     for (q, &v) in q.iter_mut().zip(x) {
-        let r = (v * id).round_ties_even() as i32;
+        let r = round_small(v * id) as i32;
         *q = r as i8;
         sum += r;
     }
@@ -226,7 +236,7 @@ fn quantize_block256(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> f32 {
     }
     let iscale = -127.0 / max;
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+        *q = (round_small(iscale * v) as i32).min(127) as i8;
     }
     for (s, qc) in bsums.iter_mut().zip(q.chunks_exact(16)) {
         *s = qc.iter().map(|&v| v as i16).sum();
@@ -283,5 +293,32 @@ impl RowBuffers {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_small;
+
+    #[test]
+    fn round_small_rounds_as_round_ties_even() {
+        let mut xs: Vec<f32> = (-300..=300).map(|i| i as f32 * 0.5).collect(); // every tie
+        xs.extend((-2000..=2000).map(|i| i as f32 * 0.0637 + 0.001));
+        xs.extend([
+            0.49999997,
+            -0.49999997,
+            127.49999,
+            -127.50001,
+            4_194_303.5,
+            -4_194_304.0,
+        ]);
+        xs.extend([-0.0, f32::MIN_POSITIVE, 1e-30]);
+        for x in xs {
+            assert_eq!(round_small(x), x.round_ties_even(), "{x}");
+        }
+        assert_eq!(
+            round_small(f32::NAN) as i32,
+            f32::NAN.round_ties_even() as i32
+        );
     }
 }
