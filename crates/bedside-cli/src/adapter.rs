@@ -49,10 +49,11 @@ struct InfoArgs {
     after_help = "Examples:\n  bedside adapter merge --adapter runs/demo/adapter --output merged/\n  bedside adapter merge --model meta-llama/Llama-3.2-1B-Instruct --adapter a/ --adapter b/:0.5 --output merged/ --dtype bf16\n\nA quantized GGUF base is dequantized: the merged checkpoint holds dense weights and computes\nwhat `generate --dequantize --adapter DIR` computes (the quantized run rounds activations to\n8 bits, so near-tied tokens can differ)."
 )]
 struct MergeArgs {
-    /// Base model: a GGUF file, an HF model directory or a hub id.
+    /// Base model: a GGUF file, an HF model directory or a hub id org/name[@revision][:QUANT].
     #[arg(short, long, env = "BEDSIDE_MODEL", default_value = DEFAULT_MODEL)]
     model: String,
-    /// Adapter directory, optionally with a weight (DIR:0.5). Repeatable.
+    /// Adapter directory (or hub id of an adapter repository), optionally with a weight
+    /// (DIR:0.5). Repeatable.
     #[arg(long = "adapter", value_name = "DIR[:WEIGHT]", value_parser = parse_adapter, required = true)]
     adapters: Vec<(PathBuf, f64)>,
     /// Output directory (created; must not already hold a model unless --force).
@@ -208,8 +209,13 @@ const HF_SIDE_FILES: &[&str] = &[
 
 fn merge(a: MergeArgs) -> Result<()> {
     let loc = bedside_model::resolve(&a.model, a.offline)?;
+    let adapters = a
+        .adapters
+        .iter()
+        .map(|(d, w)| Ok((bedside_model::resolve_adapter(d, a.offline)?, *w)))
+        .collect::<Result<Vec<(PathBuf, f64)>>>()?;
     // Writing into the base's or an adapter's own directory would replace what is being read.
-    let mut inputs: Vec<PathBuf> = a.adapters.iter().map(|(d, _)| d.clone()).collect();
+    let mut inputs: Vec<PathBuf> = adapters.iter().map(|(d, _)| d.clone()).collect();
     if let ModelLocation::HfDir(d) = &loc {
         inputs.push(d.clone());
     }
@@ -222,7 +228,7 @@ fn merge(a: MergeArgs) -> Result<()> {
     let dtype_override: Option<DType> = a.dtype.map(Into::into);
     let loaded = bedside_model::load(&loc, &LoadOptions { device: Device::Cpu, dtype: dtype_override, dequantize: false })?;
     let mut model = loaded.model;
-    for (dir, w) in &a.adapters {
+    for (dir, w) in &adapters {
         let ad = load_peft(dir, &Device::Cpu)?;
         bedside_lora::attach(&mut model, &ad, *w).with_context(|| format!("attaching {}", dir.display()))?;
     }

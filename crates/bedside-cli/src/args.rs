@@ -30,7 +30,8 @@ impl From<DtypeArg> for DType {
 
 #[derive(Debug, Args, Clone)]
 pub struct ModelArgs {
-    /// A GGUF file, an HF model directory, or a hub id org/name[@revision][:file.gguf].
+    /// A GGUF file, an HF model directory, or a hub id org/name[@revision][:QUANT or :file.gguf]
+    /// (a quant tag such as Q4_K_M picks the repository's GGUF file, as llama.cpp's -hf does).
     #[arg(short, long, env = "BEDSIDE_MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
     /// auto, cpu, cuda, cuda:N or metal.
@@ -45,13 +46,14 @@ pub struct ModelArgs {
     /// an adapter (f32 is also what training on a quantized base computes).
     #[arg(long)]
     pub dequantize: bool,
-    /// Use only the local hub cache (also HF_HUB_OFFLINE=1).
+    /// Use only the local hub cache; no network code runs (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
     /// A Jinja chat template to use instead of the model's own.
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
-    /// A PEFT LoRA adapter directory to apply, optionally with a weight (DIR:0.5; default 1.0).
+    /// A PEFT LoRA adapter directory (or hub id org/name[@revision] of an adapter repository) to
+    /// apply, optionally with a weight (DIR:0.5; default 1.0).
     /// Repeatable: several adapters add up. On a dense f32 base (f32 safetensors, or a GGUF with
     /// --dequantize) it is merged into the weights; otherwise attached as LoRA branches.
     #[arg(long = "adapter", value_name = "DIR[:WEIGHT]", value_parser = parse_adapter)]

@@ -53,6 +53,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// An adapter system, NAME=DIR or DIR (repeatable); replaces the config's adapter systems.
+    /// DIR may be a hub id org/name[@revision] of an adapter repository.
     #[arg(long = "adapter", value_name = "[NAME=]DIR")]
     pub adapters: Vec<String>,
     /// Override the base model of the config.
@@ -122,6 +123,16 @@ fn run_eval(a: RunArgs) -> Result<()> {
     }
     if let Some(h) = &a.heads {
         cfg.empathy_heads = Some(h.clone());
+    }
+    // An adapter may be a hub id (org/name[@revision]): fetched once here, or read from the
+    // cache alone when offline, as `--model` is.
+    let offline = cfg.offline;
+    for system in &mut cfg.systems {
+        for adapter in &mut system.adapters {
+            *adapter = bedside_model::resolve_adapter(adapter, offline).with_context(|| {
+                format!("system `{}`: adapter {}", system.name, adapter.display())
+            })?;
+        }
     }
     let output_dir = a
         .output_dir

@@ -5,12 +5,13 @@ use clap::Args;
 #[derive(Args)]
 #[command(
     about = "Show what a model holds: architecture, parameters, quantization, context, tokenizer, chat template",
-    after_help = "Examples:\n  bedside info models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n  bedside info path/to/hf-model-dir --json\n  bedside info HuggingFaceTB/SmolLM2-135M-Instruct --offline"
+    after_help = "Examples:\n  bedside info models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n  bedside info path/to/hf-model-dir --json\n  bedside info HuggingFaceTB/SmolLM2-135M-Instruct --offline\n  bedside info bartowski/SmolLM2-135M-Instruct-GGUF:Q4_K_M"
 )]
 pub struct InfoArgs {
-    /// A GGUF file, an HF model directory, or a hub id org/name[@revision][:file.gguf].
+    /// A GGUF file, an HF model directory, or a hub id org/name[@revision][:QUANT or :file.gguf]
+    /// (a quant tag such as Q4_K_M picks the repository's GGUF file, as llama.cpp's -hf does).
     pub model: String,
-    /// Use only the local hub cache.
+    /// Use only the local hub cache; no network code runs (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
     /// Print JSON instead of text.

@@ -9,6 +9,7 @@ mod data;
 mod eval;
 mod eval_scorer;
 mod generate;
+mod hub;
 mod info;
 mod serve;
 mod train;
@@ -20,7 +21,7 @@ use clap::{Parser, Subcommand};
     name = "bedside",
     version,
     about = "Run, fine-tune and evaluate open LLMs for empathetic, accurate answers to patients",
-    after_help = "Examples:\n  bedside info models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n  bedside generate --user \"I'm scared about my chest pain. What should I do?\"\n  bedside chat --system \"You are a caring clinician.\"\n  bedside bench --prompt-tokens 512 --gen-tokens 128\n  bedside serve --adapter tuned=runs/demo/train/adapter\n\nLogs go to stderr (RUST_LOG or -v to raise the level); answers go to stdout.\nCPU work runs on one thread per physical core; RAYON_NUM_THREADS=N sets another count."
+    after_help = "Examples:\n  bedside info models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n  bedside generate --user \"I'm scared about my chest pain. What should I do?\"\n  bedside chat --system \"You are a caring clinician.\"\n  bedside bench --prompt-tokens 512 --gen-tokens 128\n  bedside serve --adapter tuned=runs/demo/train/adapter\n  bedside pull bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M\n\nLogs go to stderr (RUST_LOG or -v to raise the level); answers go to stdout.\nCPU work runs on one thread per physical core; RAYON_NUM_THREADS=N sets another count."
 )]
 struct Cli {
     /// More log output on stderr (-v info, -vv debug). Logs never contain prompt or answer text.
@@ -41,6 +42,8 @@ enum Command {
     Eval(eval::EvalArgs),
     Train(train::TrainArgs),
     Serve(serve::ServeArgs),
+    Pull(hub::PullArgs),
+    Cache(hub::CacheArgs),
 }
 
 /// A closed stdout (`bedside info MODEL | head -n 1`) ends the command quietly, once for every
@@ -126,6 +129,8 @@ fn main() {
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(a),
         Command::Serve(_) => serve.map_or_else(|| Ok(()), serve::run),
+        Command::Pull(a) => hub::pull(a),
+        Command::Cache(a) => hub::cache(a),
     };
     if let Err(e) = result {
         if is_broken_pipe(&e) {

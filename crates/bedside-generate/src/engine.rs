@@ -18,8 +18,9 @@ pub struct EngineOptions {
     pub offline: bool,
     /// Use this Jinja file instead of the model's own chat template.
     pub chat_template: Option<PathBuf>,
-    /// PEFT LoRA adapter directories to attach after loading, each with a multiplier on its
-    /// scaling (1.0 = as trained). Several adapters add up.
+    /// PEFT LoRA adapter directories (or hub ids `org/name[@revision]` of adapter repositories)
+    /// to attach after loading, each with a multiplier on its scaling (1.0 = as trained). Several
+    /// adapters add up.
     pub adapters: Vec<(PathBuf, f64)>,
 }
 
@@ -66,7 +67,9 @@ impl Engine {
 
     pub fn from_location(location: ModelLocation, opts: &EngineOptions) -> Result<Self> {
         let mut loaded = bedside_model::load(&location, &opts.load)?;
-        for (dir, weight) in &opts.adapters {
+        for (spec, weight) in &opts.adapters {
+            // A local directory, or a hub id of an adapter repository (fetched or read from the cache).
+            let dir = &bedside_model::resolve_adapter(spec, opts.offline)?;
             let adapter = bedside_lora::load_peft(dir, loaded.model.device())?;
             // Merged into a dense f32 base (the replaced weights are dropped at once: nothing
             // detaches an engine's adapters), attached as branches otherwise.

@@ -1,8 +1,9 @@
-//! Finding model files: a local path, or `org/name[@revision][:file.gguf]` on the Hugging Face hub.
+//! Finding model files: a local path, or `org/name[@revision][:QUANT|:file.gguf]` on the Hugging
+//! Face hub.
 //!
-//! A local path never touches any network code. Hub ids are downloaded with hf-hub into the
-//! standard cache when online; offline (`--offline` or `HF_HUB_OFFLINE=1`) only the cache is read
-//! and the error lists exactly the files that are missing from it.
+//! A local path never touches any network code. Hub ids go through `bedside-hub`: downloaded into
+//! the standard cache when online; offline (`--offline` or `HF_HUB_OFFLINE=1`) only the cache is
+//! read and the error lists exactly the files that are missing from it.
 
 use std::path::{Path, PathBuf};
 
@@ -25,51 +26,76 @@ impl ModelLocation {
     }
 }
 
-/// A parsed hub id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubId {
-    pub repo: String,
-    pub revision: String,
-    pub gguf_file: Option<String>,
-}
+pub use bedside_hub::{offline_from_env, RepoSpec};
 
-/// `org/name[@revision][:file.gguf]`, or `None` if `spec` does not look like a hub id.
-pub fn parse_hub_id(spec: &str) -> Option<HubId> {
-    let (rest, gguf_file) = match spec.split_once(':') {
-        Some((r, f)) if f.ends_with(".gguf") => (r, Some(f.to_string())),
-        Some(_) => return None,
-        None => (spec, None),
-    };
-    let (repo, revision) = match rest.split_once('@') {
-        Some((r, v)) if !v.is_empty() => (r, v.to_string()),
-        Some(_) => return None,
-        None => (rest, "main".to_string()),
-    };
-    let parts: Vec<&str> = repo.split('/').collect();
-    let ok_part = |p: &str| !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if parts.len() != 2 || !parts.iter().all(|p| ok_part(p)) {
-        return None;
-    }
-    Some(HubId { repo: repo.to_string(), revision, gguf_file })
-}
-
-pub fn offline_from_env() -> bool {
-    matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes"))
-}
-
-/// Resolve a `--model` argument.
+/// Resolve a `--model` argument: a local GGUF file or model directory (no network code runs),
+/// else a hub id fetched into the standard cache (the cache alone when `offline` or
+/// `HF_HUB_OFFLINE` is set). Every command that takes `--model` comes through here.
 pub fn resolve(spec: &str, offline: bool) -> Result<ModelLocation> {
+    Ok(fetch(spec, offline)?.0)
+}
+
+/// [`resolve`], with what the hub fetch did (`None` for a local path), for `bedside pull`.
+pub fn fetch(spec: &str, offline: bool) -> Result<(ModelLocation, Option<bedside_hub::Fetched>)> {
     let p = Path::new(spec);
     if p.exists() {
-        return local(p);
+        return Ok((local(p)?, None));
     }
-    match parse_hub_id(spec) {
-        Some(id) => resolve_hub(&id, offline || offline_from_env()),
+    match RepoSpec::parse(spec) {
+        Some(id) => {
+            let fetched = bedside_hub::Hub::from_env(offline).fetch(&id, bedside_hub::Kind::Model).map_err(|e| hub_error(e, spec))?;
+            let loc = match &fetched.gguf {
+                Some(g) => ModelLocation::Gguf(g.clone()),
+                None => ModelLocation::HfDir(fetched.snapshot.clone()),
+            };
+            Ok((loc, Some(fetched)))
+        }
         None => Err(ModelError::Io {
             path: p.into(),
-            err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory (and not a hub id of the form org/name[@revision])"),
+            err: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file or directory (and not a hub id of the form org/name[@revision][:QUANT or :file.gguf])",
+            ),
         }),
     }
+}
+
+/// Resolve an `--adapter` argument: a local directory as it is, else a hub id `org/name[@revision]`
+/// of a PEFT adapter repository, fetched like a model. Anything else is returned unchanged, for the
+/// adapter loader to report.
+pub fn resolve_adapter(spec: &Path, offline: bool) -> Result<PathBuf> {
+    Ok(fetch_adapter(spec, offline)?.0)
+}
+
+/// [`resolve_adapter`], with what the hub fetch did.
+pub fn fetch_adapter(
+    spec: &Path,
+    offline: bool,
+) -> Result<(PathBuf, Option<bedside_hub::Fetched>)> {
+    if spec.exists() {
+        return Ok((spec.to_path_buf(), None));
+    }
+    match spec.to_str().and_then(RepoSpec::parse) {
+        Some(id) => {
+            let fetched = bedside_hub::Hub::from_env(offline)
+                .fetch(&id, bedside_hub::Kind::Adapter)
+                .map_err(|e| hub_error(e, &spec.display().to_string()))?;
+            Ok((fetched.snapshot.clone(), Some(fetched)))
+        }
+        None => Ok((spec.to_path_buf(), None)),
+    }
+}
+
+/// A hub error for a spec that was also tried as a local path: say so when the repository itself
+/// was not found, since a mistyped relative path looks like a hub id.
+fn hub_error(e: bedside_hub::HubError, spec: &str) -> ModelError {
+    let hint = match &e {
+        bedside_hub::HubError::Access { .. } | bedside_hub::HubError::NotCached(_) => {
+            format!(" (there is no local file or directory {spec} either)")
+        }
+        _ => String::new(),
+    };
+    ModelError::Hub(format!("{e}{hint}"))
 }
 
 fn local(p: &Path) -> Result<ModelLocation> {
@@ -86,100 +112,15 @@ fn local(p: &Path) -> Result<ModelLocation> {
         .collect();
     match ggufs.as_slice() {
         [one] => Ok(ModelLocation::Gguf(one.clone())),
-        [] => Err(ModelError::Config { path: p.join("config.json"), msg: "missing: a model directory needs config.json (HF) or a single .gguf file".into() }),
-        _ => Err(ModelError::Config { path: p.into(), msg: format!("{} .gguf files here; name the one to use", ggufs.len()) }),
+        [] => Err(ModelError::Config {
+            path: p.join("config.json"),
+            msg: "missing: a model directory needs config.json (HF) or a single .gguf file".into(),
+        }),
+        _ => Err(ModelError::Config {
+            path: p.into(),
+            msg: format!("{} .gguf files here; name the one to use", ggufs.len()),
+        }),
     }
-}
-
-const OPTIONAL_FILES: &[&str] = &["tokenizer_config.json", "generation_config.json", "chat_template.jinja", "special_tokens_map.json"];
-
-fn resolve_hub(id: &HubId, offline: bool) -> Result<ModelLocation> {
-    use hf_hub::{Repo, RepoType};
-    let repo = Repo::with_revision(id.repo.clone(), RepoType::Model, id.revision.clone());
-    let name = format!("{}@{}", id.repo, id.revision);
-    if offline {
-        let cache = hf_hub::Cache::from_env().repo(repo);
-        let get = |f: &str| cache.get(f);
-        let mut missing = Vec::new();
-        let found = if let Some(g) = &id.gguf_file {
-            let r = get(g);
-            if r.is_none() {
-                missing.push(g.clone());
-            }
-            r.map(ModelLocation::Gguf)
-        } else {
-            let config = get("config.json");
-            if config.is_none() {
-                missing.push("config.json".into());
-            }
-            if get("tokenizer.json").is_none() {
-                missing.push("tokenizer.json".into());
-            }
-            match get("model.safetensors.index.json") {
-                Some(idx) => {
-                    for shard in shards_of(&idx)? {
-                        if get(&shard).is_none() {
-                            missing.push(shard);
-                        }
-                    }
-                }
-                None => {
-                    if get("model.safetensors").is_none() {
-                        missing.push("model.safetensors (or model.safetensors.index.json and its shards)".into());
-                    }
-                }
-            }
-            config.and_then(|c| c.parent().map(|d| ModelLocation::HfDir(d.to_path_buf())))
-        };
-        if !missing.is_empty() {
-            return Err(ModelError::Hub(format!(
-                "offline mode: {name} is not complete in the hub cache ({}); missing: {}. Run once with network access, or pass a local path",
-                hf_hub::Cache::from_env().path().display(),
-                missing.join(", ")
-            )));
-        }
-        return found.ok_or_else(|| ModelError::Hub(format!("offline mode: {name} not found in the hub cache")));
-    }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
-        .build()
-        .map_err(|e| ModelError::Hub(format!("{name}: {e}")))?;
-    let r = api.repo(repo);
-    let get = |f: &str| r.get(f).map_err(|e| ModelError::Hub(format!("{name}: downloading {f}: {e}")));
-    if let Some(g) = &id.gguf_file {
-        return Ok(ModelLocation::Gguf(get(g)?));
-    }
-    let config = get("config.json")?;
-    get("tokenizer.json")?;
-    match r.get("model.safetensors.index.json") {
-        Ok(idx) => {
-            for shard in shards_of(&idx)? {
-                get(&shard)?;
-            }
-        }
-        Err(_) => {
-            get("model.safetensors")?;
-        }
-    }
-    for f in OPTIONAL_FILES {
-        let _ = r.get(f); // absent on many repos
-    }
-    let dir = config.parent().map(Path::to_path_buf).ok_or_else(|| ModelError::Hub(format!("{name}: bad cache path")))?;
-    Ok(ModelLocation::HfDir(dir))
-}
-
-fn shards_of(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(crate::error::io_err(index))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| ModelError::Config { path: index.into(), msg: format!("malformed JSON: {e}") })?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| ModelError::Config { path: index.into(), msg: "field 'weight_map' is missing".into() })?;
-    let mut s: Vec<String> = map.values().filter_map(|x| x.as_str().map(String::from)).collect();
-    s.sort();
-    s.dedup();
-    Ok(s)
 }
 
 #[cfg(test)]
@@ -187,23 +128,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hub_ids() {
-        let id = parse_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct").unwrap();
-        assert_eq!(id.revision, "main");
-        let id = parse_hub_id("meta-llama/Llama-3.1-8B@v1.0:model-q4.gguf").unwrap();
-        assert_eq!((id.repo.as_str(), id.revision.as_str(), id.gguf_file.as_deref()), ("meta-llama/Llama-3.1-8B", "v1.0", Some("model-q4.gguf")));
-        assert!(parse_hub_id("just-a-name").is_none());
-        assert!(parse_hub_id("a/b/c").is_none());
-        assert!(parse_hub_id("../x").is_none());
-        assert!(parse_hub_id("org/name@").is_none());
-    }
-
-    #[test]
     fn offline_names_missing_files() {
         let dir = tempfile::tempdir().unwrap();
         std::env::set_var("HF_HUB_CACHE", dir.path());
         let err = resolve("nobody/not-cached", true).unwrap_err().to_string();
-        assert!(err.contains("offline"), "{err}");
-        assert!(err.contains("config.json") && err.contains("model.safetensors"), "{err}");
+        assert!(
+            err.contains("offline")
+                && err.contains("not in the hub cache")
+                && err.contains("bedside pull nobody/not-cached"),
+            "{err}"
+        );
+        // A snapshot with only config.json: the error lists the rest.
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let repo = dir.path().join("models--nobody--partial");
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
+        std::fs::write(repo.join("refs/main"), commit).unwrap();
+        std::fs::write(
+            repo.join("snapshots").join(commit).join("config.json"),
+            "{}",
+        )
+        .unwrap();
+        let err = resolve("nobody/partial", true).unwrap_err().to_string();
+        assert!(
+            err.contains("missing: tokenizer.json, model.safetensors"),
+            "{err}"
+        );
+        // A local path is never a hub id, even offline with nothing cached.
+        assert!(resolve(dir.path().to_str().unwrap(), true)
+            .unwrap_err()
+            .to_string()
+            .contains("config.json"));
     }
 }

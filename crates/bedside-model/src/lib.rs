@@ -44,7 +44,7 @@ pub use config::{Arch, ModelConfig, MoeConfig, RopeScaling};
 pub use device::{device_name, parse_device};
 pub use embedding::Embedding;
 pub use error::{ModelError, Result};
-pub use hub::{offline_from_env, resolve, ModelLocation};
+pub use hub::{offline_from_env, resolve, resolve_adapter, ModelLocation};
 pub use inspect::{inspect, ModelInfo};
 pub use linear::{BaseWeight, Linear, LoraBranch};
 pub use mode::Mode;

@@ -6,6 +6,8 @@
 //! The real default models come from `scripts/setup.sh` into `models/`; `BEDSIDE_REQUIRE_MODELS=1`
 //! makes their absence a failure too.
 
+pub mod fakehub;
+
 use std::path::{Path, PathBuf};
 
 /// The workspace root (this crate lives at `crates/bedside-testutil`).
