@@ -196,17 +196,6 @@ fn bar(total: usize, what: &str) -> ProgressBar {
     pb
 }
 
-/// HF tokenizer and generation files copied as they are.
-const HF_SIDE_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "chat_template.jinja",
-    "chat_template.json",
-];
-
 fn merge(a: MergeArgs) -> Result<()> {
     let loc = bedside_model::resolve(&a.model, a.offline)?;
     let adapters = a
@@ -224,7 +213,6 @@ fn merge(a: MergeArgs) -> Result<()> {
     if existing.exists() && !a.force {
         bail!("{} already exists; pass --force to replace it", existing.display());
     }
-    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
     let dtype_override: Option<DType> = a.dtype.map(Into::into);
     let loaded = bedside_model::load(&loc, &LoadOptions { device: Device::Cpu, dtype: dtype_override, dequantize: false })?;
     let mut model = loaded.model;
@@ -237,81 +225,12 @@ fn merge(a: MergeArgs) -> Result<()> {
         ModelLocation::HfDir(_) => model.dtype(),
     });
     let pb = bar(0, "merging");
-    bedside_lora::merge::write_merged_safetensors(&mut model, &existing, dtype, &mut |done, total| {
+    bedside_lora::merge::write_hf_checkpoint(&mut model, &loc, loaded.gguf.as_ref(), &a.adapters, &a.output, dtype, &mut |done, total| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
     })?;
     pb.finish_and_clear();
-
-    let torch = match dtype {
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        _ => "float32",
-    };
-    match (&loc, &loaded.gguf) {
-        (ModelLocation::Gguf(path), Some(content)) => {
-            let mut cfg_model = model.cfg.clone();
-            if content.tensor_infos.contains_key("rope_freqs.weight") {
-                let mut f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-                let freqs = content.tensor(&mut f, "rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-                cfg_model.rope_scaling = Some(bedside_lora::merge::llama3_scaling_from_freqs(&cfg_model, &freqs).with_context(|| {
-                    format!("{}: rope_freqs.weight matches no standard llama3 rope scaling, so config.json cannot describe it", path.display())
-                })?);
-            }
-            let mut cfg = bedside_lora::merge::hf_config_json(&cfg_model, dtype)?;
-            let tok = bedside_tokenizer::ModelTokenizer::from_gguf(path, content)?;
-            if let Some(id) = tok.bos_id() {
-                cfg["bos_token_id"] = serde_json::json!(id);
-            }
-            if let Some(id) = tok.eos_id() {
-                cfg["eos_token_id"] = serde_json::json!(id);
-            }
-            atomic_write(&a.output.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-            // The tokenizer rebuilt from GGUF metadata, saved as tokenizer.json, with the chat
-            // template and special tokens in tokenizer_config.json.
-            let json = serde_json::to_string_pretty(tok.inner()).context("serializing the tokenizer")?;
-            atomic_write(&a.output.join("tokenizer.json"), json.as_bytes())?;
-            let mut tc = serde_json::json!({
-                "add_bos_token": tok.add_bos(),
-                "add_eos_token": false,
-                "bos_token": tok.bos_token(),
-                "eos_token": tok.eos_token(),
-                "model_max_length": cfg_model.max_position_embeddings,
-                "tokenizer_class": "PreTrainedTokenizerFast",
-            });
-            if let Some(t) = bedside_tokenizer::ChatTemplate::from_gguf(content) {
-                tc["chat_template"] = serde_json::json!(t);
-            }
-            atomic_write(&a.output.join("tokenizer_config.json"), serde_json::to_string_pretty(&tc)?.as_bytes())?;
-        }
-        (loc, _) => {
-            let dir = loc.path();
-            let cfg_path = dir.join("config.json");
-            let text = std::fs::read_to_string(&cfg_path).with_context(|| cfg_path.display().to_string())?;
-            let mut cfg: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", cfg_path.display()))?;
-            cfg["torch_dtype"] = serde_json::json!(torch);
-            // Merged weights are plain dense tensors, whatever quantization the base declared.
-            if let Some(o) = cfg.as_object_mut() {
-                o.remove("quantization_config");
-            }
-            atomic_write(&a.output.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-            for f in HF_SIDE_FILES {
-                let src = dir.join(f);
-                if src.is_file() {
-                    let bytes = std::fs::read(&src).with_context(|| src.display().to_string())?;
-                    atomic_write(&a.output.join(f), &bytes)?;
-                }
-            }
-        }
-    }
-    // Where the merge came from, kept out of config.json (see the PEFT notes in formats.md).
-    let prov = serde_json::json!({
-        "bedside_version": env!("CARGO_PKG_VERSION"),
-        "base_model": loc.path().display().to_string(),
-        "adapters": a.adapters.iter().map(|(d, w)| serde_json::json!({"path": d.display().to_string(), "weight": w})).collect::<Vec<_>>(),
-        "dtype": torch,
-    });
-    atomic_write(&a.output.join("bedside_merge.json"), serde_json::to_string_pretty(&prov)?.as_bytes())?;
+    let torch = bedside_lora::merge::torch_dtype_name(dtype);
     eprintln!("wrote {} ({} parameters, {torch})", a.output.display(), model.weight_summary().0);
     Ok(())
 }

@@ -15,6 +15,9 @@ pub enum LoraError {
     Model(#[from] bedside_model::ModelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A GGUF base's tokenizer could not be rebuilt (writing a merged checkpoint).
+    #[error(transparent)]
+    Tokenizer(#[from] bedside_tokenizer::TokenizerError),
 }
 
 pub type Result<T> = std::result::Result<T, LoraError>;

@@ -1,14 +1,18 @@
 //! `merge_and_unload`: fold attached LoRA branches into the base weights and write an HF
 //! checkpoint (`model.safetensors` + `config.json`) that any transformers-compatible tool loads.
+//! [`write_hf_checkpoint`] assembles the whole directory: weights, config, tokenizer files and
+//! the merge's provenance.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use bedside_model::{Arch, Model, ModelConfig, RopeScaling};
+use bedside_model::{Arch, Model, ModelConfig, ModelLocation, RopeScaling};
+use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
 use crate::error::{io_err, LoraError, Result};
+use crate::peft::atomic_write;
 
 fn dtype_name(d: DType) -> Result<(&'static str, &'static str)> {
     Ok(match d {
@@ -122,6 +126,126 @@ fn write_tensor(w: &mut dyn Write, t: &Tensor) -> std::io::Result<()> {
         d => return Err(std::io::Error::other(format!("unsupported dtype {d:?}"))),
     }
     w.write_all(&buf)
+}
+
+/// HF tokenizer and generation files copied as they are from an HF base directory.
+const HF_SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+/// The name `config.json` gives a dtype (`torch_dtype`); f32 for anything not f16 or bf16.
+pub fn torch_dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        _ => "float32",
+    }
+}
+
+/// Write `model` (its LoRA branches attached) into the directory `out` as an HF checkpoint
+/// that transformers loads: `model.safetensors` in `dtype` (see [`write_merged_safetensors`];
+/// `progress` as there), `config.json`, the tokenizer, and `bedside_merge.json` recording the
+/// base and `adapters` (directory, weight). From an HF base directory its `config.json` is kept
+/// (dtype updated, `quantization_config` dropped: the weights are dense now) and its tokenizer
+/// files are copied; from a GGUF base (`gguf` its header) both are rebuilt from the metadata.
+/// Every file is written atomically; `out` is created if missing.
+pub fn write_hf_checkpoint(
+    model: &mut Model,
+    base: &ModelLocation,
+    gguf: Option<&gguf_file::Content>,
+    adapters: &[(PathBuf, f64)],
+    out: &Path,
+    dtype: DType,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    write_merged_safetensors(model, &out.join("model.safetensors"), dtype, progress)?;
+    let torch = torch_dtype_name(dtype);
+    match (base, gguf) {
+        (ModelLocation::Gguf(path), Some(content)) => write_gguf_side_files(&model.cfg, path, content, out, dtype)?,
+        (base, _) => {
+            let dir = base.path();
+            let cfg_path = dir.join("config.json");
+            let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+            let mut cfg: Value = serde_json::from_str(&text)
+                .map_err(|e| LoraError::Invalid { path: cfg_path.clone(), msg: format!("malformed JSON: {e}") })?;
+            cfg["torch_dtype"] = json!(torch);
+            // Merged weights are plain dense tensors, whatever quantization the base declared.
+            if let Some(o) = cfg.as_object_mut() {
+                o.remove("quantization_config");
+            }
+            write_json(&out.join("config.json"), &cfg)?;
+            for f in HF_SIDE_FILES {
+                let src = dir.join(f);
+                if src.is_file() {
+                    let bytes = std::fs::read(&src).map_err(io_err(&src))?;
+                    atomic_write(&out.join(f), &bytes)?;
+                }
+            }
+        }
+    }
+    // Where the merge came from, kept out of config.json (see the PEFT notes in formats.md).
+    let prov = json!({
+        "bedside_version": env!("CARGO_PKG_VERSION"),
+        "base_model": base.path().display().to_string(),
+        "adapters": adapters.iter().map(|(d, w)| json!({"path": d.display().to_string(), "weight": w})).collect::<Vec<_>>(),
+        "dtype": torch,
+    });
+    write_json(&out.join("bedside_merge.json"), &prov)
+}
+
+/// `config.json`, `tokenizer.json` and `tokenizer_config.json` rebuilt from a GGUF base's
+/// metadata (`path` the file, `content` its header).
+fn write_gguf_side_files(cfg: &ModelConfig, path: &Path, content: &gguf_file::Content, out: &Path, dtype: DType) -> Result<()> {
+    let mut cfg_model = cfg.clone();
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+        let freqs = content.tensor(&mut f, "rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let scaling = llama3_scaling_from_freqs(&cfg_model, &freqs).ok_or_else(|| LoraError::Invalid {
+            path: path.to_path_buf(),
+            msg: "rope_freqs.weight matches no standard llama3 rope scaling, so config.json cannot describe it".into(),
+        })?;
+        cfg_model.rope_scaling = Some(scaling);
+    }
+    let mut hf_cfg = hf_config_json(&cfg_model, dtype)?;
+    let tok = bedside_tokenizer::ModelTokenizer::from_gguf(path, content)?;
+    if let Some(id) = tok.bos_id() {
+        hf_cfg["bos_token_id"] = json!(id);
+    }
+    if let Some(id) = tok.eos_id() {
+        hf_cfg["eos_token_id"] = json!(id);
+    }
+    write_json(&out.join("config.json"), &hf_cfg)?;
+    // The tokenizer rebuilt from GGUF metadata, saved as tokenizer.json, with the chat
+    // template and special tokens in tokenizer_config.json.
+    let tokenizer_path = out.join("tokenizer.json");
+    let json = serde_json::to_string_pretty(tok.inner())
+        .map_err(|e| LoraError::Invalid { path: tokenizer_path.clone(), msg: format!("serializing the tokenizer: {e}") })?;
+    atomic_write(&tokenizer_path, json.as_bytes())?;
+    let mut tc = json!({
+        "add_bos_token": tok.add_bos(),
+        "add_eos_token": false,
+        "bos_token": tok.bos_token(),
+        "eos_token": tok.eos_token(),
+        "model_max_length": cfg_model.max_position_embeddings,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    if let Some(t) = bedside_tokenizer::ChatTemplate::from_gguf(content) {
+        tc["chat_template"] = json!(t);
+    }
+    write_json(&out.join("tokenizer_config.json"), &tc)
+}
+
+/// `value` as pretty-printed JSON, written atomically.
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| LoraError::Invalid { path: path.to_path_buf(), msg: e.to_string() })?;
+    atomic_write(path, text.as_bytes())
 }
 
 /// An HF `config.json` for `cfg` (used when the base was a GGUF file and has none).
