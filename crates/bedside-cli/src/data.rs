@@ -3,7 +3,7 @@
 //! `bedside-data` and `bedside-rewrite` crates; this is the CLI.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use bedside_data::export::{ExportFormat, ExportOptions};
@@ -434,20 +434,9 @@ fn split(a: SplitArgs) -> Result<()> {
     let mut records: Vec<Dialogue> = located.iter().map(|l| l.record.clone()).collect();
     let opts = SplitOptions { seed: a.seed, train: a.train, validation: a.validation, test: a.test };
     let summary = bedside_data::split::assign_splits(&mut records, &opts)?;
-    if let Some(out) = &a.out {
-        bedside_data::write_jsonl_atomic(out, &records)?;
-    } else {
-        // In place: each input file rewritten with its records in their original order.
-        let mut by_file: Vec<(&Path, Vec<&Dialogue>)> = Vec::new();
-        for (l, r) in located.iter().zip(&records) {
-            match by_file.last_mut() {
-                Some((f, rs)) if *f == l.file.as_path() => rs.push(r),
-                _ => by_file.push((l.file.as_path(), vec![r])),
-            }
-        }
-        for (file, rs) in by_file {
-            bedside_data::write_jsonl_atomic(file, &rs)?;
-        }
+    match &a.out {
+        Some(out) => bedside_data::write_jsonl_atomic(out, &records)?,
+        None => bedside_data::write_back_in_place(&located, &records)?,
     }
     let parts: Vec<String> = bedside_data::SPLITS
         .iter()

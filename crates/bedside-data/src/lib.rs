@@ -2,7 +2,8 @@
 //! it, used by `bedside data …`:
 //!
 //! * [`record`]: the [`Dialogue`] record, line-numbered JSONL reading ([`read_jsonl`],
-//!   [`read_dialogues`]) and atomic writing ([`write_jsonl_atomic`]).
+//!   [`read_dialogues`]) and atomic writing ([`write_jsonl_atomic`], and back into the files
+//!   read with [`write_back_in_place`]).
 //! * [`import`]: ChatDoctor / HealthCareMagic / iCliniq, MedDialog-EN text, OpenAI chat JSONL,
 //!   ShareGPT and Alpaca into the schema. Fields a source cannot fill stay empty, never invented.
 //! * [`export`]: OpenAI chat or ShareGPT JSONL for other trainers.
@@ -28,6 +29,6 @@ pub mod validate;
 
 pub use error::{DataError, RecordError};
 pub use record::{
-    jsonl_files, read_dialogues, read_jsonl, write_atomic, write_jsonl_atomic, Dialogue, Located, Provenance,
-    SCHEMA_VERSION, SPLITS,
+    jsonl_files, read_dialogues, read_jsonl, write_atomic, write_back_in_place, write_jsonl_atomic, Dialogue, Located,
+    Provenance, SCHEMA_VERSION, SPLITS,
 };

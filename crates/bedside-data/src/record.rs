@@ -339,6 +339,31 @@ pub fn write_jsonl_atomic<T: Serialize>(path: impl AsRef<Path>, records: &[T]) -
     write_atomic(path, &buf)
 }
 
+/// Writes each record back to the file it was read from: `records[i]` replaces the record of
+/// `origins[i]` (as [`read_dialogues`] returns them: one file's records consecutive, in line
+/// order). Each file is rewritten atomically (see [`write_atomic`]) with its records in their
+/// original order.
+pub fn write_back_in_place<T: Serialize, U>(origins: &[Located<U>], records: &[T]) -> Result<(), DataError> {
+    if origins.len() != records.len() {
+        return Err(DataError::Invalid(format!(
+            "cannot write {} records back over the {} that were read",
+            records.len(),
+            origins.len()
+        )));
+    }
+    let mut by_file: Vec<(&Path, Vec<&T>)> = Vec::new();
+    for (origin, record) in origins.iter().zip(records) {
+        match by_file.last_mut() {
+            Some((file, rs)) if *file == origin.file.as_path() => rs.push(record),
+            _ => by_file.push((origin.file.as_path(), vec![record])),
+        }
+    }
+    for (file, rs) in by_file {
+        write_jsonl_atomic(file, &rs)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 mod common;
 
-use bedside_data::{read_dialogues, read_jsonl, write_atomic, write_jsonl_atomic, Dialogue};
+use bedside_data::{read_dialogues, read_jsonl, write_atomic, write_back_in_place, write_jsonl_atomic, Dialogue};
 use common::*;
 
 fn listing(dir: &std::path::Path) -> Vec<String> {
@@ -65,6 +65,33 @@ fn shipped_corpus_reads_and_rewrites_without_loss() {
     let all = read_dialogues(&[corpus_dir(), corpus_dir().join("cardiology.jsonl")]).unwrap();
     assert_eq!(all.len(), 320);
     assert!(all.iter().all(|l| l.line >= 1 && l.line <= 16));
+}
+
+#[test]
+fn records_written_back_in_place_return_to_their_own_files_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let rs = clean_records();
+    let (first, second) = rs.split_at(2);
+    let a = write(dir.path(), "a.jsonl", &jsonl(first));
+    let b = write(dir.path(), "b.jsonl", &jsonl(second));
+    let located = read_dialogues(&[dir.path()]).unwrap();
+    let mut records: Vec<Dialogue> = located.iter().map(|l| l.record.clone()).collect();
+    for r in &mut records {
+        r.split = "test".into();
+    }
+    write_back_in_place(&located, &records).unwrap();
+    let ids = |p: &std::path::Path| -> Vec<(String, String)> {
+        read_jsonl(p).unwrap().into_iter().map(|(_, d): (usize, Dialogue)| (d.id, d.split)).collect()
+    };
+    let want = |rs: &[serde_json::Value]| -> Vec<(String, String)> {
+        rs.iter().map(|r| (r["id"].as_str().unwrap().to_string(), "test".to_string())).collect()
+    };
+    assert_eq!(ids(&a), want(first));
+    assert_eq!(ids(&b), want(second));
+    assert_eq!(listing(dir.path()), ["a.jsonl", "b.jsonl"]);
+    // Records that do not match what was read are refused, and nothing is written.
+    let err = write_back_in_place(&located, &records[1..]).unwrap_err();
+    assert!(err.to_string().contains("back over"), "{err}");
 }
 
 #[test]
