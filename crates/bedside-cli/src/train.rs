@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bedside_train::bench::{bench_step, BenchOptions};
-use bedside_train::{BaseMode, RunOptions, TrainConfig};
+use bedside_train::{BaseMode, Override, RunOptions, TrainConfig};
 use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -84,27 +84,32 @@ pub fn run(a: TrainArgs) -> Result<()> {
         return bench(&a);
     }
     let path = a.config.clone().context("--config is required")?;
-    let mut sets = a.set.clone();
+    // `--set` first, then the flags, so a flag wins over a `--set` of the same field.
+    let mut sets = a
+        .set
+        .iter()
+        .map(|s| Override::parse(s).map_err(|m| anyhow!("{}: {m}", path.display())))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(n) = a.max_steps {
-        sets.push(format!("run.max_steps={n}"));
+        sets.push(Override::new("run.max_steps", i64::try_from(n).context("--max-steps is too large")?));
     }
     if let Some(d) = &a.output_dir {
-        sets.push(format!("run.output_dir={}", toml_string(&d.to_string_lossy())));
+        sets.push(Override::new("run.output_dir", d.to_string_lossy().into_owned()));
     }
     if let Some(d) = &a.device {
-        sets.push(format!("model.device={}", toml_string(d)));
+        sets.push(Override::new("model.device", d.as_str()));
     }
     if let Some(s) = a.seed {
-        sets.push(format!("run.seed={s}"));
+        sets.push(Override::new("run.seed", i64::try_from(s).context("--seed must be below 2^63")?));
     }
     if let Some(m) = &a.model {
-        sets.push(format!("model.path={}", toml_string(m)));
+        sets.push(Override::new("model.path", m.as_str()));
     }
     if let Some(b) = a.base {
         if b == BaseArg::Both {
             bail!("--base both is only for --bench");
         }
-        sets.push(format!("model.base=\"{}\"", base_name(b)));
+        sets.push(Override::new("model.base", base_name(b)));
     }
     let cfg = TrainConfig::load(&path, &sets)?;
     let opts = RunOptions { resume: a.resume, progress: !a.quiet, stop_after: None };
@@ -129,20 +134,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A TOML string literal (paths may contain backslashes or quotes).
-fn toml_string(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 fn bench(a: &TrainArgs) -> Result<()> {

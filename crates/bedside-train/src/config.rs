@@ -198,30 +198,68 @@ fn parse_value(raw: &str) -> toml::Value {
     }
 }
 
+/// A command-line change to one field of the config (`section.key`), applied to the TOML
+/// before it is deserialized and checked, so an override may fill a field the file lacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    key: Vec<String>,
+    value: toml::Value,
+}
+
+impl Override {
+    /// A typed value for `key` (`section.key`), as the command's flags give them: a string stays
+    /// a string whatever quotes or backslashes it holds.
+    pub fn new(key: &str, value: impl Into<toml::Value>) -> Self {
+        Override { key: key.split('.').map(str::to_string).collect(), value: value.into() }
+    }
+
+    /// `section.key=value` as `--set` takes it: the value in TOML syntax (number, bool, array,
+    /// quoted string), else the bare text as a string.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let (key, raw) = text.split_once('=').ok_or_else(|| format!("override '{text}' is not KEY=VALUE"))?;
+        let key: Vec<String> = key.trim().split('.').map(|s| s.trim().to_string()).collect();
+        if key.iter().any(String::is_empty) {
+            return Err(format!("override '{text}' has an empty key or section"));
+        }
+        Ok(Override { key, value: parse_value(raw.trim()) })
+    }
+
+    /// Set the field in `table`, creating sections that are missing.
+    fn apply(&self, table: &mut toml::Table) -> std::result::Result<(), String> {
+        let dotted = self.key.join(".");
+        let (last, sections) = self.key.split_last().ok_or_else(|| format!("override of '{dotted}' has no key"))?;
+        let mut t = table;
+        for s in sections {
+            t = t
+                .entry(s.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| format!("override of '{dotted}': '{s}' is not a section"))?;
+        }
+        t.insert(last.clone(), self.value.clone());
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Override {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Override::parse(s)
+    }
+}
+
 impl TrainConfig {
-    /// Read `path`, apply `overrides` (`section.key=value`, value in TOML syntax or a bare
-    /// string), then check the values.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+    /// Read `path`, apply `overrides` in order (a later one wins), then check the values.
+    pub fn load(path: &Path, overrides: &[Override]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|err| TrainError::Io { path: path.into(), err })?;
         Self::from_toml_str(path, &text, overrides)
     }
 
-    pub fn from_toml_str(path: &Path, text: &str, overrides: &[String]) -> Result<Self> {
+    pub fn from_toml_str(path: &Path, text: &str, overrides: &[Override]) -> Result<Self> {
         let err = |msg: String| TrainError::Config { path: path.into(), msg };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(format!("invalid TOML: {e}")))?;
         for o in overrides {
-            let (key, raw) = o.split_once('=').ok_or_else(|| err(format!("override '{o}' is not KEY=VALUE")))?;
-            let parts: Vec<&str> = key.trim().split('.').collect();
-            let (last, sections) = parts.split_last().ok_or_else(|| err(format!("override '{o}' has no key")))?;
-            let mut t = &mut table;
-            for s in sections {
-                t = t
-                    .entry(s.to_string())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .ok_or_else(|| err(format!("override '{o}': '{s}' is not a section")))?;
-            }
-            t.insert(last.to_string(), parse_value(raw.trim()));
+            o.apply(&mut table).map_err(err)?;
         }
         let cfg: TrainConfig = toml::Value::Table(table)
             .try_into()
@@ -335,7 +373,8 @@ max_steps = 10
 
     #[test]
     fn defaults_and_overrides() {
-        let c = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &["run.max_steps=3".into(), "optim.schedule=linear".into(), "model.base=f32".into()]).unwrap();
+        let sets = ["run.max_steps=3", "optim.schedule=linear", "model.base=f32"].map(|s| Override::parse(s).unwrap());
+        let c = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &sets).unwrap();
         assert_eq!(c.run.max_steps, 3);
         assert_eq!(c.optim.schedule, Schedule::Linear);
         assert_eq!(c.model.base, BaseMode::F32);
@@ -351,9 +390,37 @@ max_steps = 10
         let bad = MIN.replace("max_steps = 10", "max_steps = \"ten\"");
         let e = TrainConfig::from_toml_str(Path::new("c.toml"), &bad, &[]).unwrap_err().to_string();
         assert!(e.contains("max_steps"), "{e}");
-        let e = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &["optim.lr=-1".into()]).unwrap_err().to_string();
+        let e = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::parse("optim.lr=-1").unwrap()]).unwrap_err().to_string();
         assert!(e.contains("optim.lr"), "{e}");
-        let e = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &["model.base=int3".into()]).unwrap_err().to_string();
+        let e = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::parse("model.base=int3").unwrap()]).unwrap_err().to_string();
         assert!(e.contains("base") || e.contains("int3"), "{e}");
+    }
+
+    #[test]
+    fn overrides_parse_typed_values_and_keep_strings_verbatim() {
+        // `--set` reads TOML syntax, and a bare word as a string.
+        assert_eq!(Override::parse("optim.lr=1e-4").unwrap(), Override::new("optim.lr", 1e-4));
+        assert_eq!(Override::parse(" lora.r = 16 ").unwrap(), Override::new("lora.r", 16));
+        assert_eq!(Override::parse("model.device=cpu").unwrap(), Override::new("model.device", "cpu"));
+        assert_eq!(Override::parse("model.device=\"cuda:1\"").unwrap(), Override::new("model.device", "cuda:1"));
+        assert!(Override::parse("run.max_steps").unwrap_err().contains("KEY=VALUE"));
+        assert!(Override::parse("run..max_steps=3").unwrap_err().contains("empty key"));
+        assert!(Override::parse("=3").unwrap_err().contains("empty key"));
+        // A typed string with quotes, backslashes and TOML syntax in it arrives as it was given.
+        let odd = r#"C:\runs\"x" = [1]"#;
+        let c = TrainConfig::from_toml_str(
+            Path::new("c.toml"),
+            MIN,
+            &[Override::parse("run.max_steps=7").unwrap(), Override::new("run.output_dir", odd), Override::new("model.path", odd)],
+        )
+        .unwrap();
+        assert_eq!(c.run.output_dir, PathBuf::from(odd));
+        assert_eq!(c.model.path, odd);
+        assert_eq!(c.run.max_steps, 7);
+        // Later overrides win; a key under a non-section is named.
+        let c = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::new("run.max_steps", 2), Override::new("run.max_steps", 5)]).unwrap();
+        assert_eq!(c.run.max_steps, 5);
+        let e = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::parse("optim.lr.x=1").unwrap()]).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("'lr' is not a section"), "{e}");
     }
 }

@@ -24,6 +24,6 @@ pub mod run_state;
 pub mod svg;
 pub mod trainer;
 
-pub use config::{BaseMode, Schedule, TrainConfig};
+pub use config::{BaseMode, Override, Schedule, TrainConfig};
 pub use error::{Result, TrainError};
 pub use trainer::{attach_adapter_trainable, load_engine, peak_rss_bytes, rss_bytes, train, RunOptions, RunSummary};
