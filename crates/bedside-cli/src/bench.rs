@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use bedside_metrics::median;
 use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 
@@ -60,16 +61,6 @@ fn synthetic_prompt(tok: &bedside_tokenizer::ModelTokenizer, n: usize) -> Result
         bail!("tokenizer produced no tokens");
     }
     Ok(piece.iter().copied().cycle().take(n).collect())
-}
-
-fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
 }
 
 /// One engine under measurement. Runners keep their own last token(s).
@@ -241,9 +232,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
         }
     }
-    let pp_med = median(&mut pp);
-    let tg_med = if tg.is_empty() { 0.0 } else { median(&mut tg) };
-    let samp_med = if samp.is_empty() { 0.0 } else { median(&mut samp) };
+    let pp_med = median(&pp);
+    let tg_med = if tg.is_empty() { 0.0 } else { median(&tg) };
+    let samp_med = if samp.is_empty() { 0.0 } else { median(&samp) };
     let peak = bedside_train::peak_rss_bytes();
     let engine_name = match a.engine {
         BenchEngine::Bedside => "bedside",
