@@ -417,7 +417,7 @@ fn stats(a: StatsArgs) -> Result<()> {
         Some(m) => Some(token_counter(m).with_context(|| format!("token counts with {m}"))?),
         None => None,
     };
-    let stats = bedside_data::stats::compute_stats(&records, counter.as_deref());
+    let stats = bedside_data::corpus_stats::compute_stats(&records, counter.as_deref());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {

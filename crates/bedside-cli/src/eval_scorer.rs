@@ -278,7 +278,7 @@ fn train_epitome(args: &TrainScorerArgs, dir: &Path) -> Result<()> {
         pb.set_position(d as u64);
     })?;
     pb.finish_and_clear();
-    heads.metadata.insert("created".into(), args.date.clone().unwrap_or_else(bedside_empathy::train::utc_date_today));
+    heads.metadata.insert("created".into(), args.date.clone().unwrap_or_else(bedside_empathy::fit::utc_date_today));
     heads.save(&args.output)?;
     Heads::load(&args.output)?;
     if let Some(r) = &args.report {
@@ -308,10 +308,10 @@ pub fn train_scorer(args: TrainScorerArgs) -> Result<()> {
     }
     let emb_dir = args.embedder.clone().unwrap_or_else(Embedder::default_dir);
     let embedder = Embedder::load(&emb_dir, &Device::Cpu).context("loading the sentence embedder")?;
-    let created = args.date.clone().unwrap_or_else(bedside_empathy::train::utc_date_today);
+    let created = args.date.clone().unwrap_or_else(bedside_empathy::fit::utc_date_today);
     let pb = bar(0, "embedding");
     let (heads, report) =
-        bedside_empathy::train::train_from_files(&inputs, &embedder, &file_name(&emb_dir), features, lambda, &created, |stage, d, t| {
+        bedside_empathy::fit::train_from_files(&inputs, &embedder, &file_name(&emb_dir), features, lambda, &created, |stage, d, t| {
             pb.set_message(stage.to_string());
             pb.set_length(t as u64);
             pb.set_position(d as u64);

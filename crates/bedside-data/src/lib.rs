@@ -10,20 +10,20 @@
 //! * [`validate`]: schema, duplicate ids, exact and near duplicates, condition leakage between
 //!   splits, key facts, the numbers rule, balance and length bounds, with a text or JSON report.
 //! * [`split`]: a deterministic split, stratified by specialty and emotion, grouped by condition.
-//! * [`stats`]: counts and word (and, given a counter, token) length distributions.
+//! * [`corpus_stats`]: counts and word (and, given a counter, token) length distributions.
 //! * [`equity`]: the deterministic generator of demographic-cue probes for equity evaluation.
 //! * [`text`]: word, content-word and number extraction shared by the checks.
 //!
 //! Every error about user input names the file, the line and, where there is one, the field
 //! ([`RecordError`]). Nothing in this crate logs or prints patient text.
 
+pub mod corpus_stats;
 pub mod equity;
 pub mod error;
 pub mod export;
 pub mod import;
 pub mod record;
 pub mod split;
-pub mod stats;
 pub mod text;
 pub mod validate;
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use anyhow::Result;
 use bedside_empathy::data::{labelled_parts, read_epitome, read_labelled};
 use bedside_empathy::metrics::agreement;
-use bedside_empathy::train::train_with_cv;
+use bedside_empathy::fit::train_with_cv;
 use bedside_empathy::{analyse, EmpathyScores, FeatureSet};
 use bedside_embed::Embedder;
 use candle_core::Device;

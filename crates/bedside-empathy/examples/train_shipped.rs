@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use bedside_empathy::data::labelled_parts;
-use bedside_empathy::train::{train_from_files, utc_date_today};
+use bedside_empathy::fit::{train_from_files, utc_date_today};
 use bedside_empathy::FeatureSet;
 use bedside_embed::Embedder;
 use candle_core::Device;

@@ -18,11 +18,11 @@
 pub mod data;
 pub mod epitome;
 pub mod features;
+pub mod fit;
 pub mod heads;
 pub mod metrics;
 pub mod ngrams;
 pub mod text;
-pub mod train;
 pub mod validate;
 
 use std::borrow::Cow;

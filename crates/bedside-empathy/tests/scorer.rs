@@ -89,10 +89,10 @@ fn training_on_labelled_set_is_deterministic_with_cv() {
     let x1 = featurize(&emb, set, &refs).unwrap();
     let x2 = featurize(&emb, set, &refs).unwrap();
     assert_eq!(x1, x2, "features differ between runs");
-    let (h1, r1) = bedside_empathy::train::train_with_cv(pairs, &x1, emb.dim(), set, None, |_, _| {}).unwrap();
-    let (h2, _) = bedside_empathy::train::train_with_cv(pairs, &x2, emb.dim(), set, None, |_, _| {}).unwrap();
+    let (h1, r1) = bedside_empathy::fit::train_with_cv(pairs, &x1, emb.dim(), set, None, |_, _| {}).unwrap();
+    let (h2, _) = bedside_empathy::fit::train_with_cv(pairs, &x2, emb.dim(), set, None, |_, _| {}).unwrap();
     assert_eq!(h1.to_bytes().unwrap(), h2.to_bytes().unwrap());
-    assert_eq!(r1.cv.len(), bedside_empathy::train::LAMBDA_GRID.len());
+    assert_eq!(r1.cv.len(), bedside_empathy::fit::LAMBDA_GRID.len());
 }
 
 #[test]
