@@ -286,14 +286,26 @@ fn token_limit(neutral: &str, max_ratio: f64, cap: usize) -> usize {
     (((words * max_ratio * TOKENS_PER_WORD).ceil() as usize) + 16).min(cap).max(1)
 }
 
+/// How an accepted rewrite was made, recorded in its `rewritten` provenance.
+#[derive(Debug, Clone, Copy)]
+pub struct RewriteProvenance<'a> {
+    /// The model that wrote it.
+    pub by: &'a str,
+    /// The prompt templates' version.
+    pub prompt_version: &'a str,
+    pub seed: u64,
+    /// Attempts it took, the accepted one included.
+    pub attempts: usize,
+}
+
 /// The output record: `d` with `emotion`, `patient`, `answer` and a `rewritten` provenance (the
 /// earlier provenance kept under `original`).
-pub fn rewritten_record(d: &Dialogue, emotion: &str, patient: &str, answer: &str, by: &str, version: &str, seed: u64, attempts: usize) -> Dialogue {
+pub fn rewritten_record(d: &Dialogue, emotion: &str, patient: &str, answer: &str, how: &RewriteProvenance) -> Dialogue {
     let mut fields = std::collections::BTreeMap::new();
-    fields.insert("by".to_string(), Value::from(by));
-    fields.insert("prompt_version".to_string(), Value::from(version));
-    fields.insert("seed".to_string(), Value::from(seed));
-    fields.insert("attempts".to_string(), Value::from(attempts));
+    fields.insert("by".to_string(), Value::from(how.by));
+    fields.insert("prompt_version".to_string(), Value::from(how.prompt_version));
+    fields.insert("seed".to_string(), Value::from(how.seed));
+    fields.insert("attempts".to_string(), Value::from(how.attempts));
     if !d.provenance.method.is_empty() {
         fields.insert("original".to_string(), serde_json::to_value(&d.provenance).unwrap_or(Value::Null));
     }
@@ -395,7 +407,8 @@ pub fn run(
                 reasons.extend(checker.check(d, emotion, &patient, &answer)?);
             }
             if reasons.is_empty() {
-                let rec = rewritten_record(d, emotion, &patient, &answer, &by, &cfg.prompts.version, cfg.seed, attempt + 1);
+                let how = RewriteProvenance { by: &by, prompt_version: &cfg.prompts.version, seed: cfg.seed, attempts: attempt + 1 };
+                let rec = rewritten_record(d, emotion, &patient, &answer, &how);
                 append_line(&mut out, output, &rec)?;
                 accepted = true;
                 break;
