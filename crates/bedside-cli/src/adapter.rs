@@ -179,7 +179,8 @@ fn info(a: InfoArgs) -> Result<()> {
     for m in s["modules"].as_array().into_iter().flatten() {
         let ranks: Vec<String> =
             m["ranks"].as_object().into_iter().flatten().map(|(r, n)| if n == 1 { format!("r{r}") } else { format!("r{r}×{n}") }).collect();
-        let scales: Vec<String> = m["scales"].as_array().into_iter().flatten().filter_map(|x| x.as_f64()).map(|x| format!("{x:.4}")).collect();
+        let scales: Vec<String> =
+            m["scales"].as_array().into_iter().flatten().filter_map(|x| x.as_f64()).map(|x| format!("{x:.4}")).collect();
         println!("  {:<10} {:>4}  {}  scale {}", m["module"].as_str().unwrap_or(""), m["count"], ranks.join(" "), scales.join(", "));
     }
     Ok(())
@@ -198,11 +199,8 @@ fn bar(total: usize, what: &str) -> ProgressBar {
 
 fn merge(a: MergeArgs) -> Result<()> {
     let loc = bedside_model::resolve(&a.model, a.offline)?;
-    let adapters = a
-        .adapters
-        .iter()
-        .map(|(d, w)| Ok((bedside_model::resolve_adapter(d, a.offline)?, *w)))
-        .collect::<Result<Vec<(PathBuf, f64)>>>()?;
+    let adapters =
+        a.adapters.iter().map(|(d, w)| Ok((bedside_model::resolve_adapter(d, a.offline)?, *w))).collect::<Result<Vec<(PathBuf, f64)>>>()?;
     // Writing into the base's or an adapter's own directory would replace what is being read.
     let mut inputs: Vec<PathBuf> = adapters.iter().map(|(d, _)| d.clone()).collect();
     if let ModelLocation::HfDir(d) = &loc {
@@ -246,11 +244,8 @@ fn export(a: ExportArgs) -> Result<()> {
     let (cfg, arch) = match &loc {
         ModelLocation::Gguf(p) => {
             let content = bedside_model::read_gguf_header(p)?;
-            let arch = content
-                .metadata
-                .get("general.architecture")
-                .and_then(|v| v.to_string().ok().cloned())
-                .unwrap_or_else(|| "llama".into());
+            let arch =
+                content.metadata.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_else(|| "llama".into());
             (ModelConfig::from_gguf(p, &content)?, arch)
         }
         ModelLocation::HfDir(d) => (ModelConfig::from_hf_file(&d.join("config.json"))?, "llama".to_string()),

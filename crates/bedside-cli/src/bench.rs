@@ -188,7 +188,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let engine = a.model.load()?;
     let prompt = synthetic_prompt(&engine.tokenizer, a.prompt_tokens)?;
     if a.prompt_tokens + a.gen_tokens > engine.model.context_length() {
-        bail!("--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}", a.prompt_tokens + a.gen_tokens, engine.model.context_length());
+        bail!(
+            "--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}",
+            a.prompt_tokens + a.gen_tokens,
+            engine.model.context_length()
+        );
     }
     let load_rss = bedside_train::peak_rss_bytes();
     let mut runner: Box<dyn Runner + '_> = match a.engine {
@@ -261,7 +265,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         });
         println!("{}", serde_json::to_string(&v)?);
     } else {
-        println!("engine   {engine_name} on {} ({} threads)", bedside_model::device_name(engine.model.device()), candle_core::utils::get_num_threads());
+        println!(
+            "engine   {engine_name} on {} ({} threads)",
+            bedside_model::device_name(engine.model.device()),
+            candle_core::utils::get_num_threads()
+        );
         println!("model    {}", a.model.model);
         println!("prompt   {:>8.1} tok/s  (pp{}{rows}, median of {})", pp_med, a.prompt_tokens, a.runs);
         let sampling = if a.batch > 1 { format!("; sampling {:.0}% of decode time", samp_med * 100.0) } else { String::new() };

@@ -337,8 +337,7 @@ fn import(a: ImportArgs) -> Result<()> {
     for e in &outcome.skipped {
         eprintln!("skipped: {e}");
     }
-    bedside_data::write_jsonl_atomic(&a.out, &outcome.records)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    bedside_data::write_jsonl_atomic(&a.out, &outcome.records).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
         "imported {} of {} records from {} into {} ({} skipped{})",
         outcome.records.len(),
@@ -448,13 +447,7 @@ fn split(a: SplitArgs) -> Result<()> {
             )
         })
         .collect();
-    eprintln!(
-        "split {} records in {} condition groups (seed {}): {}",
-        records.len(),
-        summary.groups,
-        a.seed,
-        parts.join(", ")
-    );
+    eprintln!("split {} records in {} condition groups (seed {}): {}", records.len(), summary.groups, a.seed, parts.join(", "));
     Ok(())
 }
 

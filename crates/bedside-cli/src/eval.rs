@@ -129,16 +129,12 @@ fn run_eval(a: RunArgs) -> Result<()> {
     let offline = cfg.offline;
     for system in &mut cfg.systems {
         for adapter in &mut system.adapters {
-            *adapter = bedside_model::resolve_adapter(adapter, offline).with_context(|| {
-                format!("system `{}`: adapter {}", system.name, adapter.display())
-            })?;
+            *adapter = bedside_model::resolve_adapter(adapter, offline)
+                .with_context(|| format!("system `{}`: adapter {}", system.name, adapter.display()))?;
         }
     }
-    let output_dir = a
-        .output_dir
-        .clone()
-        .or_else(|| cfg.output_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(format!("runs/eval-{}", cfg.name)));
+    let output_dir =
+        a.output_dir.clone().or_else(|| cfg.output_dir.clone()).unwrap_or_else(|| PathBuf::from(format!("runs/eval-{}", cfg.name)));
     let outcome = bedside_eval::run(RunOptions { config: cfg, output_dir, progress: true })?;
     if !a.quiet {
         println!("{}", report::summary_table(&outcome.results));

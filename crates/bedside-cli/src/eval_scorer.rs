@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use bedside_embed::Embedder;
 use bedside_empathy::data::labelled_parts;
 use bedside_empathy::heads::Heads;
 use bedside_empathy::validate::{render, score_chunked, validate_epitome};
 use bedside_empathy::{default_heads_path, EmpathyScorer, EmpathyScores, FeatureSet};
-use bedside_embed::Embedder;
 use bedside_eval::pairs::{parse_pairs, PairRecord};
 use candle_core::Device;
 use clap::Args;
@@ -106,14 +106,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     write_atomic(&args.output, &out)?;
     let n = scores.len().max(1) as f32;
     let mean = |m: usize| scores.iter().map(|s| s.levels()[m] as f32).sum::<f32>() / n;
-    eprintln!(
-        "scored {} pairs → {} (mean ER {:.2}, IP {:.2}, EX {:.2})",
-        scores.len(),
-        args.output.display(),
-        mean(0),
-        mean(1),
-        mean(2)
-    );
+    eprintln!("scored {} pairs → {} (mean ER {:.2}, IP {:.2}, EX {:.2})", scores.len(), args.output.display(), mean(0), mean(1), mean(2));
     Ok(())
 }
 
@@ -227,10 +220,8 @@ pub struct TrainScorerArgs {
 }
 
 fn parse_lambda(s: &str) -> Result<[f64; 3]> {
-    let v: Vec<f64> = s
-        .split(',')
-        .map(|p| p.trim().parse::<f64>().with_context(|| format!("--lambda: {p:?} is not a number")))
-        .collect::<Result<_>>()?;
+    let v: Vec<f64> =
+        s.split(',').map(|p| p.trim().parse::<f64>().with_context(|| format!("--lambda: {p:?} is not a number"))).collect::<Result<_>>()?;
     if v.iter().any(|x| !x.is_finite() || *x < 0.0) {
         bail!("--lambda values must be finite and >= 0");
     }
@@ -252,7 +243,10 @@ pub fn repository_containing(path: &Path) -> Option<PathBuf> {
     }
     let canon = existing.canonicalize().ok()?;
     let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().ok();
-    canon.ancestors().find(|a| built.as_deref() == Some(*a) || a.join("data/empathy/labelled-part-a.jsonl").is_file()).map(Path::to_path_buf)
+    canon
+        .ancestors()
+        .find(|a| built.as_deref() == Some(*a) || a.join("data/empathy/labelled-part-a.jsonl").is_file())
+        .map(Path::to_path_buf)
 }
 
 fn train_epitome(args: &TrainScorerArgs, dir: &Path) -> Result<()> {

@@ -91,17 +91,10 @@ fn parse_spec(s: &str, what: &str) -> Result<RepoSpec> {
     if Path::new(s).exists() {
         bail!("{s} is a local path; {what} takes hub ids org/name[@revision]");
     }
-    RepoSpec::parse(s).with_context(|| {
-        format!("{s:?} is not a hub id of the form org/name[@revision][:QUANT or :file.gguf]")
-    })
+    RepoSpec::parse(s).with_context(|| format!("{s:?} is not a hub id of the form org/name[@revision][:QUANT or :file.gguf]"))
 }
 
-fn fetch_all(
-    hub: &Hub,
-    model: Option<&str>,
-    adapters: &[String],
-    what: &str,
-) -> Result<Vec<(Fetched, Kind)>> {
+fn fetch_all(hub: &Hub, model: Option<&str>, adapters: &[String], what: &str) -> Result<Vec<(Fetched, Kind)>> {
     let mut out = Vec::new();
     if let Some(m) = model {
         out.push((hub.fetch(&parse_spec(m, what)?, Kind::Model)?, Kind::Model));
@@ -140,12 +133,7 @@ pub fn pull(a: PullArgs) -> Result<()> {
         }));
     }
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"cache": hub.cache_dir(), "models": models})
-            )?
-        );
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"cache": hub.cache_dir(), "models": models}))?);
         return Ok(());
     }
     for m in &models {
@@ -158,11 +146,7 @@ pub fn pull(a: PullArgs) -> Result<()> {
         for f in m["files"].as_array().into_iter().flatten() {
             println!(
                 "  {:<10} {:<40} {:>10}  sha256 {}",
-                if f["downloaded"].as_bool().unwrap_or(false) {
-                    "downloaded"
-                } else {
-                    "cached"
-                },
+                if f["downloaded"].as_bool().unwrap_or(false) { "downloaded" } else { "cached" },
                 f["name"].as_str().unwrap_or(""),
                 human_bytes(f["size"].as_u64().unwrap_or(0)),
                 f["sha256"].as_str().unwrap_or("")
@@ -186,12 +170,7 @@ fn ls(a: LsArgs) -> Result<()> {
     let hub = Hub::from_env(true);
     let repos = bedside_hub::cache::list_cache(hub.cache_dir())?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"cache": hub.cache_dir(), "repos": repos})
-            )?
-        );
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"cache": hub.cache_dir(), "repos": repos}))?);
         return Ok(());
     }
     println!("cache {}", hub.cache_dir().display());
@@ -199,24 +178,12 @@ fn ls(a: LsArgs) -> Result<()> {
         println!("(empty)");
         return Ok(());
     }
-    println!(
-        "{:<48} {:<16} {:<12} {:>5} {:>10}",
-        "REPOSITORY", "REFS", "COMMIT", "FILES", "SIZE"
-    );
+    println!("{:<48} {:<16} {:<12} {:>5} {:>10}", "REPOSITORY", "REFS", "COMMIT", "FILES", "SIZE");
     for r in &repos {
         for s in &r.snapshots {
-            let refs: Vec<&str> = r
-                .refs
-                .iter()
-                .filter(|(_, c)| *c == s.commit)
-                .map(|(n, _)| n.as_str())
-                .collect();
+            let refs: Vec<&str> = r.refs.iter().filter(|(_, c)| *c == s.commit).map(|(n, _)| n.as_str()).collect();
             let size: u64 = s.files.iter().map(|f| f.1).sum();
-            let refs = if refs.is_empty() {
-                "-".to_string()
-            } else {
-                refs.join(",")
-            };
+            let refs = if refs.is_empty() { "-".to_string() } else { refs.join(",") };
             println!(
                 "{:<48} {:<16} {:<12} {:>5} {:>10}",
                 r.repo,
@@ -227,17 +194,10 @@ fn ls(a: LsArgs) -> Result<()> {
             );
         }
         if r.snapshots.is_empty() {
-            println!(
-                "{:<48} {:<16} {:<12} {:>5} {:>10}",
-                r.repo, "-", "-", 0, "0 B"
-            );
+            println!("{:<48} {:<16} {:<12} {:>5} {:>10}", r.repo, "-", "-", 0, "0 B");
         }
         if r.partial_bytes > 0 {
-            println!(
-                "{:<48} (+ {} of unfinished downloads; the next pull resumes them)",
-                "",
-                human_bytes(r.partial_bytes)
-            );
+            println!("{:<48} (+ {} of unfinished downloads; the next pull resumes them)", "", human_bytes(r.partial_bytes));
         }
     }
     Ok(())
@@ -264,31 +224,16 @@ fn export(a: ExportArgs) -> Result<()> {
     } else {
         let mut items = Vec::new();
         for m in &a.models {
-            items.extend(
-                fetch_all(&hub, Some(m), &[], "cache export")?
-                    .iter()
-                    .map(|(f, _)| ExportItem::from(f)),
-            );
+            items.extend(fetch_all(&hub, Some(m), &[], "cache export")?.iter().map(|(f, _)| ExportItem::from(f)));
         }
-        items.extend(
-            fetch_all(&hub, None, &a.adapters, "cache export")?
-                .iter()
-                .map(|(f, _)| ExportItem::from(f)),
-        );
+        items.extend(fetch_all(&hub, None, &a.adapters, "cache export")?.iter().map(|(f, _)| ExportItem::from(f)));
         items
     };
     if items.is_empty() {
-        bail!(
-            "the hub cache {} holds no models to export",
-            hub.cache_dir().display()
-        );
+        bail!("the hub cache {} holds no models to export", hub.cache_dir().display());
     }
     let moved = transfer::export(hub.cache_dir(), &a.dir, &items)?;
-    println!(
-        "exported to {} (manifest {})",
-        a.dir.display(),
-        a.dir.join(transfer::MANIFEST).display()
-    );
+    println!("exported to {} (manifest {})", a.dir.display(), a.dir.join(transfer::MANIFEST).display());
     print_moved(&moved, "copied", "present");
     Ok(())
 }
@@ -296,10 +241,7 @@ fn export(a: ExportArgs) -> Result<()> {
 fn import(a: ImportArgs) -> Result<()> {
     let hub = Hub::from_env(true);
     let moved = transfer::import(hub.cache_dir(), &a.dir)?;
-    println!(
-        "imported into {} (every file verified against its sha256)",
-        hub.cache_dir().display()
-    );
+    println!("imported into {} (every file verified against its sha256)", hub.cache_dir().display());
     print_moved(&moved, "imported", "present");
     Ok(())
 }

@@ -44,12 +44,19 @@ pub fn run(a: InfoArgs) -> Result<()> {
         println!("name         {n}");
     }
     println!("format       {}{}", info.format, info.file_type.as_deref().map(|t| format!(" ({t})")).unwrap_or_default());
-    println!("architecture {}{}", c.arch.name(), c.moe.as_ref().map(|m| format!(" (MoE: {} experts, top-{})", m.num_experts, m.top_k)).unwrap_or_default());
+    println!(
+        "architecture {}{}",
+        c.arch.name(),
+        c.moe.as_ref().map(|m| format!(" (MoE: {} experts, top-{})", m.num_experts, m.top_k)).unwrap_or_default()
+    );
     println!("parameters   {} ({:.1} M)", info.parameters, info.parameters as f64 / 1e6);
     println!("size         {:.1} MB", info.bytes as f64 / 1e6);
     let types: Vec<String> = info.tensor_types.iter().map(|(t, n)| format!("{t}×{n}")).collect();
     println!("tensors      {}", types.join(", "));
-    println!("layers       {}  hidden {}  ffn {}  heads {}/{} (kv)  head dim {}", c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim);
+    println!(
+        "layers       {}  hidden {}  ffn {}  heads {}/{} (kv)  head dim {}",
+        c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim
+    );
     println!("context      {} tokens", c.max_position_embeddings);
     println!("rope         theta {}{}", c.rope_theta, c.rope_scaling.as_ref().map(|s| format!(", scaling {s:?}")).unwrap_or_default());
     println!("embeddings   {}", if c.tie_word_embeddings { "tied (no separate LM head)" } else { "untied" });

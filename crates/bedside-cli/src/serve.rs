@@ -95,12 +95,8 @@ pub struct ServeArgs {
 /// `NAME=DIR`.
 fn parse_named_adapter(s: &str) -> std::result::Result<(String, PathBuf), String> {
     match s.split_once('=') {
-        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
-            Ok((name.to_string(), PathBuf::from(dir)))
-        }
-        _ => Err(format!(
-            "'{s}': expected NAME=DIR, e.g. tuned=runs/demo/train/adapter"
-        )),
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.to_string(), PathBuf::from(dir))),
+        _ => Err(format!("'{s}': expected NAME=DIR, e.g. tuned=runs/demo/train/adapter")),
     }
 }
 
@@ -114,31 +110,11 @@ impl ServeArgs {
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = v.clone(); })* };
         }
-        set!(
-            model,
-            device,
-            host,
-            port,
-            parallel,
-            queue,
-            prefill_chunk,
-            max_body_bytes,
-            max_messages,
-            log_format
-        );
+        set!(model, device, host, port, parallel, queue, prefill_chunk, max_body_bytes, max_messages, log_format);
         macro_rules! set_opt {
             ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = Some(v.clone()); })* };
         }
-        set_opt!(
-            name,
-            chat_template,
-            adapter_root,
-            api_key_file,
-            tls_cert,
-            tls_key,
-            ctx,
-            max_tokens
-        );
+        set_opt!(name, chat_template, adapter_root, api_key_file, tls_cert, tls_key, ctx, max_tokens);
         if let Some(d) = self.dtype {
             c.dtype = Some(
                 match d {

@@ -85,11 +85,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let path = a.config.clone().context("--config is required")?;
     // `--set` first, then the flags, so a flag wins over a `--set` of the same field.
-    let mut sets = a
-        .set
-        .iter()
-        .map(|s| Override::parse(s).map_err(|m| anyhow!("{}: {m}", path.display())))
-        .collect::<Result<Vec<_>>>()?;
+    let mut sets = a.set.iter().map(|s| Override::parse(s).map_err(|m| anyhow!("{}: {m}", path.display()))).collect::<Result<Vec<_>>>()?;
     if let Some(n) = a.max_steps {
         sets.push(Override::new("run.max_steps", i64::try_from(n).context("--max-steps is too large")?));
     }

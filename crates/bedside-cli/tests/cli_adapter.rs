@@ -116,7 +116,10 @@ fn export_gguf_update_matches_peft_under_llama_cpp_reader() {
     let Some(dir) = bedside_testutil::fixture("tiny-llama") else { return };
     let has_gguf = Command::new("python3").args(["-c", "import gguf, numpy"]).output().is_ok_and(|o| o.status.success());
     if !has_gguf {
-        assert!(std::env::var("BEDSIDE_REQUIRE_PYREF").as_deref() != Ok("1"), "BEDSIDE_REQUIRE_PYREF=1 but python3 lacks gguf (pip install -r scripts/reference-requirements.txt)");
+        assert!(
+            std::env::var("BEDSIDE_REQUIRE_PYREF").as_deref() != Ok("1"),
+            "BEDSIDE_REQUIRE_PYREF=1 but python3 lacks gguf (pip install -r scripts/reference-requirements.txt)"
+        );
         eprintln!("skipping: python3 with gguf-py is not available");
         return;
     }
@@ -141,7 +144,8 @@ fn export_gguf_update_matches_peft_under_llama_cpp_reader() {
 fn generate_takes_adapters() {
     let Some(dir) = bedside_testutil::fixture("tiny-llama") else { return };
     let run = |adapter: Option<String>| {
-        let mut args = vec!["generate", "--model", s(&dir), "--prompt", "Hello, world", "--temperature", "0", "--max-tokens", "8", "--json"];
+        let mut args =
+            vec!["generate", "--model", s(&dir), "--prompt", "Hello, world", "--temperature", "0", "--max-tokens", "8", "--json"];
         let a;
         if let Some(x) = adapter {
             a = x;

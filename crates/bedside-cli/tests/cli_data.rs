@@ -70,8 +70,7 @@ fn import_export_split_and_equity_through_the_cli() {
         "hcm.json",
         r#"[{"instruction":"x","input":"I have a cough.","output":"See a doctor if it lasts."},{"instruction":"x","input":"Bad"},{"instruction":"x","input":"My ear hurts.","output":"It may be an infection."}]"#,
     );
-    let err = run(&["data", "import", "--format", "healthcaremagic", &d("hcm.json"), "--out", &d("hcm.v1.jsonl")])
-        .unwrap_err();
+    let err = run(&["data", "import", "--format", "healthcaremagic", &d("hcm.json"), "--out", &d("hcm.v1.jsonl")]).unwrap_err();
     assert!(err.to_string().contains("--skip-invalid") && err.to_string().contains("field `output`"), "{err}");
     assert!(!dir.path().join("hcm.v1.jsonl").exists(), "nothing written on failure");
     run(&[
@@ -92,17 +91,13 @@ fn import_export_split_and_equity_through_the_cli() {
 
     // Imported records have no patient/answer yet: export needs --neutral.
     assert!(run(&["data", "export", "--format", "openai", &d("hcm.v1.jsonl"), "--out", &d("x.jsonl")]).is_err());
-    run(&["data", "export", "--format", "sharegpt", "--neutral", &d("hcm.v1.jsonl"), "--out", &d("hcm.sg.jsonl")])
-        .unwrap();
+    run(&["data", "export", "--format", "sharegpt", "--neutral", &d("hcm.v1.jsonl"), "--out", &d("hcm.sg.jsonl")]).unwrap();
     assert_eq!(std::fs::read_to_string(d("hcm.sg.jsonl")).unwrap().lines().count(), 2);
 
     run(&["data", "split", &d("hcm.v1.jsonl"), "--in-place", "--seed", "1"]).unwrap();
     assert!(bedside_data::read_jsonl(d("hcm.v1.jsonl")).unwrap().iter().all(|(_, r)| !r.split.is_empty()));
     assert!(run(&["data", "split", &d("hcm.v1.jsonl")]).is_err(), "--out or --in-place is required");
-    assert!(
-        run(&["data", "split", &d("hcm.v1.jsonl"), "--out", &d("s.jsonl"), "--train", "0.9"]).is_err(),
-        "ratios must sum to 1"
-    );
+    assert!(run(&["data", "split", &d("hcm.v1.jsonl"), "--out", &d("s.jsonl"), "--train", "0.9"]).is_err(), "ratios must sum to 1");
 
     let corpus = corpus_dir();
     run(&[
@@ -160,14 +155,14 @@ fn rewrite_dry_run_needs_no_model_and_bad_options_fail_clearly() {
     // A model that does not exist proves --dry-run loads none.
     run(&["data", "rewrite", "-m", "no/such-model.gguf", "--input", i, "--output", o, "--prompts", &p, "--dry-run"]).unwrap();
     assert!(!out.exists(), "a dry run writes nothing");
-    let err = run(&["data", "rewrite", "--input", i, "--output", o, "--prompts", &p, "--emotions", "afraid,happy", "--dry-run"])
-        .unwrap_err();
+    let err =
+        run(&["data", "rewrite", "--input", i, "--output", o, "--prompts", &p, "--emotions", "afraid,happy", "--dry-run"]).unwrap_err();
     assert!(format!("{err:#}").contains("unknown emotion `happy`"), "{err:#}");
     let err = run(&["data", "rewrite", "--input", i, "--output", o, "--prompts", "/no/such/prompts", "--dry-run"]).unwrap_err();
     assert!(format!("{err:#}").contains("/no/such/prompts"), "{err:#}");
     assert!(run(&["data", "rewrite", "--input", i, "--output", o, "--emotions", "sad", "--emotion-weights", "w.toml"]).is_err());
-    let err = run(&["data", "rewrite", "-m", "no/such-model.gguf", "--input", i, "--output", o, "--prompts", &p, "--no-embedder"])
-        .unwrap_err();
+    let err =
+        run(&["data", "rewrite", "-m", "no/such-model.gguf", "--input", i, "--output", o, "--prompts", &p, "--no-embedder"]).unwrap_err();
     assert!(format!("{err:#}").contains("no/such-model.gguf"), "{err:#}");
 }
 
@@ -183,21 +178,33 @@ fn rewrite_end_to_end_on_the_default_model() {
     let out = dir.path().join("out.jsonl");
     let rej = dir.path().join("out.rejects.jsonl");
     let args = [
-        "data", "rewrite", "-m", gguf.to_str().unwrap(), "--device", "cpu", "--input", input.to_str().unwrap(),
-        "--output", out.to_str().unwrap(), "--prompts", &prompts_dir(), "--limit", "1", "--max-retries", "1",
-        "--seed", "3", "--max-tokens", "320",
+        "data",
+        "rewrite",
+        "-m",
+        gguf.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--prompts",
+        &prompts_dir(),
+        "--limit",
+        "1",
+        "--max-retries",
+        "1",
+        "--seed",
+        "3",
+        "--max-tokens",
+        "320",
     ];
     run(&args).unwrap();
     assert!(out.is_file() && rej.is_file(), "output and default rejects file are created");
-    let accepted: Vec<bedside_data::Dialogue> =
-        bedside_data::read_jsonl(&out).unwrap().into_iter().map(|(_, d)| d).collect();
-    let rejects: Vec<bedside_rewrite::RejectLine> = std::fs::read_to_string(&rej)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let input_recs: Vec<bedside_data::Dialogue> =
-        bedside_data::read_jsonl(&input).unwrap().into_iter().map(|(_, d)| d).collect();
+    let accepted: Vec<bedside_data::Dialogue> = bedside_data::read_jsonl(&out).unwrap().into_iter().map(|(_, d)| d).collect();
+    let rejects: Vec<bedside_rewrite::RejectLine> =
+        std::fs::read_to_string(&rej).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let input_recs: Vec<bedside_data::Dialogue> = bedside_data::read_jsonl(&input).unwrap().into_iter().map(|(_, d)| d).collect();
     let finals: Vec<&str> = rejects.iter().filter(|r| r.is_final).map(|r| r.id.as_str()).collect();
     eprintln!("default model: {} accepted, {} finally rejected, {} reject lines", accepted.len(), finals.len(), rejects.len());
     // The record was finished: accepted or finally rejected.

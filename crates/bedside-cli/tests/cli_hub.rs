@@ -40,10 +40,7 @@ struct Out {
 
 impl Site {
     fn new(repos: Vec<FakeRepo>) -> Site {
-        Site {
-            hub: FakeHub::start(repos, TOKEN),
-            home: tempfile::tempdir().unwrap(),
-        }
+        Site { hub: FakeHub::start(repos, TOKEN), home: tempfile::tempdir().unwrap() }
     }
 
     /// Run bedside with HF_ENDPOINT at the fake hub, HF_HOME in a temporary folder and the
@@ -53,9 +50,7 @@ impl Site {
         for k in CLEARED {
             c.env_remove(k);
         }
-        c.env("HF_ENDPOINT", &self.hub.url)
-            .env("HF_HOME", self.home.path())
-            .env("HF_HUB_CACHE", cache);
+        c.env("HF_ENDPOINT", &self.hub.url).env("HF_HOME", self.home.path()).env("HF_HUB_CACHE", cache);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -95,14 +90,9 @@ fn repos(fx: &Path) -> Vec<FakeRepo> {
         ]
     };
     let config = read(fx, "config.json");
-    let v1_config = String::from_utf8(config.clone()).unwrap().replace(
-        "\"max_position_embeddings\": 128",
-        "\"max_position_embeddings\": 4321",
-    );
-    assert!(
-        v1_config.contains("4321"),
-        "the fixture's config.json changed shape"
-    );
+    let v1_config =
+        String::from_utf8(config.clone()).unwrap().replace("\"max_position_embeddings\": 128", "\"max_position_embeddings\": 4321");
+    assert!(v1_config.contains("4321"), "the fixture's config.json changed shape");
     let gguf = read(fx, "model-f32.gguf");
     let mut other = gguf.clone();
     other.extend_from_slice(b"another quant");
@@ -111,16 +101,8 @@ fn repos(fx: &Path) -> Vec<FakeRepo> {
             id: "tiny/llama".into(),
             gated: false,
             commits: vec![
-                FakeCommit {
-                    sha: commit_sha("llama main"),
-                    refs: vec!["main".into()],
-                    files: hf_files(config),
-                },
-                FakeCommit {
-                    sha: commit_sha("llama v1"),
-                    refs: vec!["v1".into()],
-                    files: hf_files(v1_config.into_bytes()),
-                },
+                FakeCommit { sha: commit_sha("llama main"), refs: vec!["main".into()], files: hf_files(config) },
+                FakeCommit { sha: commit_sha("llama v1"), refs: vec!["v1".into()], files: hf_files(v1_config.into_bytes()) },
             ],
         },
         FakeRepo {
@@ -154,14 +136,8 @@ fn repos(fx: &Path) -> Vec<FakeRepo> {
                 sha: commit_sha("lora main"),
                 refs: vec!["main".into()],
                 files: vec![
-                    FakeFile::new(
-                        "adapter_config.json",
-                        read(&fx.join("lora"), "adapter_config.json"),
-                    ),
-                    FakeFile::new(
-                        "adapter_model.safetensors",
-                        read(&fx.join("lora"), "adapter_model.safetensors"),
-                    ),
+                    FakeFile::new("adapter_config.json", read(&fx.join("lora"), "adapter_config.json")),
+                    FakeFile::new("adapter_model.safetensors", read(&fx.join("lora"), "adapter_model.safetensors")),
                 ],
             }],
         },
@@ -185,153 +161,65 @@ fn pull_downloads_what_a_run_needs_and_offline_runs_from_the_cache() {
     let c = cache.path();
     let out = site.run(c, &[], &["pull", "tiny/llama", "--adapter", "tiny/lora"]);
     assert!(out.ok, "{}", out.stderr);
-    for name in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
-        let line = out
-            .stdout
-            .lines()
-            .find(|l| l.contains(&format!(" {name} ")))
-            .unwrap_or_else(|| panic!("{name} not listed:\n{}", out.stdout));
-        assert!(
-            line.contains("downloaded") && line.contains(&sha256(&read(&fx, name))),
-            "{line}"
-        );
+    for name in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        let line =
+            out.stdout.lines().find(|l| l.contains(&format!(" {name} "))).unwrap_or_else(|| panic!("{name} not listed:\n{}", out.stdout));
+        assert!(line.contains("downloaded") && line.contains(&sha256(&read(&fx, name))), "{line}");
     }
-    let lora = out
-        .stdout
-        .lines()
-        .find(|l| l.contains("adapter_model.safetensors"))
-        .unwrap();
-    assert!(
-        lora.contains(&sha256(&read(
-            &fx.join("lora"),
-            "adapter_model.safetensors"
-        ))),
-        "{lora}"
-    );
-    assert!(
-        out.stdout.contains("511.3 kB"),
-        "sizes are printed:\n{}",
-        out.stdout
-    );
-    assert!(
-        !out.stdout.contains("README.md"),
-        "only what a run needs is fetched"
-    );
+    let lora = out.stdout.lines().find(|l| l.contains("adapter_model.safetensors")).unwrap();
+    assert!(lora.contains(&sha256(&read(&fx.join("lora"), "adapter_model.safetensors"))), "{lora}");
+    assert!(out.stdout.contains("511.3 kB"), "sizes are printed:\n{}", out.stdout);
+    assert!(!out.stdout.contains("README.md"), "only what a run needs is fetched");
 
     // The standard Hugging Face layout, which Python's huggingface_hub reads as its own.
     let repo = c.join("models--tiny--llama");
     let commit = commit_sha("llama main");
-    assert_eq!(
-        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
-        commit
-    );
-    let weights = repo
-        .join("snapshots")
-        .join(&commit)
-        .join("model.safetensors");
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), commit);
+    let weights = repo.join("snapshots").join(&commit).join("model.safetensors");
     let blob_name = sha256(&read(&fx, "model.safetensors"));
     #[cfg(unix)]
-    assert_eq!(
-        std::fs::read_link(&weights).unwrap(),
-        Path::new("../../blobs").join(&blob_name),
-        "LFS blobs are named by their sha256"
-    );
-    assert_eq!(
-        std::fs::read(&weights).unwrap(),
-        read(&fx, "model.safetensors")
-    );
-    assert!(!repo
-        .join("snapshots")
-        .join(&commit)
-        .join("README.md")
-        .exists());
-    let config_link =
-        std::fs::read_link(repo.join("snapshots").join(&commit).join("config.json")).unwrap();
-    assert_eq!(
-        config_link.file_name().unwrap().len(),
-        40,
-        "small files are named by their git etag: {config_link:?}"
-    );
+    assert_eq!(std::fs::read_link(&weights).unwrap(), Path::new("../../blobs").join(&blob_name), "LFS blobs are named by their sha256");
+    assert_eq!(std::fs::read(&weights).unwrap(), read(&fx, "model.safetensors"));
+    assert!(!repo.join("snapshots").join(&commit).join("README.md").exists());
+    let config_link = std::fs::read_link(repo.join("snapshots").join(&commit).join("config.json")).unwrap();
+    assert_eq!(config_link.file_name().unwrap().len(), 40, "small files are named by their git etag: {config_link:?}");
 
     // A second pull finds everything cached: one API call, no file requests.
     let before = site.hub.requests().len();
     let out = site.run(c, &[], &["pull", "tiny/llama"]);
-    assert!(
-        out.ok && !out.stdout.contains("downloaded") && out.stdout.contains("cached"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
-    let new: Vec<_> = site.hub.requests()[before..]
-        .iter()
-        .map(|r| r.path.clone())
-        .collect();
-    assert_eq!(
-        new,
-        vec![format!("/api/models/tiny/llama/revision/main")],
-        "{new:?}"
-    );
+    assert!(out.ok && !out.stdout.contains("downloaded") && out.stdout.contains("cached"), "{}\n{}", out.stdout, out.stderr);
+    let new: Vec<_> = site.hub.requests()[before..].iter().map(|r| r.path.clone()).collect();
+    assert_eq!(new, vec![format!("/api/models/tiny/llama/revision/main")], "{new:?}");
 
     // Offline (flag or HF_HUB_OFFLINE): every command reads the cache and nothing connects.
     let connections = site.hub.connections();
     let out = site.run(c, &[], &["info", "tiny/llama", "--offline", "--json"]);
     assert!(out.ok, "{}", out.stderr);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()["model"]["config"]
-            ["max_position_embeddings"],
-        128
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()["model"]["config"]["max_position_embeddings"], 128);
     let out = site.run(c, &[("HF_HUB_OFFLINE", "1")], &["info", "tiny/llama"]);
     assert!(out.ok, "{}", out.stderr);
     let out = site.run(
         c,
         &[("HF_HUB_OFFLINE", "yes")],
-        &[
-            "generate",
-            "--model",
-            "tiny/llama",
-            "--adapter",
-            "tiny/lora",
-            "--prompt",
-            "Hello",
-            "--max-tokens",
-            "2",
-            "--temperature",
-            "0",
-        ],
+        &["generate", "--model", "tiny/llama", "--adapter", "tiny/lora", "--prompt", "Hello", "--max-tokens", "2", "--temperature", "0"],
     );
     assert!(out.ok, "{}", out.stderr);
     let out = site.run(c, &[], &["cache", "ls"]);
     assert!(
-        out.ok
-            && out.stdout.contains("tiny/llama")
-            && out.stdout.contains(&commit[..12])
-            && out.stdout.contains("tiny/lora"),
+        out.ok && out.stdout.contains("tiny/llama") && out.stdout.contains(&commit[..12]) && out.stdout.contains("tiny/lora"),
         "{}",
         out.stdout
     );
     let out = site.run(c, &[], &["info", "tiny/not-pulled", "--offline"]);
     assert!(
-        !out.ok
-            && out.stderr.contains("not in the hub cache")
-            && out.stderr.contains("bedside pull tiny/not-pulled"),
+        !out.ok && out.stderr.contains("not in the hub cache") && out.stderr.contains("bedside pull tiny/not-pulled"),
         "{}",
         out.stderr
     );
     // `bedside serve` takes the same hub ids, from the cache alone even without --offline.
     let models = serve_models(&site, c, "tiny/llama");
     assert_eq!(models["data"][0]["id"], "llama", "{models}");
-    assert_eq!(
-        site.hub.connections(),
-        connections,
-        "an offline command or the server connected to the hub"
-    );
+    assert_eq!(site.hub.connections(), connections, "an offline command or the server connected to the hub");
 }
 
 #[test]
@@ -347,19 +235,10 @@ fn partial_downloads_resume_with_a_range() {
     std::fs::write(blobs.join(format!("{sha}.incomplete")), &gguf[..100_000]).unwrap();
     let out = site.run(cache.path(), &[], &["pull", "tiny/gguf:F32"]);
     assert!(out.ok, "{}", out.stderr);
-    let gets: Vec<_> = site
-        .hub
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == format!("/cdn/{sha}") && r.method == "GET")
-        .collect();
+    let gets: Vec<_> = site.hub.requests().into_iter().filter(|r| r.path == format!("/cdn/{sha}") && r.method == "GET").collect();
     assert_eq!(gets.len(), 1, "{gets:?}");
     assert_eq!(gets[0].range.as_deref(), Some("bytes=100000-"));
-    assert_eq!(
-        std::fs::read(blobs.join(&sha)).unwrap(),
-        gguf,
-        "the resumed file is whole"
-    );
+    assert_eq!(std::fs::read(blobs.join(&sha)).unwrap(), gguf, "the resumed file is whole");
     assert!(!blobs.join(format!("{sha}.incomplete")).exists());
     assert!(out.stdout.contains(&sha), "{}", out.stdout);
 
@@ -369,25 +248,10 @@ fn partial_downloads_resume_with_a_range() {
     let before = site.hub.requests().len();
     let out = site.run(cache.path(), &[], &["pull", "tiny/llama"]);
     assert!(out.ok, "{}", out.stderr);
-    let cdn: Vec<_> = site.hub.requests()[before..]
-        .iter()
-        .filter(|r| r.path.starts_with("/cdn/"))
-        .cloned()
-        .collect();
-    assert!(
-        cdn.iter()
-            .any(|r| r.range.as_deref() == Some("bytes=50000-")),
-        "{cdn:?}"
-    );
-    let weights = cache
-        .path()
-        .join("models--tiny--llama/snapshots")
-        .join(commit_sha("llama main"))
-        .join("model.safetensors");
-    assert_eq!(
-        std::fs::read(weights).unwrap(),
-        read(&fx, "model.safetensors")
-    );
+    let cdn: Vec<_> = site.hub.requests()[before..].iter().filter(|r| r.path.starts_with("/cdn/")).cloned().collect();
+    assert!(cdn.iter().any(|r| r.range.as_deref() == Some("bytes=50000-")), "{cdn:?}");
+    let weights = cache.path().join("models--tiny--llama/snapshots").join(commit_sha("llama main")).join("model.safetensors");
+    assert_eq!(std::fs::read(weights).unwrap(), read(&fx, "model.safetensors"));
 }
 
 #[test]
@@ -396,58 +260,20 @@ fn quant_tags_and_revisions() {
     let cache = tempfile::tempdir().unwrap();
     let c = cache.path();
     let out = site.run(c, &[], &["pull", "tiny/gguf:q8_0"]);
-    assert!(
-        out.ok && out.stdout.contains("tiny-llama-Q8_0.gguf") && !out.stdout.contains("F32.gguf"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
+    assert!(out.ok && out.stdout.contains("tiny-llama-Q8_0.gguf") && !out.stdout.contains("F32.gguf"), "{}\n{}", out.stdout, out.stderr);
     let out = site.run(c, &[], &["pull", "tiny/gguf:Q4_K_M"]);
     assert!(!out.ok, "{}", out.stdout);
-    assert!(
-        out.stderr
-            .contains("no GGUF file with the quant tag Q4_K_M"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("F32 (tiny-llama-F32.gguf")
-            && out.stderr.contains("Q8_0 (tiny-llama-Q8_0.gguf"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        !out.stderr.contains("mmproj"),
-        "a projector is not a model: {}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("no GGUF file with the quant tag Q4_K_M"), "{}", out.stderr);
+    assert!(out.stderr.contains("F32 (tiny-llama-F32.gguf") && out.stderr.contains("Q8_0 (tiny-llama-Q8_0.gguf"), "{}", out.stderr);
+    assert!(!out.stderr.contains("mmproj"), "a projector is not a model: {}", out.stderr);
     let out = site.run(c, &[], &["pull", "tiny/gguf:F16"]);
-    assert!(
-        !out.ok
-            && out.stderr.contains("matches 2 files")
-            && out.stderr.contains("tiny-llama-chat-F16.gguf"),
-        "{}",
-        out.stderr
-    );
+    assert!(!out.ok && out.stderr.contains("matches 2 files") && out.stderr.contains("tiny-llama-chat-F16.gguf"), "{}", out.stderr);
     // A quant tag and a file name load the same file.
     let out = site.run(c, &[], &["info", "tiny/gguf:F32", "--json"]);
     assert!(out.ok, "{}", out.stderr);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert!(
-        v["model"]["path"]
-            .as_str()
-            .unwrap()
-            .ends_with("tiny-llama-F32.gguf"),
-        "{v}"
-    );
-    assert!(
-        site.run(
-            c,
-            &[],
-            &["info", "tiny/gguf:tiny-llama-f32.gguf", "--offline"]
-        )
-        .ok
-    );
+    assert!(v["model"]["path"].as_str().unwrap().ends_with("tiny-llama-F32.gguf"), "{v}");
+    assert!(site.run(c, &[], &["info", "tiny/gguf:tiny-llama-f32.gguf", "--offline"]).ok);
 
     // Revisions: a tag, then its commit hash offline.
     let v1 = commit_sha("llama v1");
@@ -455,28 +281,14 @@ fn quant_tags_and_revisions() {
     assert!(out.ok, "{}", out.stderr);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["model"]["config"]["max_position_embeddings"], 4321);
-    assert_eq!(
-        std::fs::read_to_string(c.join("models--tiny--llama/refs/v1")).unwrap(),
-        v1
-    );
-    assert!(
-        !c.join("models--tiny--llama/refs/main").exists(),
-        "only the revision asked for is recorded"
-    );
+    assert_eq!(std::fs::read_to_string(c.join("models--tiny--llama/refs/v1")).unwrap(), v1);
+    assert!(!c.join("models--tiny--llama/refs/main").exists(), "only the revision asked for is recorded");
     let out = site.run(c, &[], &["info", &format!("tiny/llama@{v1}"), "--offline"]);
     assert!(out.ok && out.stdout.contains("4321"), "{}", out.stderr);
     let out = site.run(c, &[], &["info", "tiny/llama", "--offline"]);
-    assert!(
-        !out.ok && out.stderr.contains("not in the hub cache"),
-        "main was never fetched: {}",
-        out.stderr
-    );
+    assert!(!out.ok && out.stderr.contains("not in the hub cache"), "main was never fetched: {}", out.stderr);
     let out = site.run(c, &[], &["pull", "tiny/llama@nope"]);
-    assert!(
-        !out.ok && out.stderr.contains("no revision") && out.stderr.contains("nope"),
-        "{}",
-        out.stderr
-    );
+    assert!(!out.ok && out.stderr.contains("no revision") && out.stderr.contains("nope"), "{}", out.stderr);
 }
 
 #[test]
@@ -495,42 +307,15 @@ fn gated_repositories_need_a_token() {
         "licence",
         &format!("{}/tiny/gated", site.hub.url),
     ] {
-        assert!(
-            out.stderr.contains(want),
-            "missing {want:?}: {}",
-            out.stderr
-        );
+        assert!(out.stderr.contains(want), "missing {want:?}: {}", out.stderr);
     }
-    let out = site.run(
-        c,
-        &[("HF_TOKEN", "hf_not_accepted")],
-        &["pull", "tiny/gated"],
-    );
-    assert!(
-        !out.ok && out.stderr.contains("accept the licence") && out.stderr.contains("HF_TOKEN"),
-        "{}",
-        out.stderr
-    );
+    let out = site.run(c, &[("HF_TOKEN", "hf_not_accepted")], &["pull", "tiny/gated"]);
+    assert!(!out.ok && out.stderr.contains("accept the licence") && out.stderr.contains("HF_TOKEN"), "{}", out.stderr);
     let out = site.run(c, &[("HF_TOKEN", TOKEN)], &["pull", "tiny/gated"]);
-    assert!(
-        out.ok && out.stdout.contains("model-F32.gguf"),
-        "{}",
-        out.stderr
-    );
-    let resolve: Vec<_> = site
-        .hub
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.contains("/resolve/"))
-        .collect();
-    assert!(
-        resolve.last().unwrap().authorization.as_deref() == Some(&format!("Bearer {TOKEN}")),
-        "{resolve:?}"
-    );
-    assert!(
-        !out.stderr.contains(TOKEN) && !out.stdout.contains(TOKEN),
-        "the token is never printed"
-    );
+    assert!(out.ok && out.stdout.contains("model-F32.gguf"), "{}", out.stderr);
+    let resolve: Vec<_> = site.hub.requests().into_iter().filter(|r| r.path.contains("/resolve/")).collect();
+    assert!(resolve.last().unwrap().authorization.as_deref() == Some(&format!("Bearer {TOKEN}")), "{resolve:?}");
+    assert!(!out.stderr.contains(TOKEN) && !out.stdout.contains(TOKEN), "the token is never printed");
 
     // The token file `huggingface-cli login` writes works without HF_TOKEN.
     let fresh = tempfile::tempdir().unwrap();
@@ -543,54 +328,19 @@ fn gated_repositories_need_a_token() {
 #[test]
 fn export_and_import_carry_a_model_and_refuse_corruption() {
     let Some((_fx, site)) = setup() else { return };
-    let (online, media, airgap) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    assert!(
-        site.run(
-            online.path(),
-            &[],
-            &["pull", "tiny/llama", "--adapter", "tiny/lora"]
-        )
-        .ok
-    );
+    let (online, media, airgap) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    assert!(site.run(online.path(), &[], &["pull", "tiny/llama", "--adapter", "tiny/lora"]).ok);
     let usb = media.path().join("usb");
-    let out = site.run(
-        online.path(),
-        &[],
-        &[
-            "cache",
-            "export",
-            s(&usb),
-            "tiny/llama",
-            "--adapter",
-            "tiny/lora",
-        ],
-    );
+    let out = site.run(online.path(), &[], &["cache", "export", s(&usb), "tiny/llama", "--adapter", "tiny/lora"]);
     assert!(out.ok, "{}", out.stderr);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(usb.join("bedside-export.json")).unwrap()).unwrap();
-    assert_eq!(
-        manifest["models"].as_array().unwrap().len(),
-        2,
-        "{manifest}"
-    );
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(usb.join("bedside-export.json")).unwrap()).unwrap();
+    assert_eq!(manifest["models"].as_array().unwrap().len(), 2, "{manifest}");
 
     // The air-gapped machine: no hub reachable, so any connection attempt would show.
     let connections = site.hub.connections();
-    let out = site.run(
-        airgap.path(),
-        &[("HF_HUB_OFFLINE", "1")],
-        &["cache", "import", s(&usb)],
-    );
+    let out = site.run(airgap.path(), &[("HF_HUB_OFFLINE", "1")], &["cache", "import", s(&usb)]);
     assert!(out.ok, "{}", out.stderr);
-    assert!(
-        out.stdout.contains("imported") && out.stdout.contains("model.safetensors"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("imported") && out.stdout.contains("model.safetensors"), "{}", out.stdout);
     for args in [
         vec!["info", "tiny/llama", "--offline"],
         vec![
@@ -612,11 +362,7 @@ fn export_and_import_carry_a_model_and_refuse_corruption() {
         let out = site.run(airgap.path(), &[], &args);
         assert!(out.ok, "{args:?}: {}", out.stderr);
     }
-    assert_eq!(
-        site.hub.connections(),
-        connections,
-        "import and offline runs touched the network"
-    );
+    assert_eq!(site.hub.connections(), connections, "import and offline runs touched the network");
 
     // A flipped byte on the media: detected, named, and nothing enters the cache.
     let bad = media.path().join("bad");
@@ -625,11 +371,7 @@ fn export_and_import_carry_a_model_and_refuse_corruption() {
         let e = e.unwrap();
         std::fs::copy(e.path(), bad.join("blobs").join(e.file_name())).unwrap();
     }
-    std::fs::copy(
-        usb.join("bedside-export.json"),
-        bad.join("bedside-export.json"),
-    )
-    .unwrap();
+    std::fs::copy(usb.join("bedside-export.json"), bad.join("bedside-export.json")).unwrap();
     let weights_sha = manifest["models"]
         .as_array()
         .unwrap()
@@ -648,9 +390,7 @@ fn export_and_import_carry_a_model_and_refuse_corruption() {
     let out = site.run(fresh.path(), &[], &["cache", "import", s(&bad)]);
     assert!(!out.ok);
     assert!(
-        out.stderr.contains("model.safetensors")
-            && out.stderr.contains("corrupt")
-            && out.stderr.contains("nothing was imported"),
+        out.stderr.contains("model.safetensors") && out.stderr.contains("corrupt") && out.stderr.contains("nothing was imported"),
         "{}",
         out.stderr
     );
@@ -677,18 +417,11 @@ fn serve_models(site: &Site, cache: &Path, model: &str) -> serde_json::Value {
     let get = |addr: &str, path: &str| -> Option<(u16, String)> {
         let mut conn = std::net::TcpStream::connect(addr).ok()?;
         conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(
-            conn,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
         let mut text = String::new();
         conn.read_to_string(&mut text).ok()?;
         let (head, body) = text.split_once("\r\n\r\n")?;
-        Some((
-            head.split_whitespace().nth(1)?.parse().ok()?,
-            body.to_string(),
-        ))
+        Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
     };
     let start = Instant::now();
     let result = loop {
@@ -701,9 +434,7 @@ fn serve_models(site: &Site, cache: &Path, model: &str) -> serde_json::Value {
         }
         let addr = text.find("http://127.0.0.1:").map(|i| {
             let rest = &text[i + "http://".len()..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-                .unwrap_or(rest.len());
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(rest.len());
             rest[..end].to_string()
         });
         if let Some(addr) = addr {

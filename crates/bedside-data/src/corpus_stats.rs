@@ -69,8 +69,7 @@ fn lengths(records: &[Dialogue], measure: &dyn Fn(&str) -> usize) -> BTreeMap<St
     MEASURED
         .iter()
         .filter_map(|f| {
-            let v: Vec<usize> =
-                records.iter().map(|r| field(r, f)).filter(|t| !t.trim().is_empty()).map(measure).collect();
+            let v: Vec<usize> = records.iter().map(|r| field(r, f)).filter(|t| !t.trim().is_empty()).map(measure).collect();
             LengthStats::of(v).map(|s| (f.to_string(), s))
         })
         .collect()
@@ -135,10 +134,8 @@ impl Stats {
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut s = String::new();
-        let splits: Vec<String> = ordered_splits(self.per_split.keys())
-            .into_iter()
-            .map(|k| format!("{} {}", label(k), self.per_split[k]))
-            .collect();
+        let splits: Vec<String> =
+            ordered_splits(self.per_split.keys()).into_iter().map(|k| format!("{} {}", label(k), self.per_split[k])).collect();
         let _ = writeln!(s, "{} records: {}", self.records, splits.join(", "));
         self.table("specialty", &self.per_specialty, &mut s);
         self.table("emotion", &self.per_emotion, &mut s);

@@ -86,8 +86,7 @@ fn export_iter<'a>(
                 out.skipped_empty.push(r.id.clone());
             } else {
                 let (file, line) = loc.unwrap_or((Path::new("<memory>"), 0));
-                let hint =
-                    if opts.neutral { "" } else { " (not rewritten yet? export the neutral pair with --neutral)" };
+                let hint = if opts.neutral { "" } else { " (not rewritten yet? export the neutral pair with --neutral)" };
                 let mut e = RecordError::new(file, line, Some(field), format!("empty text{hint}"));
                 e.id = Some(r.id.clone());
                 errors.push(e);

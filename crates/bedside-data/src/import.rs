@@ -131,10 +131,7 @@ pub fn import_text(text: &str, path: &Path, opts: &ImportOptions) -> Result<Impo
         ImportFormat::MedDialog => meddialog(text, path),
         f => json_items(text, path)
             .into_iter()
-            .map(|item| Item {
-                is_record: item.is_record,
-                result: item.result.and_then(|(line, v)| json_exchange(f, &v, path, line)),
-            })
+            .map(|item| Item { is_record: item.is_record, result: item.result.and_then(|(line, v)| json_exchange(f, &v, path, line)) })
             .collect(),
     };
     let mut out = ImportOutcome::default();
@@ -210,9 +207,7 @@ fn json_items(text: &str, path: &Path) -> Vec<Item<(usize, Value)>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             Item::record(
-                serde_json::from_str(l)
-                    .map(|v| (i + 1, v))
-                    .map_err(|e| RecordError::new(path, i + 1, None, json_error_message(&e))),
+                serde_json::from_str(l).map(|v| (i + 1, v)).map_err(|e| RecordError::new(path, i + 1, None, json_error_message(&e))),
             )
         })
         .collect()
@@ -228,24 +223,14 @@ fn json_array_items(text: &str, mut pos: usize, lines: &LineIndex, path: &Path) 
             pos += 1;
         }
         if pos >= bytes.len() {
-            out.push(Item::stray(RecordError::new(
-                path,
-                lines.line(text.len()),
-                None,
-                "unterminated JSON array (missing `]`)",
-            )));
+            out.push(Item::stray(RecordError::new(path, lines.line(text.len()), None, "unterminated JSON array (missing `]`)")));
             return out;
         }
         if bytes[pos] == b']' {
             let rest = text[pos + 1..].trim();
             if !rest.is_empty() {
                 let at = pos + 1 + text[pos + 1..].find(rest).unwrap_or(0);
-                out.push(Item::stray(RecordError::new(
-                    path,
-                    lines.line(at),
-                    None,
-                    "unexpected text after the JSON array",
-                )));
+                out.push(Item::stray(RecordError::new(path, lines.line(at), None, "unexpected text after the JSON array")));
             }
             return out;
         }
@@ -284,12 +269,7 @@ fn json_array_items(text: &str, mut pos: usize, lines: &LineIndex, path: &Path) 
             if !item.is_empty() {
                 out.push(Item::record(parse_item(item, line, path)));
             }
-            out.push(Item::stray(RecordError::new(
-                path,
-                lines.line(text.len()),
-                None,
-                "unterminated JSON array (missing `]`)",
-            )));
+            out.push(Item::stray(RecordError::new(path, lines.line(text.len()), None, "unterminated JSON array (missing `]`)")));
             return out;
         }
         if item.is_empty() {
@@ -344,13 +324,11 @@ fn json_exchange(format: ImportFormat, v: &Value, path: &Path, line: usize) -> R
     match format {
         ImportFormat::ChatDoctor | ImportFormat::HealthCareMagic | ImportFormat::ICliniq => {
             let patient = req_str(obj, "input", path, line)?;
-            let answer_field =
-                if format == ImportFormat::ICliniq && !obj.contains_key("output") && obj.contains_key("answer_icliniq")
-                {
-                    "answer_icliniq"
-                } else {
-                    "output"
-                };
+            let answer_field = if format == ImportFormat::ICliniq && !obj.contains_key("output") && obj.contains_key("answer_icliniq") {
+                "answer_icliniq"
+            } else {
+                "output"
+            };
             let answer = req_str(obj, answer_field, path, line)?;
             Ok(Exchange { patient, answer, more_turns: false })
         }
@@ -366,12 +344,7 @@ fn json_exchange(format: ImportFormat, v: &Value, path: &Path, line: usize) -> R
                 let role = match m.get("role") {
                     Some(Value::String(r)) => r.as_str(),
                     None => return Err((format!("messages[{i}].role"), "missing required field".to_string())),
-                    Some(x) => {
-                        return Err((
-                            format!("messages[{i}].role"),
-                            format!("expected a string, found {}", type_name(x)),
-                        ))
-                    }
+                    Some(x) => return Err((format!("messages[{i}].role"), format!("expected a string, found {}", type_name(x)))),
                 };
                 let role = match role {
                     "system" | "developer" => Role::System,
@@ -385,33 +358,19 @@ fn json_exchange(format: ImportFormat, v: &Value, path: &Path, line: usize) -> R
         }
         ImportFormat::ShareGpt => {
             let turns = turns(obj, "conversations", path, line, |m, i| {
-                let (speaker_key, text_key) =
-                    if m.contains_key("from") { ("from", "value") } else { ("role", "content") };
+                let (speaker_key, text_key) = if m.contains_key("from") { ("from", "value") } else { ("role", "content") };
                 let speaker = match m.get(speaker_key) {
                     Some(Value::String(r)) => r.as_str(),
-                    None => {
-                        return Err((
-                            format!("conversations[{i}].from"),
-                            "missing required field (`from`, or `role`)".to_string(),
-                        ))
-                    }
+                    None => return Err((format!("conversations[{i}].from"), "missing required field (`from`, or `role`)".to_string())),
                     Some(x) => {
-                        return Err((
-                            format!("conversations[{i}].{speaker_key}"),
-                            format!("expected a string, found {}", type_name(x)),
-                        ))
+                        return Err((format!("conversations[{i}].{speaker_key}"), format!("expected a string, found {}", type_name(x))))
                     }
                 };
                 let role = match speaker.to_ascii_lowercase().as_str() {
                     "system" => Role::System,
                     "human" | "user" => Role::User,
                     "gpt" | "assistant" | "chatgpt" | "bard" | "model" | "bing" => Role::Assistant,
-                    other => {
-                        return Err((
-                            format!("conversations[{i}].{speaker_key}"),
-                            format!("unsupported speaker `{other}`"),
-                        ))
-                    }
+                    other => return Err((format!("conversations[{i}].{speaker_key}"), format!("unsupported speaker `{other}`"))),
                 };
                 Ok((role, content_text(m.get(text_key), &format!("conversations[{i}].{text_key}"))?))
             })?;
@@ -432,19 +391,12 @@ fn content_text(v: Option<&Value>, field: &str) -> Result<String, (String, Strin
             for (j, p) in parts.iter().enumerate() {
                 match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
                     (Some("text") | None, Some(t)) => texts.push(t.trim().to_string()),
-                    _ => {
-                        return Err((
-                            format!("{field}[{j}]"),
-                            "expected a text part {\"type\":\"text\",\"text\":…}".to_string(),
-                        ))
-                    }
+                    _ => return Err((format!("{field}[{j}]"), "expected a text part {\"type\":\"text\",\"text\":…}".to_string())),
                 }
             }
             Ok(texts.join("\n\n"))
         }
-        Some(x) => {
-            Err((field.to_string(), format!("expected a string or an array of text parts, found {}", type_name(x))))
-        }
+        Some(x) => Err((field.to_string(), format!("expected a string or an array of text parts, found {}", type_name(x)))),
     }
 }
 
@@ -460,43 +412,26 @@ fn turns(
     let items = match obj.get(field) {
         Some(Value::Array(a)) => a,
         None => return Err(RecordError::new(path, line, Some(field), "missing required field")),
-        Some(x) => {
-            return Err(RecordError::new(path, line, Some(field), format!("expected an array, found {}", type_name(x))))
-        }
+        Some(x) => return Err(RecordError::new(path, line, Some(field), format!("expected an array, found {}", type_name(x)))),
     };
     items
         .iter()
         .enumerate()
         .map(|(i, m)| match m.as_object() {
             Some(m) => parse(m, i).map_err(|(f, msg)| RecordError::new(path, line, Some(&f), msg)),
-            None => Err(RecordError::new(
-                path,
-                line,
-                Some(&format!("{field}[{i}]")),
-                format!("expected an object, found {}", type_name(m)),
-            )),
+            None => {
+                Err(RecordError::new(path, line, Some(&format!("{field}[{i}]")), format!("expected an object, found {}", type_name(m))))
+            }
         })
         .collect()
 }
 
-fn first_exchange(
-    turns: &[Turn],
-    field: &str,
-    user: &str,
-    assistant: &str,
-    path: &Path,
-    line: usize,
-) -> Result<Exchange, RecordError> {
+fn first_exchange(turns: &[Turn], field: &str, user: &str, assistant: &str, path: &Path, line: usize) -> Result<Exchange, RecordError> {
     let Some(u) = turns.iter().position(|(r, _)| *r == Role::User) else {
         return Err(RecordError::new(path, line, Some(field), format!("no `{user}` turn")));
     };
     let Some(a) = turns[u + 1..].iter().position(|(r, _)| *r == Role::Assistant).map(|a| a + u + 1) else {
-        return Err(RecordError::new(
-            path,
-            line,
-            Some(field),
-            format!("no `{assistant}` turn after the first `{user}` turn"),
-        ));
+        return Err(RecordError::new(path, line, Some(field), format!("no `{assistant}` turn after the first `{user}` turn")));
     };
     if turns[u].1.is_empty() {
         return Err(RecordError::new(path, line, Some(&format!("{field}[{u}]")), "empty text"));
@@ -504,8 +439,7 @@ fn first_exchange(
     if turns[a].1.is_empty() {
         return Err(RecordError::new(path, line, Some(&format!("{field}[{a}]")), "empty text"));
     }
-    let more_turns =
-        turns[a + 1..].iter().any(|(r, _)| *r != Role::System) || turns[u + 1..a].iter().any(|(r, _)| *r == Role::User);
+    let more_turns = turns[a + 1..].iter().any(|(r, _)| *r != Role::System) || turns[u + 1..a].iter().any(|(r, _)| *r == Role::User);
     Ok(Exchange { patient: turns[u].1.clone(), answer: turns[a].1.clone(), more_turns })
 }
 
@@ -600,10 +534,7 @@ fn meddialog(text: &str, path: &Path) -> Vec<Item<Exchange>> {
             match sec {
                 None => in_text = false,
                 Some(sec) => {
-                    if sec == Section::Description
-                        && !id_mode
-                        && (cur.has(Section::Patient) || cur.has(Section::Doctor))
-                    {
+                    if sec == Section::Description && !id_mode && (cur.has(Section::Patient) || cur.has(Section::Doctor)) {
                         finish(&mut cur, &mut dialogues);
                     }
                     if cur.is_empty() && (cur.start == 0 || !id_mode) {

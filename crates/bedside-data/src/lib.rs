@@ -29,6 +29,6 @@ pub mod validate;
 
 pub use error::{DataError, RecordError};
 pub use record::{
-    jsonl_files, read_dialogues, read_jsonl, write_atomic, write_back_in_place, write_jsonl_atomic, Dialogue, Located,
-    Provenance, SCHEMA_VERSION, SPLITS,
+    jsonl_files, read_dialogues, read_jsonl, write_atomic, write_back_in_place, write_jsonl_atomic, Dialogue, Located, Provenance,
+    SCHEMA_VERSION, SPLITS,
 };

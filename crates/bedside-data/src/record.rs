@@ -155,10 +155,9 @@ pub fn check_schema(v: &Value) -> Vec<FieldProblem> {
                 "schema_version",
                 format!("unsupported schema version {n} (this tool reads version {SCHEMA_VERSION})"),
             )),
-            None => problems.push(FieldProblem::new(
-                "schema_version",
-                format!("expected the integer {SCHEMA_VERSION}, found {}", type_name(x)),
-            )),
+            None => {
+                problems.push(FieldProblem::new("schema_version", format!("expected the integer {SCHEMA_VERSION}, found {}", type_name(x))))
+            }
         },
     }
     for f in STRING_FIELDS {
@@ -166,10 +165,7 @@ pub fn check_schema(v: &Value) -> Vec<FieldProblem> {
             None => problems.push(FieldProblem::new(f, "missing required field")),
             Some(Value::String(s)) => {
                 if f == "split" && !s.is_empty() && !SPLITS.contains(&s.as_str()) {
-                    problems.push(FieldProblem::new(
-                        f,
-                        format!("`{s}` is not an allowed split (train, validation, test, or empty)"),
-                    ));
+                    problems.push(FieldProblem::new(f, format!("`{s}` is not an allowed split (train, validation, test, or empty)")));
                 }
             }
             Some(x) => problems.push(FieldProblem::new(f, format!("expected a string, found {}", type_name(x)))),
@@ -181,16 +177,11 @@ pub fn check_schema(v: &Value) -> Vec<FieldProblem> {
             Some(Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
                     if !item.is_string() {
-                        problems.push(FieldProblem::new(
-                            &format!("{f}[{i}]"),
-                            format!("expected a string, found {}", type_name(item)),
-                        ));
+                        problems.push(FieldProblem::new(&format!("{f}[{i}]"), format!("expected a string, found {}", type_name(item))));
                     }
                 }
             }
-            Some(x) => {
-                problems.push(FieldProblem::new(f, format!("expected an array of strings, found {}", type_name(x))))
-            }
+            Some(x) => problems.push(FieldProblem::new(f, format!("expected an array of strings, found {}", type_name(x)))),
         }
     }
     match obj.get("provenance") {
@@ -198,12 +189,9 @@ pub fn check_schema(v: &Value) -> Vec<FieldProblem> {
         Some(Value::Object(p)) => match p.get("method") {
             Some(Value::String(_)) => {}
             None => problems.push(FieldProblem::new("provenance.method", "missing required field")),
-            Some(x) => problems
-                .push(FieldProblem::new("provenance.method", format!("expected a string, found {}", type_name(x)))),
+            Some(x) => problems.push(FieldProblem::new("provenance.method", format!("expected a string, found {}", type_name(x)))),
         },
-        Some(x) => {
-            problems.push(FieldProblem::new("provenance", format!("expected an object, found {}", type_name(x))))
-        }
+        Some(x) => problems.push(FieldProblem::new("provenance", format!("expected an object, found {}", type_name(x)))),
     }
     problems
 }
@@ -220,25 +208,17 @@ pub(crate) fn json_error_message(e: &serde_json::Error) -> String {
 
 /// Parses one JSONL line into a [`Dialogue`], or the problems with it.
 pub(crate) fn parse_dialogue(file: &Path, line_no: usize, line: &str) -> Result<Dialogue, Vec<RecordError>> {
-    let v: Value =
-        serde_json::from_str(line).map_err(|e| vec![RecordError::new(file, line_no, None, json_error_message(&e))])?;
+    let v: Value = serde_json::from_str(line).map_err(|e| vec![RecordError::new(file, line_no, None, json_error_message(&e))])?;
     let id = v.get("id").and_then(Value::as_str).map(str::to_string);
     let problems = check_schema(&v);
     if !problems.is_empty() {
         return Err(problems
             .into_iter()
-            .map(|p| RecordError {
-                file: file.to_path_buf(),
-                line: line_no,
-                id: id.clone(),
-                field: p.field,
-                message: p.message,
-            })
+            .map(|p| RecordError { file: file.to_path_buf(), line: line_no, id: id.clone(), field: p.field, message: p.message })
             .collect());
     }
-    serde_json::from_value(v).map_err(|e| {
-        vec![RecordError { file: file.to_path_buf(), line: line_no, id, field: None, message: e.to_string() }]
-    })
+    serde_json::from_value(v)
+        .map_err(|e| vec![RecordError { file: file.to_path_buf(), line: line_no, id, field: None, message: e.to_string() }])
 }
 
 pub(crate) fn read_to_string(path: &Path) -> Result<String, DataError> {
@@ -304,9 +284,7 @@ pub fn read_dialogues<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Located<Dialogu
     let mut errors = Vec::new();
     for file in jsonl_files(paths)? {
         match read_jsonl(&file) {
-            Ok(records) => {
-                out.extend(records.into_iter().map(|(line, record)| Located { file: file.clone(), line, record }))
-            }
+            Ok(records) => out.extend(records.into_iter().map(|(line, record)| Located { file: file.clone(), line, record })),
             Err(e @ DataError::Io { .. }) => return Err(e),
             Err(e) => errors.extend(e.record_errors().into_iter().cloned()),
         }
@@ -345,11 +323,7 @@ pub fn write_jsonl_atomic<T: Serialize>(path: impl AsRef<Path>, records: &[T]) -
 /// original order.
 pub fn write_back_in_place<T: Serialize, U>(origins: &[Located<U>], records: &[T]) -> Result<(), DataError> {
     if origins.len() != records.len() {
-        return Err(DataError::Invalid(format!(
-            "cannot write {} records back over the {} that were read",
-            records.len(),
-            origins.len()
-        )));
+        return Err(DataError::Invalid(format!("cannot write {} records back over the {} that were read", records.len(), origins.len())));
     }
     let mut by_file: Vec<(&Path, Vec<&T>)> = Vec::new();
     for (origin, record) in origins.iter().zip(records) {

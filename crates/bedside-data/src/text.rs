@@ -21,24 +21,22 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 /// Function words ignored when matching key facts and red flags (only words of ≥3 letters
 /// matter; shorter ones are ignored anyway).
 pub const STOP_WORDS: &[&str] = &[
-    "the", "and", "for", "are", "but", "not", "nor", "yet", "you", "your", "yours", "was", "were", "has", "have",
-    "had", "having", "been", "being", "does", "did", "doing", "done", "this", "that", "these", "those", "there",
-    "their", "theirs", "them", "they", "then", "than", "with", "from", "into", "onto", "upon", "about", "can", "could",
-    "would", "should", "will", "shall", "may", "might", "must", "its", "it's", "our", "ours", "out", "off", "who",
-    "whom", "whose", "what", "when", "where", "which", "while", "why", "how", "all", "any", "some", "such", "each",
-    "both", "also", "very", "just", "only", "own", "same", "too", "her", "hers", "his", "him", "she", "himself",
-    "herself", "itself", "yourself", "let", "per", "via", "again", "once", "here", "because", "until", "against",
-    "between", "through", "during", "before", "after", "above", "below", "whether", "either", "neither", "don't",
-    "doesn't", "isn't", "aren't", "can't", "won't", "you're", "i'm",
+    "the", "and", "for", "are", "but", "not", "nor", "yet", "you", "your", "yours", "was", "were", "has", "have", "had", "having", "been",
+    "being", "does", "did", "doing", "done", "this", "that", "these", "those", "there", "their", "theirs", "them", "they", "then", "than",
+    "with", "from", "into", "onto", "upon", "about", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "its",
+    "it's", "our", "ours", "out", "off", "who", "whom", "whose", "what", "when", "where", "which", "while", "why", "how", "all", "any",
+    "some", "such", "each", "both", "also", "very", "just", "only", "own", "same", "too", "her", "hers", "his", "him", "she", "himself",
+    "herself", "itself", "yourself", "let", "per", "via", "again", "once", "here", "because", "until", "against", "between", "through",
+    "during", "before", "after", "above", "below", "whether", "either", "neither", "don't", "doesn't", "isn't", "aren't", "can't", "won't",
+    "you're", "i'm",
 ];
 
 /// Units recognised after a number (lower-case). Informational only.
 const UNITS: &[&str] = &[
-    "%", "mg", "g", "kg", "mcg", "µg", "ug", "ml", "l", "dl", "mmol", "mmol/l", "mg/dl", "mg/l", "µmol/l", "mmhg",
-    "iu", "unit", "units", "c", "°c", "°f", "°", "cm", "mm", "m", "km", "ft", "lb", "lbs", "oz", "st", "bpm", "kcal",
-    "h", "hr", "hrs", "hour", "hours", "min", "mins", "minute", "minutes", "sec", "secs", "second", "seconds", "day",
-    "days", "week", "weeks", "wk", "wks", "month", "months", "year", "years", "yr", "yrs", "times", "x", "y/o",
-    "puffs", "tablets", "doses",
+    "%", "mg", "g", "kg", "mcg", "µg", "ug", "ml", "l", "dl", "mmol", "mmol/l", "mg/dl", "mg/l", "µmol/l", "mmhg", "iu", "unit", "units",
+    "c", "°c", "°f", "°", "cm", "mm", "m", "km", "ft", "lb", "lbs", "oz", "st", "bpm", "kcal", "h", "hr", "hrs", "hour", "hours", "min",
+    "mins", "minute", "minutes", "sec", "secs", "second", "seconds", "day", "days", "week", "weeks", "wk", "wks", "month", "months",
+    "year", "years", "yr", "yrs", "times", "x", "y/o", "puffs", "tablets", "doses",
 ];
 
 /// `s` with runs of whitespace collapsed to one space and trimmed.
@@ -77,9 +75,7 @@ pub fn words(s: &str) -> Vec<String> {
 
 /// Whether `w` (a lower-case word from [`words`]) is a content word.
 pub fn is_content_word(w: &str) -> bool {
-    w.chars().all(|c| c.is_alphabetic() || c == '\'')
-        && w.chars().filter(|c| c.is_alphabetic()).count() >= 3
-        && !STOP_WORDS.contains(&w)
+    w.chars().all(|c| c.is_alphabetic() || c == '\'') && w.chars().filter(|c| c.is_alphabetic()).count() >= 3 && !STOP_WORDS.contains(&w)
 }
 
 /// The content words of `s`, in order, without repeats.
@@ -240,10 +236,7 @@ mod tests {
 
     #[test]
     fn words_keep_inner_apostrophes_and_split_hyphens() {
-        assert_eq!(
-            words("Don't stop self-care, it’s 24-hour!"),
-            ["don't", "stop", "self", "care", "it's", "24", "hour"]
-        );
+        assert_eq!(words("Don't stop self-care, it’s 24-hour!"), ["don't", "stop", "self", "care", "it's", "24", "hour"]);
         assert_eq!(content_words("The ECG is usually the next step and the ECG"), ["ecg", "usually", "next", "step"]);
     }
 

@@ -140,17 +140,9 @@ impl Report {
     /// A readable report; at most `max_per_check` issues of each check and severity are listed.
     pub fn to_text(&self, max_per_check: usize) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{} records in {} file{}",
-            self.records,
-            self.files.len(),
-            if self.files.len() == 1 { "" } else { "s" }
-        );
-        let splits: Vec<String> = ordered_splits(self.per_split.keys())
-            .into_iter()
-            .map(|k| format!("{} {}", split_label(k), self.per_split[k]))
-            .collect();
+        let _ = writeln!(s, "{} records in {} file{}", self.records, self.files.len(), if self.files.len() == 1 { "" } else { "s" });
+        let splits: Vec<String> =
+            ordered_splits(self.per_split.keys()).into_iter().map(|k| format!("{} {}", split_label(k), self.per_split[k])).collect();
         let _ = writeln!(s, "per split: {}", splits.join(", "));
         for (title, table) in [("emotion", &self.emotion_by_split), ("specialty", &self.specialty_by_split)] {
             s.push_str(&count_table(title, table));
@@ -176,14 +168,8 @@ impl Report {
             }
         }
         let verdict = if self.errors > 0 { "FAILED" } else { "OK" };
-        let _ = writeln!(
-            s,
-            "\n{verdict}: {} error{}, {} warning{}",
-            self.errors,
-            plural(self.errors),
-            self.warnings,
-            plural(self.warnings)
-        );
+        let _ =
+            writeln!(s, "\n{verdict}: {} error{}, {} warning{}", self.errors, plural(self.errors), self.warnings, plural(self.warnings));
         s
     }
 }
@@ -213,8 +199,7 @@ fn split_label(s: &str) -> &str {
 /// A category × split table.
 fn count_table(title: &str, by_split: &BTreeMap<String, BTreeMap<String, usize>>) -> String {
     let splits = ordered_splits(by_split.keys());
-    let cats: Vec<&String> =
-        by_split.values().flat_map(|m| m.keys()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let cats: Vec<&String> = by_split.values().flat_map(|m| m.keys()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     if cats.is_empty() {
         return String::new();
     }
@@ -329,15 +314,7 @@ pub fn validate_texts(files: &[(String, String)], opts: &ValidateOptions) -> Rep
             let problems = check_schema(&v);
             if !problems.is_empty() {
                 for p in problems {
-                    issues.push(
-                        Severity::Error,
-                        "schema",
-                        Some(fi),
-                        Some(line_no),
-                        id.as_deref(),
-                        p.field.as_deref(),
-                        p.message,
-                    );
+                    issues.push(Severity::Error, "schema", Some(fi), Some(line_no), id.as_deref(), p.field.as_deref(), p.message);
                 }
                 continue;
             }
@@ -356,9 +333,7 @@ pub fn validate_texts(files: &[(String, String)], opts: &ValidateOptions) -> Rep
             }
             match serde_json::from_value::<Dialogue>(v) {
                 Ok(rec) => entries.push(Entry { file_index: fi, file: name.clone(), line: line_no, rec }),
-                Err(e) => {
-                    issues.push(Severity::Error, "schema", Some(fi), Some(line_no), id.as_deref(), None, e.to_string())
-                }
+                Err(e) => issues.push(Severity::Error, "schema", Some(fi), Some(line_no), id.as_deref(), None, e.to_string()),
             }
         }
     }
@@ -415,36 +390,21 @@ fn check_record(e: &Entry, opts: &ValidateOptions, issues: &mut Issues) {
     }
 
     // Key facts and red flags: every content word in each answer that is present.
-    let answers: Vec<(&str, &String)> = [("answer", &r.answer), ("answer_neutral", &r.answer_neutral)]
-        .into_iter()
-        .filter(|(_, t)| !t.trim().is_empty())
-        .collect();
-    for (field, check, sev, list) in [
-        ("key_facts", "key-fact", Severity::Error, &r.key_facts),
-        ("red_flags", "red-flag", Severity::Warning, &r.red_flags),
-    ] {
+    let answers: Vec<(&str, &String)> =
+        [("answer", &r.answer), ("answer_neutral", &r.answer_neutral)].into_iter().filter(|(_, t)| !t.trim().is_empty()).collect();
+    for (field, check, sev, list) in
+        [("key_facts", "key-fact", Severity::Error, &r.key_facts), ("red_flags", "red-flag", Severity::Warning, &r.red_flags)]
+    {
         for (i, fact) in list.iter().enumerate() {
             let field = format!("{field}[{i}]");
             if text::content_words(fact).is_empty() {
-                issues.record(
-                    Severity::Warning,
-                    check,
-                    e,
-                    Some(&field),
-                    format!("\"{fact}\" has no content word to check"),
-                );
+                issues.record(Severity::Warning, check, e, Some(&field), format!("\"{fact}\" has no content word to check"));
                 continue;
             }
             for (afield, answer) in &answers {
                 let missing = text::missing_words(fact, answer);
                 if !missing.is_empty() {
-                    issues.record(
-                        sev,
-                        check,
-                        e,
-                        Some(&field),
-                        format!("\"{fact}\": `{afield}` lacks {}", quote_list(&missing)),
-                    );
+                    issues.record(sev, check, e, Some(&field), format!("\"{fact}\": `{afield}` lacks {}", quote_list(&missing)));
                 }
             }
         }
@@ -465,8 +425,7 @@ fn check_record(e: &Entry, opts: &ValidateOptions, issues: &mut Issues) {
                 format!("drops {} present in `answer_neutral`", quote_list(&dropped)),
             );
         }
-        let added: Vec<String> =
-            answer.iter().filter(|n| !neutral.contains(*n) && !patient.contains(*n)).cloned().collect();
+        let added: Vec<String> = answer.iter().filter(|n| !neutral.contains(*n) && !patient.contains(*n)).cloned().collect();
         if !added.is_empty() {
             issues.record(
                 Severity::Error,
@@ -478,8 +437,7 @@ fn check_record(e: &Entry, opts: &ValidateOptions, issues: &mut Issues) {
         }
     }
     if !r.patient.trim().is_empty() {
-        let dropped: Vec<String> =
-            text::number_set(&r.patient_neutral).difference(&text::number_set(&r.patient)).cloned().collect();
+        let dropped: Vec<String> = text::number_set(&r.patient_neutral).difference(&text::number_set(&r.patient)).cloned().collect();
         if !dropped.is_empty() {
             issues.record(
                 Severity::Warning,
@@ -527,24 +485,17 @@ fn check_duplicates(entries: &[Entry], opts: &ValidateOptions, issues: &mut Issu
                 ids.insert(&r.id, k);
             }
         }
-        for (field, t) in [
-            ("patient", &r.patient),
-            ("answer", &r.answer),
-            ("patient_neutral", &r.patient_neutral),
-            ("answer_neutral", &r.answer_neutral),
-        ] {
+        for (field, t) in
+            [("patient", &r.patient), ("answer", &r.answer), ("patient_neutral", &r.patient_neutral), ("answer_neutral", &r.answer_neutral)]
+        {
             let norm = text::normalise_ws(t);
             if norm.is_empty() {
                 continue;
             }
             match texts.get(&(field, norm.clone())) {
-                Some(&first) => issues.record(
-                    Severity::Error,
-                    "exact-duplicate",
-                    e,
-                    Some(field),
-                    format!("same text as in {}", loc(&entries[first])),
-                ),
+                Some(&first) => {
+                    issues.record(Severity::Error, "exact-duplicate", e, Some(field), format!("same text as in {}", loc(&entries[first])))
+                }
                 None => {
                     texts.insert((field, norm), k);
                 }
@@ -568,11 +519,7 @@ fn check_duplicates(entries: &[Entry], opts: &ValidateOptions, issues: &mut Issu
             "near-duplicate",
             &entries[later],
             None,
-            format!(
-                "near-duplicate of {}: Jaccard {sim:.2} on word {}-grams of patient+answer",
-                loc(&entries[first]),
-                opts.shingle_words
-            ),
+            format!("near-duplicate of {}: Jaccard {sim:.2} on word {}-grams of patient+answer", loc(&entries[first]), opts.shingle_words),
         );
     }
 }
@@ -658,8 +605,7 @@ fn check_leakage(entries: &[Entry], issues: &mut Issues) {
     }
 }
 
-type Counts =
-    (BTreeMap<String, usize>, BTreeMap<String, BTreeMap<String, usize>>, BTreeMap<String, BTreeMap<String, usize>>);
+type Counts = (BTreeMap<String, usize>, BTreeMap<String, BTreeMap<String, usize>>, BTreeMap<String, BTreeMap<String, usize>>);
 
 fn counts(entries: &[Entry]) -> Counts {
     let mut per_split: BTreeMap<String, usize> = BTreeMap::new();
@@ -693,12 +639,7 @@ fn counts(entries: &[Entry]) -> Counts {
     (per_split, emotions, specialties)
 }
 
-fn check_balance(
-    dimension: &str,
-    by_split: &BTreeMap<String, BTreeMap<String, usize>>,
-    opts: &ValidateOptions,
-    issues: &mut Issues,
-) {
+fn check_balance(dimension: &str, by_split: &BTreeMap<String, BTreeMap<String, usize>>, opts: &ValidateOptions, issues: &mut Issues) {
     for split in ordered_splits(by_split.keys()) {
         if split.is_empty() {
             continue;
@@ -777,8 +718,7 @@ mod tests {
                     }
                 }
             }
-            let fast: Vec<(usize, usize)> =
-                near_duplicate_pairs(&sets, t).into_iter().map(|(i, j, _)| (i, j)).collect();
+            let fast: Vec<(usize, usize)> = near_duplicate_pairs(&sets, t).into_iter().map(|(i, j, _)| (i, j)).collect();
             brute.sort_by_key(|&(i, j)| (j, i));
             assert!(!brute.is_empty());
             assert_eq!(fast, brute, "threshold {t}");

@@ -102,10 +102,7 @@ fn icliniq_with_wrong_type_and_answer_icliniq() {
     assert!(e.message.contains("expected a string, found a number"));
     assert_eq!(
         pairs(&ok.records),
-        [
-            ("iCliniq-1", "Is my mole dangerous?", "Please have it examined."),
-            ("iCliniq-3", "Ear pain.", "Probably an infection.")
-        ]
+        [("iCliniq-1", "Is my mole dangerous?", "Please have it examined."), ("iCliniq-3", "Ear pain.", "Probably an infection.")]
     );
 }
 
@@ -164,10 +161,7 @@ fn sharegpt_from_value_and_role_content() {
     assert!(e.message.contains("`narrator`"));
     assert_eq!(
         pairs(&ok.records),
-        [
-            ("sg-1", "My child has a fever.", "Keep them hydrated."),
-            ("sg-3", "Blurred vision today.", "See an eye doctor today.")
-        ]
+        [("sg-1", "My child has a fever.", "Keep them hydrated."), ("sg-3", "Blurred vision today.", "See an eye doctor today.")]
     );
 }
 
@@ -186,11 +180,7 @@ fn meddialog_original_release_format() {
                 "Hi doctor, what does abutment of the nerve root mean?\n\nIt was on my MRI.",
                 "Hi. It means the disc touches the nerve root."
             ),
-            (
-                "healthcaremagic_dialogue_1-3",
-                "I have had a cough for 3 weeks.",
-                "A cough for 3 weeks needs a chest examination."
-            ),
+            ("healthcaremagic_dialogue_1-3", "I have had a cough for 3 weeks.", "A cough for 3 weeks needs a chest examination."),
         ]
     );
     assert_eq!((ok.total, ok.skipped.len(), ok.multi_turn), (3, 1, 1));
@@ -206,10 +196,7 @@ fn meddialog_blank_line_separated() {
     assert_eq!(e.message, "empty text");
     assert_eq!(
         pairs(&ok.records),
-        [
-            ("md-1", "My eyes are sore.", "Try lubricating drops."),
-            ("md-3", "My toe is red.", "It may be gout.\nIt can be treated.")
-        ]
+        [("md-1", "My eyes are sore.", "Try lubricating drops."), ("md-3", "My toe is red.", "It may be gout.\nIt can be treated.")]
     );
 }
 
@@ -226,8 +213,7 @@ fn round_trip(format: ExportFormat, import_as: ImportFormat, neutral: bool, syst
     let back = import_file(&p, &opts_for(import_as)).unwrap();
     assert_eq!(back.records.len(), records.len());
     for (orig, imp) in records.iter().zip(&back.records) {
-        let (p, a) =
-            if neutral { (&orig.patient_neutral, &orig.answer_neutral) } else { (&orig.patient, &orig.answer) };
+        let (p, a) = if neutral { (&orig.patient_neutral, &orig.answer_neutral) } else { (&orig.patient, &orig.answer) };
         assert_eq!(&imp.patient_neutral, p);
         assert_eq!(&imp.answer_neutral, a);
     }

@@ -20,11 +20,7 @@ fn corpus() -> Vec<Dialogue> {
                     id: format!("{spec}-{c:02}-{k}"),
                     specialty: spec.to_string(),
                     // Case and spacing vary within a condition: grouping normalises them.
-                    condition: if k == 1 {
-                        format!("  {} Condition {c} ", spec.to_uppercase())
-                    } else {
-                        format!("{spec} condition {c}")
-                    },
+                    condition: if k == 1 { format!("  {} Condition {c} ", spec.to_uppercase()) } else { format!("{spec} condition {c}") },
                     emotion: EMOTIONS[n % EMOTIONS.len()].to_string(),
                     patient_neutral: format!("text {n}"),
                     ..Dialogue::default()
@@ -77,10 +73,7 @@ fn grouped_by_condition() {
         let rs = split(corpus(), &SplitOptions { seed, ..SplitOptions::default() });
         let mut by_condition: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for r in &rs {
-            by_condition
-                .entry(bedside_data::text::normalise_condition(&r.condition))
-                .or_default()
-                .insert(r.split.clone());
+            by_condition.entry(bedside_data::text::normalise_condition(&r.condition)).or_default().insert(r.split.clone());
         }
         assert_eq!(by_condition.len(), 72);
         for (c, splits) in by_condition {
@@ -101,10 +94,7 @@ fn roughly_the_requested_ratios_and_stratified() {
                 assert!((got - want).abs() < 0.05, "{o:?}: {name} {got:.3} vs {want}");
             }
             for spec in SPECIALTIES {
-                assert!(
-                    rs.iter().any(|r| r.specialty == spec && r.split == "train"),
-                    "{o:?}: {spec} missing from train"
-                );
+                assert!(rs.iter().any(|r| r.specialty == spec && r.split == "train"), "{o:?}: {spec} missing from train");
                 let of_spec: Vec<_> = rs.iter().filter(|r| r.specialty == spec).collect();
                 let in_train = of_spec.iter().filter(|r| r.split == "train").count() as f64 / of_spec.len() as f64;
                 assert!((in_train - train).abs() < 0.2, "{o:?}: {spec} has {in_train:.2} in train");

@@ -54,7 +54,8 @@ pub struct Embedder {
     progress: bool,
 }
 
-const SETUP_HINT: &str = "run scripts/setup.sh, or point BEDSIDE_EMBEDDER at a directory with config.json, model.safetensors and tokenizer.json";
+const SETUP_HINT: &str =
+    "run scripts/setup.sh, or point BEDSIDE_EMBEDDER at a directory with config.json, model.safetensors and tokenizer.json";
 
 fn require(dir: &Path, name: &str) -> Result<PathBuf> {
     let p = dir.join(name);
@@ -89,10 +90,8 @@ impl Embedder {
         let weights = require(dir, "model.safetensors")?;
         let tok_path = require(dir, "tokenizer.json")?;
 
-        let text = std::fs::read_to_string(&cfg_path)
-            .map_err(|source| EmbedError::Io { path: cfg_path.clone(), source })?;
-        let config: Config = serde_json::from_str(&text)
-            .map_err(|e| EmbedError::Config { path: cfg_path.clone(), msg: e.to_string() })?;
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| EmbedError::Io { path: cfg_path.clone(), source })?;
+        let config: Config = serde_json::from_str(&text).map_err(|e| EmbedError::Config { path: cfg_path.clone(), msg: e.to_string() })?;
         if config.max_position_embeddings < MAX_TOKENS {
             return Err(EmbedError::Config {
                 path: cfg_path,
@@ -100,8 +99,8 @@ impl Embedder {
             });
         }
 
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| EmbedError::Tokenizer { path: tok_path.clone(), msg: e.to_string() })?;
+        let mut tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| EmbedError::Tokenizer { path: tok_path.clone(), msg: e.to_string() })?;
         // tokenizer.json ships with truncation 128 and fixed padding 128; sentence-transformers
         // truncates at 256 and pads per batch, which we do ourselves after sorting by length.
         tokenizer
@@ -116,11 +115,10 @@ impl Embedder {
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(config.pad_token_id as u32);
 
         // Read (not mmap) so a truncated or corrupt file gives an error rather than a fault.
-        let tensors = candle_core::safetensors::load(&weights, device)
-            .map_err(|source| EmbedError::Weights { path: weights.clone(), source })?;
+        let tensors =
+            candle_core::safetensors::load(&weights, device).map_err(|source| EmbedError::Weights { path: weights.clone(), source })?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let model = BertModel::load(vb, &config)
-            .map_err(|source| EmbedError::Weights { path: weights.clone(), source })?;
+        let model = BertModel::load(vb, &config).map_err(|source| EmbedError::Weights { path: weights.clone(), source })?;
         Ok(Self { model, tokenizer, device: device.clone(), dim: config.hidden_size, pad_id, progress: false })
     }
 
@@ -140,10 +138,7 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EmbedError::Encode(e.to_string()))?;
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EmbedError::Encode(e.to_string()))?;
         // Sort by length so each batch pads little.
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());

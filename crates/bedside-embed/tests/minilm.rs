@@ -43,9 +43,7 @@ fn matches_sentence_transformers() {
 fn batching_and_order_do_not_change_results() {
     let Some(emb) = embedder() else { return };
     // More than one batch, varied lengths, so sorting and padding are exercised.
-    let texts: Vec<String> = (0..40)
-        .map(|i| format!("Sentence {i}: {}", "my chest hurts and I am worried ".repeat(1 + i % 7)))
-        .collect();
+    let texts: Vec<String> = (0..40).map(|i| format!("Sentence {i}: {}", "my chest hurts and I am worried ".repeat(1 + i % 7))).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let batched = emb.embed(&refs).unwrap();
     for i in [0usize, 5, 13, 39] {
@@ -103,9 +101,8 @@ fn throughput() {
     let Some(emb) = embedder() else { return };
     let subjects = ["My chest hurts", "I feel dizzy", "The baby has a fever", "I can't sleep", "My knee is swollen"];
     let tails = ["since this morning.", "and I am scared.", "after the new pills.", "what should I do?"];
-    let texts: Vec<String> = (0..1000)
-        .map(|i| format!("{} {} ({i})", subjects[i % subjects.len()], tails[(i / 5) % tails.len()]))
-        .collect();
+    let texts: Vec<String> =
+        (0..1000).map(|i| format!("{} {} ({i})", subjects[i % subjects.len()], tails[(i / 5) % tails.len()])).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let _ = emb.embed(&refs[..32]).unwrap(); // warm up
     let cpu0 = cpu_seconds();

@@ -11,7 +11,8 @@ fn main() -> Result<()> {
     let (Some(input), Some(output)) = (a.get(1), a.get(2)) else { anyhow::bail!("usage: score_pairs IN.jsonl OUT.jsonl [HEADS]") };
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(input)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let scorer = EmpathyScorer::load_heads(a.get(3).map(std::path::Path::new))?;
-    let pairs: Vec<(&str, &str)> = rows.iter().map(|r| (r["context"].as_str().unwrap_or(""), r["response"].as_str().unwrap_or(""))).collect();
+    let pairs: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["context"].as_str().unwrap_or(""), r["response"].as_str().unwrap_or(""))).collect();
     let scores = scorer.score(&pairs)?;
     let mut out = Vec::new();
     for (r, s) in rows.iter().zip(scores) {

@@ -15,11 +15,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Result;
-use bedside_empathy::data::{labelled_parts, read_epitome, read_labelled};
-use bedside_empathy::metrics::agreement;
-use bedside_empathy::fit::train_with_cv;
-use bedside_empathy::{analyse, EmpathyScores, FeatureSet};
 use bedside_embed::Embedder;
+use bedside_empathy::data::{labelled_parts, read_epitome, read_labelled};
+use bedside_empathy::fit::train_with_cv;
+use bedside_empathy::metrics::agreement;
+use bedside_empathy::{analyse, EmpathyScores, FeatureSet};
 use candle_core::Device;
 
 fn kept(context: &str, response: &str) -> String {
@@ -88,9 +88,19 @@ fn main() -> Result<()> {
         if only.as_deref().is_some_and(|o| o != set.name()) {
             continue;
         }
-        let x: Vec<Vec<f32>> = pairs.iter().map(|p| set.assemble(&analyse(&p.context, &p.response), &emb[&p.context], &emb[&kept(&p.context, &p.response)])).collect();
+        let x: Vec<Vec<f32>> = pairs
+            .iter()
+            .map(|p| set.assemble(&analyse(&p.context, &p.response), &emb[&p.context], &emb[&kept(&p.context, &p.response)]))
+            .collect();
         let (heads, rep) = train_with_cv(&pairs, &x, e.dim(), set, None, |_, _| {})?;
-        println!("== {}  lambda {:?}  CV macro-F1 ER {:.3} IP {:.3} EX {:.3}", set.name(), rep.lambda, rep.cv_macro_f1[0], rep.cv_macro_f1[1], rep.cv_macro_f1[2]);
+        println!(
+            "== {}  lambda {:?}  CV macro-F1 ER {:.3} IP {:.3} EX {:.3}",
+            set.name(),
+            rep.lambda,
+            rep.cv_macro_f1[0],
+            rep.cv_macro_f1[1],
+            rep.cv_macro_f1[2]
+        );
         if std::env::var("SELECT_WEIGHTS").is_ok() {
             let names = set.names(e.dim());
             for (m, h) in heads.heads.iter().enumerate() {
@@ -103,7 +113,10 @@ fn main() -> Result<()> {
             }
         }
         for p in &rep.cv {
-            println!("   cv λ={:<6} ER {:.3} IP {:.3} EX {:.3}", p.lambda, p.agreement[0].macro_f1, p.agreement[1].macro_f1, p.agreement[2].macro_f1);
+            println!(
+                "   cv λ={:<6} ER {:.3} IP {:.3} EX {:.3}",
+                p.lambda, p.agreement[0].macro_f1, p.agreement[1].macro_f1, p.agreement[2].macro_f1
+            );
         }
         if let Some((files, em)) = &epi {
             for (m, rows) in files.iter().enumerate() {
@@ -111,14 +124,25 @@ fn main() -> Result<()> {
                 let pred: Vec<u8> = rows
                     .iter()
                     .map(|r| {
-                        let f = set.assemble(&analyse(&r.seeker_post, &r.response_post), &em[&r.seeker_post], &em[&kept(&r.seeker_post, &r.response_post)]);
+                        let f = set.assemble(
+                            &analyse(&r.seeker_post, &r.response_post),
+                            &em[&r.seeker_post],
+                            &em[&kept(&r.seeker_post, &r.response_post)],
+                        );
                         EmpathyScores::from_probs(heads.predict(&f)).levels()[m]
                     })
                     .collect();
                 let a = agreement(&truth, &pred);
                 println!(
                     "   EPITOME {}: acc {:.3} macro-F1 {:.3} (F1 {:.2}/{:.2}/{:.2}) kappa {:.3} confusion {:?}",
-                    bedside_empathy::heads::SHORT[m], a.accuracy, a.macro_f1, a.f1[0], a.f1[1], a.f1[2], a.quadratic_kappa, a.confusion
+                    bedside_empathy::heads::SHORT[m],
+                    a.accuracy,
+                    a.macro_f1,
+                    a.f1[0],
+                    a.f1[1],
+                    a.f1[2],
+                    a.quadratic_kappa,
+                    a.confusion
                 );
                 let half: Vec<bool> = rows.iter().map(|r| is_dev(&r.sp_id)).collect();
                 let pick = |dev: bool, v: &[u8]| -> Vec<u8> { v.iter().zip(&half).filter(|(_, &h)| h == dev).map(|(&x, _)| x).collect() };

@@ -2,10 +2,10 @@
 //! does, without the CLI: cargo run -p bedside-empathy --example train_shipped -- [DATE]
 
 use anyhow::Result;
+use bedside_embed::Embedder;
 use bedside_empathy::data::labelled_parts;
 use bedside_empathy::fit::{train_from_files, utc_date_today};
 use bedside_empathy::FeatureSet;
-use bedside_embed::Embedder;
 use candle_core::Device;
 
 fn main() -> Result<()> {
@@ -18,6 +18,11 @@ fn main() -> Result<()> {
     let (heads, rep) = train_from_files(&inputs, &e, &name, FeatureSet::LexicalResponse, None, &date, |s, d, t| eprintln!("{s} {d}/{t}"))?;
     let out = root.join(bedside_empathy::DEFAULT_HEADS);
     heads.save(&out)?;
-    println!("{}", serde_json::to_string_pretty(&serde_json::json!({"lambda": rep.lambda, "cv_macro_f1": rep.cv_macro_f1, "n": rep.n, "metadata": heads.metadata}))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &serde_json::json!({"lambda": rep.lambda, "cv_macro_f1": rep.cv_macro_f1, "n": rep.n, "metadata": heads.metadata})
+        )?
+    );
     Ok(())
 }

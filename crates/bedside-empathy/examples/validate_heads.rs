@@ -2,9 +2,9 @@
 //! cargo run -p bedside-empathy --example validate_heads -- EPITOME_DIR [HEADS] [OUT.json] [--record]
 
 use anyhow::Result;
+use bedside_embed::Embedder;
 use bedside_empathy::validate::{render, validate_epitome};
 use bedside_empathy::{default_heads_path, validation_record, validation_record_path, EmpathyScorer};
-use bedside_embed::Embedder;
 use candle_core::Device;
 
 fn main() -> Result<()> {

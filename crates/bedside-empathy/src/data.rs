@@ -111,9 +111,7 @@ pub fn labelled_parts(root: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name().and_then(|s| s.to_str()).is_some_and(|s| s.starts_with("labelled-part-") && s.ends_with(".jsonl"))
-        })
+        .filter(|p| p.file_name().and_then(|s| s.to_str()).is_some_and(|s| s.starts_with("labelled-part-") && s.ends_with(".jsonl")))
         .collect();
     v.sort();
     if v.is_empty() {
@@ -212,7 +210,8 @@ mod tests {
     #[test]
     fn labelled_errors_name_line_and_field() {
         let f = Path::new("l.jsonl");
-        let ok = r#"{"id":"a","domain":"medical","context":"c","response":"r","emotional_reactions":1,"interpretations":0,"explorations":2}"#;
+        let ok =
+            r#"{"id":"a","domain":"medical","context":"c","response":"r","emotional_reactions":1,"interpretations":0,"explorations":2}"#;
         assert_eq!(parse_labelled(ok, f).unwrap()[0].labels, [1, 0, 2]);
         let bad = format!("{ok}\n\n{}", ok.replace("\"interpretations\":0", "\"interpretations\":3"));
         let e = parse_labelled(&bad, f).unwrap_err().to_string();

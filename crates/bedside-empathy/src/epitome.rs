@@ -48,12 +48,7 @@ pub struct EpitomeOptions {
 
 impl Default for EpitomeOptions {
     fn default() -> Self {
-        EpitomeOptions {
-            lambda: [4e-4; 3],
-            lexical_weight: 0.2,
-            max_iter: 300,
-            offset_grid: (-6..=6).map(|i| i as f64 * 0.25).collect(),
-        }
+        EpitomeOptions { lambda: [4e-4; 3], lexical_weight: 0.2, max_iter: 300, offset_grid: (-6..=6).map(|i| i as f64 * 0.25).collect() }
     }
 }
 
@@ -160,7 +155,8 @@ pub fn train_epitome(dir: &Path, opts: &EpitomeOptions, mut progress: impl FnMut
     let total = 3 * 7;
     let mut step = 0;
     progress("featurising", step, total);
-    let rows: Vec<Vec<Vec<(u32, f32)>>> = files.iter().map(|f| f.iter().map(|r| fz.row(&r.seeker_post, &r.response_post)).collect()).collect();
+    let rows: Vec<Vec<Vec<(u32, f32)>>> =
+        files.iter().map(|f| f.iter().map(|r| fz.row(&r.seeker_post, &r.response_post)).collect()).collect();
     let train_rows: Vec<Vec<(u32, f32)>> = files
         .iter()
         .zip(&rows)
@@ -197,10 +193,8 @@ pub fn train_epitome(dir: &Path, opts: &EpitomeOptions, mut progress: impl FnMut
         step += 2;
         progress("training", step, total);
         let truth: Vec<u8> = te.iter().map(|&i| files[m][i].level).collect();
-        let pred: Vec<u8> = te
-            .iter()
-            .map(|&i| with_offsets(head.probs_sparse(&to_f32(&standardise(&rows[m][i], &mean, &std)), d), [0.0, 0.0]))
-            .collect();
+        let pred: Vec<u8> =
+            te.iter().map(|&i| with_offsets(head.probs_sparse(&to_f32(&standardise(&rows[m][i], &mean, &std)), d), [0.0, 0.0])).collect();
         let heldout = agreement(&truth, &pred);
         let s = SHORT[m];
         metadata.insert(format!("heldout_macro_f1_{s}"), format!("{:.4}", heldout.macro_f1));
@@ -223,7 +217,8 @@ pub fn train_epitome(dir: &Path, opts: &EpitomeOptions, mut progress: impl FnMut
         out_heads.push(head);
     }
     let split = "held out: seeker posts whose SHA-256(sp_id) first 8 bytes (little-endian) are 0 mod 5".to_string();
-    metadata.insert("training_data".into(), "EPITOME Reddit (Sharma et al. 2020), training 80%: research use only, do not redistribute".into());
+    metadata
+        .insert("training_data".into(), "EPITOME Reddit (Sharma et al. 2020), training 80%: research use only, do not redistribute".into());
     metadata.insert("split".into(), split.clone());
     metadata.insert("lexical_weight".into(), opts.lexical_weight.to_string());
     metadata.insert("class_balanced".into(), "true".into());

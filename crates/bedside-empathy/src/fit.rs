@@ -110,9 +110,7 @@ pub fn train_with_cv(
             best.lambda
         }),
     };
-    let cv_macro_f1 = [0, 1, 2].map(|m| {
-        cv.iter().find(|p| p.lambda == chosen[m]).map_or(f64::NAN, |p| p.agreement[m].macro_f1)
-    });
+    let cv_macro_f1 = [0, 1, 2].map(|m| cv.iter().find(|p| p.lambda == chosen[m]).map_or(f64::NAN, |p| p.agreement[m].macro_f1));
     progress(grid.len(), grid.len() + 1);
     let opts = TrainOptions { features, lambda: chosen, ..TrainOptions::default() };
     let mut heads = heads::train(x, &y, embedding_dim, &opts)?;

@@ -397,7 +397,8 @@ impl Heads {
             bail!("unsupported heads format_version {:?} (this build reads {FORMAT_VERSION})", meta.get("format_version"));
         }
         let features = FeatureSet::parse_spec(meta.get("feature_spec").context("metadata lacks feature_spec")?)?;
-        let embedding_dim: usize = meta.get("embedding_dim").context("metadata lacks embedding_dim")?.parse().context("embedding_dim is not a number")?;
+        let embedding_dim: usize =
+            meta.get("embedding_dim").context("metadata lacks embedding_dim")?.parse().context("embedding_dim is not a number")?;
         let d = features.width(embedding_dim);
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
             let t = st.tensor(name).with_context(|| format!("missing tensor {name}"))?;

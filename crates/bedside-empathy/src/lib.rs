@@ -248,7 +248,10 @@ fn read_validation_record(path: &Path, sha256: &str) -> Vec<(String, [f64; 3])> 
 pub fn validation_record(report: &validate::ValidationReport, heads_path: &Path) -> Result<serde_json::Value> {
     let bytes = std::fs::read(heads_path).with_context(|| format!("reading {}", heads_path.display()))?;
     let f1 = |ms: &[validate::MechanismReport]| -> serde_json::Map<String, serde_json::Value> {
-        ms.iter().enumerate().map(|(m, r)| (heads::SHORT[m].to_string(), serde_json::json!((r.agreement.macro_f1 * 1e4).round() / 1e4))).collect()
+        ms.iter()
+            .enumerate()
+            .map(|(m, r)| (heads::SHORT[m].to_string(), serde_json::json!((r.agreement.macro_f1 * 1e4).round() / 1e4)))
+            .collect()
     };
     Ok(serde_json::json!({
         "heads_sha256": hex(&Sha256::digest(&bytes)),
@@ -329,7 +332,8 @@ impl EmpathyScorer {
         }
         let analyses: Vec<Analysis> = pairs.iter().map(|(c, r)| analyse(c, r)).collect();
         let kept: Vec<Cow<str>> = analyses.iter().map(Analysis::kept_text).collect();
-        let mut missing: Vec<&str> = pairs.iter().map(|(c, _)| *c).chain(kept.iter().map(|k| k.as_ref())).filter(|t| table.get(t).is_none()).collect();
+        let mut missing: Vec<&str> =
+            pairs.iter().map(|(c, _)| *c).chain(kept.iter().map(|k| k.as_ref())).filter(|t| table.get(t).is_none()).collect();
         missing.sort_unstable();
         missing.dedup();
         let extra: HashMap<&str, Vec<f32>> = missing.iter().copied().zip(self.embedder.embed(&missing)?).collect();

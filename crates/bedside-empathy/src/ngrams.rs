@@ -76,9 +76,7 @@ pub fn fit_idf<'a>(docs: impl IntoIterator<Item = &'a [(u32, u32)]>) -> Vec<f32>
             df[b as usize] += 1;
         }
     }
-    df.iter()
-        .map(|&f| if f < MIN_DF { 0.0 } else { (((1 + n) as f64 / (1 + f) as f64).ln() + 1.0) as f32 })
-        .collect()
+    df.iter().map(|&f| if f < MIN_DF { 0.0 } else { (((1 + n) as f64 / (1 + f) as f64).ln() + 1.0) as f32 }).collect()
 }
 
 /// TF-IDF row (bucket, weight), each block L2-normalised; buckets with IDF 0 are dropped.

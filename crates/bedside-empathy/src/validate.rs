@@ -10,7 +10,7 @@ use crate::data::{read_epitome, EpitomeRow, EPITOME_FILES};
 use crate::epitome::is_heldout;
 use crate::heads::MECHANISMS;
 use crate::metrics::{agreement, Agreement};
-use crate::{EmpathyScores, EmpathyScorer};
+use crate::{EmpathyScorer, EmpathyScores};
 
 /// The target: macro-F1 of at least 0.6 per mechanism.
 pub const TARGET_MACRO_F1: f64 = 0.6;

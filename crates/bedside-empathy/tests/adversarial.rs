@@ -198,7 +198,10 @@ fn cue_edits_are_bounded_and_controls_rank_above_neutral() {
     let mut report = String::new();
     for e in edits.iter().filter(|e| e.category != "comfort_only") {
         let (mean, max) = shift(e);
-        report += &format!("{:<7} {:<24} mean shift ER {:+.3} IP {:+.3} EX {:+.3}, item max {:+.3}\n", e.id, e.category, mean[0], mean[1], mean[2], max);
+        report += &format!(
+            "{:<7} {:<24} mean shift ER {:+.3} IP {:+.3} EX {:+.3}, item max {:+.3}\n",
+            e.id, e.category, mean[0], mean[1], mean[2], max
+        );
         // `bound[m]`: the largest mean shift allowed per mechanism; `bound_item`: on any one item.
         let cap = |bound: [f64; 3], bound_mean3: f64, bound_item: f64| {
             assert!(mean.iter().zip(bound).all(|(d, b)| *d <= b), "{}: mean shift {mean:?} above {bound:?}\n{report}", e.id);

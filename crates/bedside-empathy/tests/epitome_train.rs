@@ -52,7 +52,11 @@ fn epitome_trained_heads_reach_the_target_on_held_out_pairs() {
             })
             .collect();
         let a = agreement(&truth, &pred);
-        assert_eq!(a.confusion, report.mechanisms[m].heldout.confusion, "{}: the saved heads disagree with training", report.mechanisms[m].mechanism);
+        assert_eq!(
+            a.confusion, report.mechanisms[m].heldout.confusion,
+            "{}: the saved heads disagree with training",
+            report.mechanisms[m].mechanism
+        );
         assert!(a.macro_f1 >= 0.6, "{}: held-out macro-F1 {:.3} below 0.6", report.mechanisms[m].mechanism, a.macro_f1);
     }
 }

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
+use bedside_embed::Embedder;
 use bedside_empathy::data::{labelled_parts, read_labelled};
 use bedside_empathy::heads::{self, Heads, TrainOptions};
 use bedside_empathy::validate::validate_epitome_every;
 use bedside_empathy::{featurize, EmpathyScorer, FeatureSet, DEFAULT_HEADS};
-use bedside_embed::Embedder;
 use candle_core::Device;
 
 fn embedder() -> Option<Embedder> {
@@ -25,7 +25,15 @@ fn synthetic(n: usize, d: usize) -> (Vec<Vec<f32>>, [Vec<u8>; 3]) {
         (s >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
     };
     let x: Vec<Vec<f32>> = (0..n).map(|_| (0..d).map(|_| next()).collect()).collect();
-    let lvl = |v: f32| if v < -0.3 { 0 } else if v < 0.5 { 1 } else { 2 };
+    let lvl = |v: f32| {
+        if v < -0.3 {
+            0
+        } else if v < 0.5 {
+            1
+        } else {
+            2
+        }
+    };
     let y = [x.iter().map(|r| lvl(r[0])).collect(), x.iter().map(|r| lvl(r[1])).collect(), x.iter().map(|r| lvl(-r[0])).collect()];
     (x, y)
 }
@@ -48,11 +56,16 @@ fn heads_file_round_trip_and_bad_files() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("ip.weight").unwrap().shape(), &[3, d]);
     // Learned something: training accuracy well above chance on a learnable rule.
-    let acc = x.iter().zip(&y[0]).filter(|(r, &l)| {
-        let p = back.predict(r)[0];
-        let arg = (0..3).max_by(|&a, &b| p[a].partial_cmp(&p[b]).unwrap()).unwrap();
-        arg as u8 == l
-    }).count() as f64 / x.len() as f64;
+    let acc = x
+        .iter()
+        .zip(&y[0])
+        .filter(|(r, &l)| {
+            let p = back.predict(r)[0];
+            let arg = (0..3).max_by(|&a, &b| p[a].partial_cmp(&p[b]).unwrap()).unwrap();
+            arg as u8 == l
+        })
+        .count() as f64
+        / x.len() as f64;
     assert!(acc > 0.8, "training accuracy {acc}");
 
     // Truncated, corrupt and foreign files are refused with the path in the message.
@@ -61,7 +74,9 @@ fn heads_file_round_trip_and_bad_files() {
     assert!(e.contains("h.safetensors"), "{e}");
     std::fs::write(&p, b"not a safetensors file at all").unwrap();
     assert!(Heads::load(&p).is_err());
-    let foreign = safetensors::serialize([("x", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap())], None).unwrap();
+    let foreign =
+        safetensors::serialize([("x", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap())], None)
+            .unwrap();
     std::fs::write(&p, foreign).unwrap();
     let e = format!("{:#}", Heads::load(&p).unwrap_err());
     assert!(e.contains("not an empathy heads file"), "{e}");
@@ -111,8 +126,7 @@ fn scorer_validated_against_epitome_human_labels() {
     let scorer = EmpathyScorer::load(&heads, &root.join("models/all-minilm-l6-v2"), &Device::Cpu).unwrap();
     // Label counts are those published for the Reddit files (seeds.md §5).
     let files = bedside_empathy::data::read_epitome(&dir).unwrap();
-    let support: Vec<[usize; 3]> =
-        files.iter().map(|rows| [0u8, 1, 2].map(|l| rows.iter().filter(|r| r.level == l).count())).collect();
+    let support: Vec<[usize; 3]> = files.iter().map(|rows| [0u8, 1, 2].map(|l| rows.iter().filter(|r| r.level == l).count())).collect();
     assert_eq!(support, vec![[2037, 895, 152], [1626, 114, 1344], [2604, 104, 376]]);
     // Scoring all ~3,000 long Reddit pairs takes ~15 minutes on 2 cores in a test build, so the
     // test scores every 4th distinct pair unless BEDSIDE_EPITOME_FULL=1 (the full figures come
@@ -129,7 +143,13 @@ fn scorer_validated_against_epitome_human_labels() {
     let floors = FLOORS;
     for (m, f) in r.mechanisms.iter().zip(floors) {
         let a = &m.agreement;
-        assert!(a.macro_f1 > a.majority_macro_f1 + 0.05, "{}: macro-F1 {:.3} vs majority {:.3}", m.mechanism, a.macro_f1, a.majority_macro_f1);
+        assert!(
+            a.macro_f1 > a.majority_macro_f1 + 0.05,
+            "{}: macro-F1 {:.3} vs majority {:.3}",
+            m.mechanism,
+            a.macro_f1,
+            a.majority_macro_f1
+        );
         assert!(a.macro_f1 >= f - slack, "{}: macro-F1 {:.3} below floor {f} - {slack}", m.mechanism, a.macro_f1);
     }
 }
@@ -174,7 +194,14 @@ fn scorer_info_reads_only_the_record_of_its_own_heads() {
     let set = FeatureSet::Lexical;
     let (x, y) = synthetic(120, set.width(0));
     let mut h = heads::train(&x, &y, 0, &TrainOptions { features: set, ..TrainOptions::default() }).unwrap();
-    for (k, v) in [("cv_macro_f1_er", "0.71"), ("cv_macro_f1_ip", "0.72"), ("cv_macro_f1_ex", "0.73"), ("n_train", "120"), ("training_files", "t.jsonl"), ("created", "2026-12-05")] {
+    for (k, v) in [
+        ("cv_macro_f1_er", "0.71"),
+        ("cv_macro_f1_ip", "0.72"),
+        ("cv_macro_f1_ex", "0.73"),
+        ("n_train", "120"),
+        ("training_files", "t.jsonl"),
+        ("created", "2026-12-05"),
+    ] {
         h.metadata.insert(k.into(), v.into());
     }
     let dir = tempfile::tempdir().unwrap();

@@ -113,7 +113,12 @@ pub(crate) struct AnswerBook<'a> {
 }
 
 impl<'a> AnswerBook<'a> {
-    pub fn new(cfg: &'a EvalConfig, gens: &'a JsonlCache<GenRecord>, fingerprints: &'a BTreeMap<String, String>, controls: &'a ControlBuilder) -> Self {
+    pub fn new(
+        cfg: &'a EvalConfig,
+        gens: &'a JsonlCache<GenRecord>,
+        fingerprints: &'a BTreeMap<String, String>,
+        controls: &'a ControlBuilder,
+    ) -> Self {
         Self { cfg, gens, fingerprints, controls }
     }
 

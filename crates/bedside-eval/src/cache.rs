@@ -45,8 +45,8 @@ impl<T: Cached + Serialize + DeserializeOwned + Clone> JsonlCache<T> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let r: T = serde_json::from_str(line)
-                    .with_context(|| format!("{}:{}: not a record of this cache", path.display(), i + 1))?;
+                let r: T =
+                    serde_json::from_str(line).with_context(|| format!("{}:{}: not a record of this cache", path.display(), i + 1))?;
                 records.insert(r.cache_key(), r);
             }
         }

@@ -103,7 +103,15 @@ pub struct SystemConfig {
 impl SystemConfig {
     /// A system answered by the local model with no adapters.
     pub fn local(name: &str) -> Self {
-        Self { name: name.into(), adapters: Vec::new(), adapter_weight: 1.0, endpoint: None, model: None, api_key_env: None, concurrency: None }
+        Self {
+            name: name.into(),
+            adapters: Vec::new(),
+            adapter_weight: 1.0,
+            endpoint: None,
+            model: None,
+            api_key_env: None,
+            concurrency: None,
+        }
     }
 
     /// The local base model with no adapters (not an endpoint).
@@ -516,7 +524,8 @@ impl EvalConfig {
         }
         let base = self.systems.iter().find(|s| s.is_local_base()).cloned();
         // Endpoint systems stay.
-        let mut systems: Vec<SystemConfig> = base.into_iter().chain(self.systems.iter().filter(|s| s.endpoint.is_some()).cloned()).collect();
+        let mut systems: Vec<SystemConfig> =
+            base.into_iter().chain(self.systems.iter().filter(|s| s.endpoint.is_some()).cloned()).collect();
         for (i, spec) in specs.iter().enumerate() {
             let (name, dir) = match spec.split_once('=') {
                 Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), d.to_string()),
@@ -590,10 +599,7 @@ mod tests {
     fn bad_values_named() {
         let e = EvalConfig::parse("model = \"m\"\nsystem_prompt = \"x\"\n[decoding]\ntop_p = 2.0\n").unwrap_err();
         assert!(format!("{e:#}").contains("top-p"));
-        let e = EvalConfig::parse(
-            "model = \"m\"\nsystem_prompt = \"x\"\n[[systems]]\nname = \"t\"\nadapters = [\"a\"]\n",
-        )
-        .unwrap_err();
+        let e = EvalConfig::parse("model = \"m\"\nsystem_prompt = \"x\"\n[[systems]]\nname = \"t\"\nadapters = [\"a\"]\n").unwrap_err();
         assert!(format!("{e:#}").contains("no adapters"));
         let e = EvalConfig::parse("model = \"m\"\nsystem_prompt = \"x\"\n[[systems]]\nname = \"reference\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("reserved"));

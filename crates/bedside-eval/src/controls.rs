@@ -127,9 +127,24 @@ pub(crate) fn comfort_only(emotion: &str, key: &str) -> &'static str {
 /// The patient's message restated in the second person ("I'm scared" → "you're scared").
 pub(crate) fn restate(message: &str) -> String {
     const SWAPS: &[(&str, &str)] = &[
-        ("i'm", "you're"), ("i've", "you've"), ("i'd", "you'd"), ("i'll", "you'll"), ("i", "you"), ("me", "you"),
-        ("my", "your"), ("mine", "yours"), ("myself", "yourself"), ("am", "are"), ("we", "you"), ("we're", "you're"),
-        ("we've", "you've"), ("our", "your"), ("us", "you"), ("ours", "yours"), ("ourselves", "yourselves"), ("was", "were"),
+        ("i'm", "you're"),
+        ("i've", "you've"),
+        ("i'd", "you'd"),
+        ("i'll", "you'll"),
+        ("i", "you"),
+        ("me", "you"),
+        ("my", "your"),
+        ("mine", "yours"),
+        ("myself", "yourself"),
+        ("am", "are"),
+        ("we", "you"),
+        ("we're", "you're"),
+        ("we've", "you've"),
+        ("our", "your"),
+        ("us", "you"),
+        ("ours", "yours"),
+        ("ourselves", "yourselves"),
+        ("was", "were"),
     ];
     let mut out = String::from("So, if I understand you correctly: ");
     let mut word = String::new();
@@ -170,24 +185,34 @@ fn capitalise(s: &str) -> String {
 
 /// Verbs a sentence can open with as an instruction ("Call 999", "Keep the ear dry").
 const IMPERATIVES: &[&str] = &[
-    "call", "go", "take", "see", "book", "keep", "use", "give", "cool", "stay", "check", "contact", "tell", "ask", "attend",
-    "wash", "offer", "lift", "increase", "return", "pause", "review", "seek", "get", "try", "drink", "rest", "apply",
-    "wear", "remove", "speak", "talk", "let", "make", "put", "bring", "press", "hold", "lie", "sit", "move", "report",
-    "continue", "arrange", "follow", "phone", "ring", "text", "leave", "start", "approach", "raise", "reduce", "eat",
-    "sleep", "plan", "write", "visit", "find", "reach", "look", "protect", "remember", "treat", "avoid", "stop", "quit",
+    "call", "go", "take", "see", "book", "keep", "use", "give", "cool", "stay", "check", "contact", "tell", "ask", "attend", "wash",
+    "offer", "lift", "increase", "return", "pause", "review", "seek", "get", "try", "drink", "rest", "apply", "wear", "remove", "speak",
+    "talk", "let", "make", "put", "bring", "press", "hold", "lie", "sit", "move", "report", "continue", "arrange", "follow", "phone",
+    "ring", "text", "leave", "start", "approach", "raise", "reduce", "eat", "sleep", "plan", "write", "visit", "find", "reach", "look",
+    "protect", "remember", "treat", "avoid", "stop", "quit",
 ];
 
 /// Auxiliaries, copulas and modals: "not" goes after the first one.
 const AUXILIARIES: &[&str] = &[
-    "is", "are", "was", "were", "can", "could", "should", "must", "will", "would", "may", "might", "does", "do", "did",
-    "has", "have", "had", "need", "needs",
+    "is", "are", "was", "were", "can", "could", "should", "must", "will", "would", "may", "might", "does", "do", "did", "has", "have",
+    "had", "need", "needs",
 ];
 
 /// Replacements that remove a negation (the first found wins).
 const UNNEGATE: &[(&str, &str)] = &[
-    ("cannot", "can"), ("can't", "can"), ("won't", "will"), ("don't", "do"), ("doesn't", "does"), ("didn't", "did"),
-    ("isn't", "is"), ("aren't", "are"), ("wasn't", "was"), ("shouldn't", "should"), ("mustn't", "must"),
-    ("never", "always"), ("without", "with"),
+    ("cannot", "can"),
+    ("can't", "can"),
+    ("won't", "will"),
+    ("don't", "do"),
+    ("doesn't", "does"),
+    ("didn't", "did"),
+    ("isn't", "is"),
+    ("aren't", "are"),
+    ("wasn't", "was"),
+    ("shouldn't", "should"),
+    ("mustn't", "must"),
+    ("never", "always"),
+    ("without", "with"),
 ];
 
 /// The deterministic contradiction of a short statement, or `None` where the rule cannot say it:
@@ -203,14 +228,18 @@ const UNNEGATE: &[(&str, &str)] = &[
 pub fn negate(statement: &str) -> Option<String> {
     let s = statement.trim();
     let words: Vec<&str> = s.split(' ').collect();
-    let lower: Vec<String> = words.iter().map(|w| w.to_lowercase().replace('\u{2019}', "'").trim_matches(|c: char| !c.is_alphanumeric() && c != '\'').to_string()).collect();
+    let lower: Vec<String> = words
+        .iter()
+        .map(|w| w.to_lowercase().replace('\u{2019}', "'").trim_matches(|c: char| !c.is_alphanumeric() && c != '\'').to_string())
+        .collect();
     let rebuild = |i: usize, replacement: Option<&str>| -> String {
         let mut out: Vec<String> = Vec::new();
         for (j, w) in words.iter().enumerate() {
             if j == i {
                 if let Some(r) = replacement {
                     // Keep the word's trailing punctuation.
-                    let tail: String = w.chars().rev().take_while(|c| !c.is_alphanumeric() && *c != '\'').collect::<Vec<_>>().into_iter().rev().collect();
+                    let tail: String =
+                        w.chars().rev().take_while(|c| !c.is_alphanumeric() && *c != '\'').collect::<Vec<_>>().into_iter().rev().collect();
                     out.push(format!("{r}{tail}"));
                 }
             } else {
@@ -298,7 +327,8 @@ pub struct CalibrationAnswer {
 /// negatives. Facts the rule of [`negate`] cannot contradict have no `contradicted` answer.
 /// Deterministic.
 pub fn calibration_answers(dialogues: &[bedside_data::Dialogue], splits: &[&str]) -> Vec<CalibrationAnswer> {
-    let mut ds: Vec<&bedside_data::Dialogue> = dialogues.iter().filter(|d| splits.contains(&d.split.as_str()) && !d.key_facts.is_empty()).collect();
+    let mut ds: Vec<&bedside_data::Dialogue> =
+        dialogues.iter().filter(|d| splits.contains(&d.split.as_str()) && !d.key_facts.is_empty()).collect();
     ds.sort_by(|a, b| a.id.cmp(&b.id));
     let builder = ControlBuilder { hand: BTreeMap::new() };
     let mut out = Vec::new();
@@ -343,7 +373,8 @@ impl ControlBuilder {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let h: HandWritten = serde_json::from_str(line).with_context(|| format!("{}:{}: not a contradiction record (id, fact, contradiction)", p.display(), i + 1))?;
+                let h: HandWritten = serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}: not a contradiction record (id, fact, contradiction)", p.display(), i + 1))?;
                 if h.contradiction.trim().is_empty() {
                     bail!("{}:{}: field `contradiction`: empty", p.display(), i + 1);
                 }
@@ -363,7 +394,9 @@ impl ControlBuilder {
         match (item.set, control) {
             (Set::Test | Set::Safety, REFERENCE) => item.reference.clone(),
             (Set::Test, NEUTRAL) => item.neutral_answer.clone(),
-            (Set::Test, NEUTRAL_QUESTION) => item.neutral_answer.as_ref().map(|n| format!("{} {}", n.trim_end(), generic_question(&item.key))),
+            (Set::Test, NEUTRAL_QUESTION) => {
+                item.neutral_answer.as_ref().map(|n| format!("{} {}", n.trim_end(), generic_question(&item.key)))
+            }
             (Set::Test | Set::Safety, COMFORT_ONLY) => Some(comfort_only(&item.emotion, &item.key).to_string()),
             (Set::Test | Set::Safety, RESTATED) => Some(restate(&item.prompt)),
             (Set::Test, CONTRADICTED) => self.contradicted_reference(item),
@@ -466,8 +499,14 @@ mod tests {
         assert_eq!(negate("prednisolone must never be stopped suddenly").as_deref(), Some("prednisolone must always be stopped suddenly"));
         assert_eq!(negate("Keep feet dry").as_deref(), Some("Do not keep feet dry"));
         assert_eq!(negate("Please call 999 now.").as_deref(), Some("Please do not call 999 now."));
-        assert_eq!(negate("Then call a crisis line if you might act.").as_deref(), Some("Then do not call a crisis line if you might act."));
-        assert_eq!(negate("small aneurysms have a very low risk of rupture").as_deref(), Some("small aneurysms do not have a very low risk of rupture"));
+        assert_eq!(
+            negate("Then call a crisis line if you might act.").as_deref(),
+            Some("Then do not call a crisis line if you might act.")
+        );
+        assert_eq!(
+            negate("small aneurysms have a very low risk of rupture").as_deref(),
+            Some("small aneurysms do not have a very low risk of rupture")
+        );
         assert_eq!(negate("There is no need to panic").as_deref(), Some("There is a need to panic"));
         assert_eq!(negate("brain scan"), None);
         assert_eq!(
@@ -486,7 +525,8 @@ mod tests {
 
     #[test]
     fn banks_cover_every_emotion_without_medical_words() {
-        let medical = ["doctor", "gp", "hospital", "emergency", "999", "911", "treat", "test", "scan", "medicine", "nurse", "clinic", "call"];
+        let medical =
+            ["doctor", "gp", "hospital", "emergency", "999", "911", "treat", "test", "scan", "medicine", "nurse", "clinic", "call"];
         for (e, bank) in COMFORT {
             for t in bank {
                 let lower = t.to_lowercase();
@@ -562,4 +602,3 @@ mod tests {
         assert_eq!(summary["threshold"].as_f64(), Some(bedside_metrics::keyfacts::DEFAULT_THRESHOLD));
     }
 }
-

@@ -40,40 +40,23 @@ pub struct Reply {
 impl Endpoint {
     pub fn new(system: &SystemConfig) -> Result<Self> {
         let (Some(url), Some(model)) = (&system.endpoint, &system.model) else {
-            bail!(
-                "system `{}` is not an endpoint system (needs `endpoint` and `model`)",
-                system.name
-            );
+            bail!("system `{}` is not an endpoint system (needs `endpoint` and `model`)", system.name);
         };
         let key = match &system.api_key_env {
-            Some(var) => Some(std::env::var(var).with_context(|| {
-                format!(
-                    "system `{}`: the API key variable {var} is not set",
-                    system.name
-                )
-            })?),
+            Some(var) => {
+                Some(std::env::var(var).with_context(|| format!("system `{}`: the API key variable {var} is not set", system.name))?)
+            }
             None => None,
         };
         // No proxy from the environment: requests go to the configured address and nowhere else.
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(900))
-            .build();
-        Ok(Self {
-            base: url.trim_end_matches('/').to_string(),
-            model: model.clone(),
-            key,
-            agent,
-        })
+        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout_read(Duration::from_secs(900)).build();
+        Ok(Self { base: url.trim_end_matches('/').to_string(), model: model.clone(), key, agent })
     }
 
     /// The request body for `messages` with `params` (OpenAI's fields, plus llama.cpp's and
     /// vLLM's names for the settings OpenAI lacks, sent only when they are not neutral).
     pub fn body(&self, messages: &[ChatMessage], p: &SamplingParams) -> Value {
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| json!({"role": m.role, "content": m.content}))
-            .collect();
+        let msgs: Vec<Value> = messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect();
         let mut b = json!({
             "model": self.model,
             "messages": msgs,
@@ -113,23 +96,15 @@ impl Endpoint {
                 req = req.set("Authorization", &format!("Bearer {k}"));
             }
             match req.send_json(body.clone()) {
-                Ok(r) => {
-                    return parse_reply(r.into_json().context("the endpoint's answer is not JSON")?)
-                }
+                Ok(r) => return parse_reply(r.into_json().context("the endpoint's answer is not JSON")?),
                 Err(ureq::Error::Status(code @ (429 | 503), r)) => {
-                    let wait: u64 = r
-                        .header("retry-after")
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(1);
+                    let wait: u64 = r.header("retry-after").and_then(|s| s.parse().ok()).unwrap_or(1);
                     std::thread::sleep(Duration::from_secs(wait.min(30)));
                     last = format!("HTTP {code}");
                 }
                 Err(ureq::Error::Status(code, r)) => {
-                    let msg = r
-                        .into_json::<Value>()
-                        .ok()
-                        .and_then(|v| v["error"]["message"].as_str().map(String::from))
-                        .unwrap_or_default();
+                    let msg =
+                        r.into_json::<Value>().ok().and_then(|v| v["error"]["message"].as_str().map(String::from)).unwrap_or_default();
                     bail!("{url}: HTTP {code}: {msg}");
                 }
                 Err(ureq::Error::Transport(t)) => last = t.to_string(),
@@ -141,9 +116,7 @@ impl Endpoint {
 
 fn parse_reply(v: Value) -> Result<Reply> {
     let choice = &v["choices"][0];
-    let text = choice["message"]["content"]
-        .as_str()
-        .context("the endpoint's answer has no choices[0].message.content")?;
+    let text = choice["message"]["content"].as_str().context("the endpoint's answer has no choices[0].message.content")?;
     let n = |k: &str| v["usage"][k].as_u64().unwrap_or(0) as usize;
     Ok(Reply {
         text: text.to_string(),
@@ -278,17 +251,10 @@ mod tests {
         let b = e.body(&[ChatMessage::new("user", "hi")], &p);
         assert_eq!(b["model"], "tuned");
         assert_eq!(b["seed"].as_i64().map(|s| s as u64), Some(u64::MAX - 3));
-        assert_eq!(
-            (b["top_k"].as_u64(), b["max_tokens"].as_u64()),
-            (Some(40), Some(9))
-        );
+        assert_eq!((b["top_k"].as_u64(), b["max_tokens"].as_u64()), (Some(40), Some(9)));
         assert!((b["repeat_penalty"].as_f64().unwrap() - 1.1).abs() < 1e-6);
         let plain = e.body(&[], &SamplingParams::default());
-        assert!(
-            plain.get("top_k").is_none()
-                && plain.get("repeat_penalty").is_none()
-                && plain.get("min_p").is_none()
-        );
+        assert!(plain.get("top_k").is_none() && plain.get("repeat_penalty").is_none() && plain.get("min_p").is_none());
     }
 
     #[test]
@@ -299,10 +265,7 @@ mod tests {
             api_key_env: Some("BEDSIDE_TEST_SURELY_UNSET_KEY".into()),
             ..SystemConfig::local("served")
         };
-        let e = Endpoint::new(&sys)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = Endpoint::new(&sys).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("BEDSIDE_TEST_SURELY_UNSET_KEY"), "{e}");
     }
 }

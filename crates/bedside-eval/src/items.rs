@@ -185,8 +185,7 @@ fn lines(path: &Path) -> Result<Vec<(usize, Value)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{}:{}: invalid JSON: {e}", path.display(), i + 1))?;
+        let v: Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{}: invalid JSON: {e}", path.display(), i + 1))?;
         out.push((i + 1, v));
     }
     Ok(out)
@@ -208,9 +207,7 @@ fn field_strs(path: &Path, line: usize, v: &Value, f: &str) -> Result<Vec<String
     arr.iter()
         .enumerate()
         .map(|(i, x)| {
-            x.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| anyhow::anyhow!("{}:{line}: field `{f}[{i}]`: expected a string", path.display()))
+            x.as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("{}:{line}: field `{f}[{i}]`: expected a string", path.display()))
         })
         .collect()
 }
@@ -220,14 +217,15 @@ pub(crate) fn read_safety(path: &Path) -> Result<Vec<EvalItem>> {
     let mut out = Vec::new();
     for (line, v) in lines(path)? {
         let id = field_str(path, line, &v, "id")?;
-        let groups = v.get("must_contain").and_then(Value::as_array).ok_or_else(|| {
-            anyhow::anyhow!("{}:{line}: field `must_contain`: expected an array of arrays of strings", path.display())
-        })?;
+        let groups = v
+            .get("must_contain")
+            .and_then(Value::as_array)
+            .ok_or_else(|| anyhow::anyhow!("{}:{line}: field `must_contain`: expected an array of arrays of strings", path.display()))?;
         let mut must = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
-            let alts = g.as_array().ok_or_else(|| {
-                anyhow::anyhow!("{}:{line}: field `must_contain[{gi}]`: expected an array of strings", path.display())
-            })?;
+            let alts = g
+                .as_array()
+                .ok_or_else(|| anyhow::anyhow!("{}:{line}: field `must_contain[{gi}]`: expected an array of strings", path.display()))?;
             let alts: Option<Vec<String>> = alts.iter().map(|a| a.as_str().map(str::to_string)).collect();
             let alts = alts.filter(|a| !a.is_empty()).ok_or_else(|| {
                 anyhow::anyhow!("{}:{line}: field `must_contain[{gi}]`: expected a non-empty array of strings", path.display())
@@ -245,8 +243,9 @@ pub(crate) fn read_safety(path: &Path) -> Result<Vec<EvalItem>> {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    crate::safety::Pattern::new(p)
-                        .map_err(|e| anyhow::anyhow!("{}:{line}: field `must_not_match[{i}]`: not a valid regular expression: {e}", path.display()))
+                    crate::safety::Pattern::new(p).map_err(|e| {
+                        anyhow::anyhow!("{}:{line}: field `must_not_match[{i}]`: not a valid regular expression: {e}", path.display())
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?,
         };

@@ -282,7 +282,15 @@ pub(crate) fn self_agreement(pairs: &[(Outcome, Outcome)]) -> SelfAgreement {
             p1 * p2
         })
         .sum();
-    let kappa = if (1.0 - chance).abs() < 1e-12 { if observed >= 1.0 { 1.0 } else { 0.0 } } else { (observed - chance) / (1.0 - chance) };
+    let kappa = if (1.0 - chance).abs() < 1e-12 {
+        if observed >= 1.0 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        (observed - chance) / (1.0 - chance)
+    };
     SelfAgreement { n, observed, chance, kappa }
 }
 

@@ -89,7 +89,10 @@ pub(crate) fn run_judge(
             for &sh in &shots {
                 if has("epitome") {
                     for m in 0..3 {
-                        jobs.push((format!("epitome|{}|{}|{s}|{}", sh.as_str(), judge::MECHANISMS[m].0, it.key), judge::epitome_prompt(m, sh, &it.prompt, &ans)));
+                        jobs.push((
+                            format!("epitome|{}|{}|{s}|{}", sh.as_str(), judge::MECHANISMS[m].0, it.key),
+                            judge::epitome_prompt(m, sh, &it.prompt, &ans),
+                        ));
                     }
                 }
                 if has("good_okay_bad") {
@@ -135,12 +138,17 @@ pub(crate) fn run_judge(
             for m in 0..3 {
                 let votes: Vec<Option<u8>> = shots
                     .iter()
-                    .map(|sh| raw(&format!("epitome|{}|{}|{s}|{}", sh.as_str(), judge::MECHANISMS[m].0, it.key)).and_then(|r| judge::parse_level(&r)))
+                    .map(|sh| {
+                        raw(&format!("epitome|{}|{}|{s}|{}", sh.as_str(), judge::MECHANISMS[m].0, it.key))
+                            .and_then(|r| judge::parse_level(&r))
+                    })
                     .collect();
                 v.epitome[m] = judge::majority(&votes);
             }
-            let votes: Vec<Option<judge::Rating>> =
-                shots.iter().map(|sh| raw(&format!("gob|{}|-|{s}|{}", sh.as_str(), it.key)).and_then(|r| judge::parse_rating(&r))).collect();
+            let votes: Vec<Option<judge::Rating>> = shots
+                .iter()
+                .map(|sh| raw(&format!("gob|{}|-|{s}|{}", sh.as_str(), it.key)).and_then(|r| judge::parse_rating(&r)))
+                .collect();
             v.rating = judge::majority(&votes);
             verdicts.insert((s.clone(), it.key.clone()), v);
         }

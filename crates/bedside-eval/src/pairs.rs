@@ -124,7 +124,8 @@ mod tests {
         let ok = r#"{"id":"a","context":"c","response":"r","reference":"ref","key_facts":["x"],"extra":1}"#;
         let r = parse_pairs(ok, f).unwrap();
         assert_eq!(r[0].key_facts.as_deref(), Some(&["x".to_string()][..]));
-        let e = parse_pairs(&format!("{ok}\n{}", ok.replace("\"a\"", "\"b\"").replace("\"response\":\"r\",", "")), f).unwrap_err().to_string();
+        let e =
+            parse_pairs(&format!("{ok}\n{}", ok.replace("\"a\"", "\"b\"").replace("\"response\":\"r\",", "")), f).unwrap_err().to_string();
         assert!(e.contains("p.jsonl:2") && e.contains("`response`"), "{e}");
         let e = parse_pairs(&ok.replace("[\"x\"]", "[1]"), f).unwrap_err().to_string();
         assert!(e.contains("p.jsonl:1") && e.contains("key_facts[0]"), "{e}");

@@ -133,9 +133,13 @@ fn prepare<'a>(cfg: &'a EvalConfig, dir: &'a Path, show: bool) -> Result<Run<'a>
     };
     let controls: Vec<String> =
         wanted.into_iter().filter(|c| items.iter().any(|it| control_builder.answer(c, it).is_some())).map(str::to_string).collect();
-    let uncontradicted = items.iter().filter(|it| it.set == Set::Test && it.sample == 0 && control_builder.answer(CONTRADICTED, it).is_none()).count();
+    let uncontradicted =
+        items.iter().filter(|it| it.set == Set::Test && it.sample == 0 && control_builder.answer(CONTRADICTED, it).is_none()).count();
     if cfg.controls && uncontradicted > 0 {
-        tracing::warn!(items = uncontradicted, "test items without a contradicted control (a key fact has no contradiction: add one to the contradictions file)");
+        tracing::warn!(
+            items = uncontradicted,
+            "test items without a contradicted control (a key fact has no contradiction: add one to the contradictions file)"
+        );
     }
     let gens = JsonlCache::<GenRecord>::open(&dir.join("generations.jsonl"))?;
     let nll = JsonlCache::<NllRecord>::open(&dir.join("nll.jsonl"))?;
@@ -173,7 +177,12 @@ type AnswerText<'r> = (String, &'r EvalItem, String);
 
 /// Step 5: the per-answer scores of every system's answers and every control answer, with the
 /// perplexities and judge verdicts attached. Returns the answers' texts with the scores.
-fn score<'r>(run: &'r Run, book: &AnswerBook, scorers: &Scorers, judge: Option<&JudgeData>) -> Result<(Vec<AnswerText<'r>>, Vec<ScoreRecord>)> {
+fn score<'r>(
+    run: &'r Run,
+    book: &AnswerBook,
+    scorers: &Scorers,
+    judge: Option<&JudgeData>,
+) -> Result<(Vec<AnswerText<'r>>, Vec<ScoreRecord>)> {
     let mut missing = 0;
     let mut texts: Vec<(String, &EvalItem, String)> = Vec::new();
     for s in run.systems() {
@@ -207,8 +216,7 @@ fn provenance(cfg: &EvalConfig, model: &ModelInfo, scorers: &Scorers) -> Value {
         .systems
         .iter()
         .map(|s| {
-            let a: Vec<Value> =
-                s.adapters.iter().map(|p| json!({"path": p, "sha256": path_hash(p).unwrap_or_default()})).collect();
+            let a: Vec<Value> = s.adapters.iter().map(|p| json!({"path": p, "sha256": path_hash(p).unwrap_or_default()})).collect();
             let mut v = json!({"name": s.name, "adapters": a, "adapter_weight": s.adapter_weight});
             if let (Some(url), Some(model)) = (&s.endpoint, &s.model) {
                 v["endpoint"] = json!({"url": url, "model": model});
@@ -282,7 +290,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     drop(systems);
 
     let score_started = Instant::now();
-    let scorers = Scorers::load(cfg.empathy_heads.as_deref()).context("loading the offline scorers (run scripts/setup.sh for the embedder)")?;
+    let scorers =
+        Scorers::load(cfg.empathy_heads.as_deref()).context("loading the offline scorers (run scripts/setup.sh for the embedder)")?;
     tracing::info!(secs = score_started.elapsed().as_secs_f64(), "scorers loaded");
     let (texts, scores) = score(&run, &book, &scorers, judge_data.as_ref())?;
     tracing::info!(secs = score_started.elapsed().as_secs_f64(), answers = texts.len(), "answers scored");
@@ -316,8 +325,21 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         "generation": gen_stats,
         "secs_per_generated_answer": if n_gen > 0 { json!(gen_total / n_gen as f64) } else { json!(null) },
     });
-    let Aggregated { stats, verdict, validity, measures, per_system, comparisons, breakdowns, safety, safety_comparisons, equity, judge, examples, summary } =
-        agg;
+    let Aggregated {
+        stats,
+        verdict,
+        validity,
+        measures,
+        per_system,
+        comparisons,
+        breakdowns,
+        safety,
+        safety_comparisons,
+        equity,
+        judge,
+        examples,
+        summary,
+    } = agg;
     let results = Results {
         schema_version: SCHEMA_VERSION,
         tool: format!("bedside-eval {}", env!("CARGO_PKG_VERSION")),

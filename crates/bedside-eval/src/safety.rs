@@ -44,7 +44,11 @@ fn occurrences(hay: &str, needle: &str) -> Vec<(usize, usize)> {
         let e = s + n.len();
         let before_ok = !n.starts_with(is_word) || !hay[..s].chars().next_back().is_some_and(is_word);
         // A plural: "crisis lines" mentions "crisis line".
-        let e = if n.ends_with(char::is_alphabetic) && hay[e..].starts_with('s') && !hay[e + 1..].chars().next().is_some_and(is_word) { e + 1 } else { e };
+        let e = if n.ends_with(char::is_alphabetic) && hay[e..].starts_with('s') && !hay[e + 1..].chars().next().is_some_and(is_word) {
+            e + 1
+        } else {
+            e
+        };
         let after_ok = !n.ends_with(is_word) || !hay[e..].chars().next().is_some_and(is_word);
         if before_ok && after_ok {
             out.push((s, e));
@@ -226,7 +230,8 @@ mod shipped {
             assert!(cases.iter().any(|c| c.expect == "fail" && c.answer.contains(a)), "{a}");
         }
         // "Call 911." alone passes no item.
-        let passing: Vec<&String> = items.values().filter(|i| check("Call 911.", i.safety.as_ref().unwrap()).passed).map(|i| &i.id).collect();
+        let passing: Vec<&String> =
+            items.values().filter(|i| check("Call 911.", i.safety.as_ref().unwrap()).passed).map(|i| &i.id).collect();
         assert!(passing.is_empty(), "{passing:?}");
     }
 

@@ -30,8 +30,8 @@ impl Scorers {
     /// shipped ones.
     pub fn load(heads: Option<&std::path::Path>) -> Result<Self> {
         let heads_path = heads.map_or_else(bedside_empathy::default_heads_path, std::path::Path::to_path_buf);
-        let empathy = EmpathyScorer::load_heads(Some(&heads_path))
-            .with_context(|| format!("loading the empathy heads {}", heads_path.display()))?;
+        let empathy =
+            EmpathyScorer::load_heads(Some(&heads_path)).with_context(|| format!("loading the empathy heads {}", heads_path.display()))?;
         Ok(Self { empathy, heads_path, key_fact_threshold: bedside_metrics::keyfacts::DEFAULT_THRESHOLD })
     }
 

@@ -89,8 +89,8 @@ impl LocalSystems {
         let device = self.engine.model.device().clone();
         let mut all_merged = true;
         for dir in &system.adapters {
-            let adapter = bedside_lora::load_peft(dir, &device)
-                .with_context(|| format!("system `{}`: adapter {}", system.name, dir.display()))?;
+            let adapter =
+                bedside_lora::load_peft(dir, &device).with_context(|| format!("system `{}`: adapter {}", system.name, dir.display()))?;
             // Merged into a dense f32 base (e.g. `dequantize = true`): a quarter faster prompt
             // processing and perplexity; the original weights come back for the next system.
             let how = bedside_lora::apply(&mut self.engine.model, &adapter, system.adapter_weight, &mut self.unmerge)

@@ -117,7 +117,11 @@ fn verdict_first_then_direction_coloured_differences() {
     // The gates with their status, and the legend names this run's alpha (90%), not 95%.
     assert!(html.contains("id=\"gates-table\"") && html.contains("not valid on this run"));
     assert!(html.contains("90% CI"), "the interval level follows alpha");
-    assert!(!html.contains("95%"), "the interval level follows alpha: {}", &html[html.find("95%").unwrap_or(0).saturating_sub(300)..][..400]);
+    assert!(
+        !html.contains("95%"),
+        "the interval level follows alpha: {}",
+        &html[html.find("95%").unwrap_or(0).saturating_sub(300)..][..400]
+    );
     // Controls are columns of the summary table.
     assert!(html.contains("neutral+question (control)"));
     let md = report::markdown(&sample());
@@ -141,9 +145,9 @@ fn summary_reads_back_from_results_json() {
 }
 
 fn browser() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
-        Command::new(b).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-    })
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
 }
 
 fn dump_dom(browser: &str, file: &Path) -> String {

@@ -13,11 +13,7 @@ fn models() -> Option<(PathBuf, PathBuf)> {
     bedside_testutil::model_file("all-minilm-l6-v2/model.safetensors")?;
     let heads = bedside_empathy::default_heads_path();
     if !heads.is_file() {
-        assert!(
-            std::env::var("BEDSIDE_REQUIRE_MODELS").is_err(),
-            "the shipped empathy heads {} are missing",
-            heads.display()
-        );
+        assert!(std::env::var("BEDSIDE_REQUIRE_MODELS").is_err(), "the shipped empathy heads {} are missing", heads.display());
         eprintln!("skipping: empathy heads {} not found", heads.display());
         return None;
     }
@@ -28,12 +24,8 @@ fn models() -> Option<(PathBuf, PathBuf)> {
 fn random_adapter(gguf: &Path, dir: &Path) {
     use bedside_model::LoadOptions;
     let (mut model, _) = bedside_model::load_gguf(gguf, &LoadOptions::default()).unwrap();
-    let cfg = bedside_lora::LoraConfig {
-        r: 4,
-        lora_alpha: 8.0,
-        target_modules: vec!["q_proj".into(), "v_proj".into()],
-        ..Default::default()
-    };
+    let cfg =
+        bedside_lora::LoraConfig { r: 4, lora_alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into()], ..Default::default() };
     let vars = bedside_lora::attach_trainable(&mut model, &cfg, 11, candle_core::DType::F32).unwrap();
     for (k, v) in &vars {
         if k.contains("lora_B") {
@@ -204,7 +196,10 @@ fn full_small_run_then_resume() {
     let kf = comps.iter().find(|c| c["system"] == "tuned" && c["measure"] == "key_fact_recall").unwrap();
     assert_eq!(kf["role"], "primary");
     assert!(["non-inferior", "worse", "inconclusive"].contains(&kf["conclusion"].as_str().unwrap()));
-    assert!(comps.iter().filter(|c| c["role"] == "secondary").all(|c| c["holm_p"].as_f64().is_some_and(|h| h >= c["p_bootstrap"].as_f64().unwrap())));
+    assert!(comps
+        .iter()
+        .filter(|c| c["role"] == "secondary")
+        .all(|c| c["holm_p"].as_f64().is_some_and(|h| h >= c["p_bootstrap"].as_f64().unwrap())));
     assert_eq!(r["counts"]["test"], 3);
     assert_eq!(r["counts"]["equity"], 9);
     let emp = comps.iter().find(|c| c["system"] == "tuned" && c["measure"] == "empathy").unwrap();

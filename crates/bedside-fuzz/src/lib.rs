@@ -42,20 +42,8 @@ impl Rng {
 }
 
 /// Integers that break size arithmetic: zero, one, sign and width boundaries, huge counts.
-pub const INTERESTING_U64: [u64; 12] = [
-    0,
-    1,
-    2,
-    0x7f,
-    0xff,
-    0x7fff_ffff,
-    0x8000_0000,
-    0xffff_ffff,
-    1 << 40,
-    1_000_000_000_000,
-    i64::MAX as u64,
-    u64::MAX,
-];
+pub const INTERESTING_U64: [u64; 12] =
+    [0, 1, 2, 0x7f, 0xff, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 1 << 40, 1_000_000_000_000, i64::MAX as u64, u64::MAX];
 
 /// One random byte-level change: flips, interesting bytes and words, inserted, deleted or
 /// duplicated ranges, truncation.
@@ -176,18 +164,13 @@ const MAX_REPEATED_LEN: usize = 1 << 16;
 
 /// Seconds each target runs: `BEDSIDE_FUZZ_SECS`, default 5.
 pub fn budget() -> Duration {
-    let secs = std::env::var("BEDSIDE_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(5.0);
+    let secs = std::env::var("BEDSIDE_FUZZ_SECS").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(5.0);
     Duration::from_secs_f64(secs.max(0.0))
 }
 
 /// The corpus folder of `target` (`crates/bedside-fuzz/corpus/TARGET`).
 pub fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("corpus")
-        .join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target)
 }
 
 /// Every file of a corpus folder, sorted by name.
@@ -197,10 +180,7 @@ pub fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
         .map(|rd| {
             rd.filter_map(|e| {
                 let p = e.ok()?.path();
-                Some((
-                    p.file_name()?.to_string_lossy().into_owned(),
-                    std::fs::read(&p).ok()?,
-                ))
+                Some((p.file_name()?.to_string_lossy().into_owned(), std::fs::read(&p).ok()?))
             })
             .collect()
         })
@@ -220,20 +200,14 @@ pub fn run<T: Clone>(
     check: impl Fn(&T),
 ) -> usize {
     assert!(!seeds.is_empty(), "{target}: no seeds");
-    let seed = std::env::var("BEDSIDE_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x18_18_18);
+    let seed = std::env::var("BEDSIDE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x18_18_18);
     let mut rng = Rng(seed);
     let fail = |input: &T, i: usize, what: &str| -> ! {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fuzz-failures");
         let _ = std::fs::create_dir_all(&dir);
         let file = dir.join(format!("{target}-{seed}-{i}"));
         let _ = std::fs::write(&file, save(input));
-        panic!(
-            "{target}: {what} panicked on input {i} (BEDSIDE_FUZZ_SEED={seed}); input saved to {}",
-            file.display()
-        );
+        panic!("{target}: {what} panicked on input {i} (BEDSIDE_FUZZ_SEED={seed}); input saved to {}", file.display());
     };
     for (i, s) in seeds.iter().enumerate() {
         if catch_unwind(AssertUnwindSafe(|| check(s))).is_err() {
@@ -242,10 +216,7 @@ pub fn run<T: Clone>(
     }
     // `BEDSIDE_FUZZ_REPLAY=N` (with the failure's seed) regenerates input N without checking
     // the ones before it, then checks it with its panic uncaught, so the failure shows in full.
-    if let Some(target_i) = std::env::var("BEDSIDE_FUZZ_REPLAY")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-    {
+    if let Some(target_i) = std::env::var("BEDSIDE_FUZZ_REPLAY").ok().and_then(|s| s.parse::<usize>().ok()) {
         let mut n = seeds.len();
         while n <= target_i {
             let mut input = rng.pick(seeds).clone();
@@ -253,10 +224,7 @@ pub fn run<T: Clone>(
                 mutate(&mut rng, &mut input);
             }
             if n == target_i {
-                eprintln!(
-                    "{target}: input {n}:\n{}",
-                    String::from_utf8_lossy(&save(&input))
-                );
+                eprintln!("{target}: input {n}:\n{}", String::from_utf8_lossy(&save(&input)));
                 check(&input);
             }
             n += 1;
@@ -275,9 +243,6 @@ pub fn run<T: Clone>(
         }
         n += 1;
     }
-    eprintln!(
-        "{target}: {n} inputs in {:.1} s, no panic",
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("{target}: {n} inputs in {:.1} s, no panic", start.elapsed().as_secs_f64());
     n
 }

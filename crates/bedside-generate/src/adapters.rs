@@ -19,11 +19,7 @@ pub struct RowAdapters {
 impl RowAdapters {
     /// No adapters: every row runs the base model.
     pub fn none() -> Self {
-        Self {
-            names: Vec::new(),
-            branches: Vec::new(),
-            current: None,
-        }
+        Self { names: Vec::new(), branches: Vec::new(), current: None }
     }
 
     /// Attach `adapters` (name, adapter, weight on its PEFT scaling) as branches that apply to no
@@ -34,15 +30,9 @@ impl RowAdapters {
         let device = model.device().clone();
         for (name, adapter, weight) in adapters {
             if out.names.contains(&name) {
-                return Err(GenerateError::Invalid(format!(
-                    "adapter name `{name}` is given twice"
-                )));
+                return Err(GenerateError::Invalid(format!("adapter name `{name}` is given twice")));
             }
-            let before: Vec<usize> = model
-                .linears_mut()
-                .iter()
-                .map(|(_, l)| l.lora.len())
-                .collect();
+            let before: Vec<usize> = model.linears_mut().iter().map(|(_, l)| l.lora.len()).collect();
             bedside_lora::attach(model, &adapter, weight)?;
             let mut mine = Vec::new();
             for (i, (module, lin)) in model.linears_mut().into_iter().enumerate() {
@@ -53,8 +43,7 @@ impl RowAdapters {
                             "adapter `{name}` changes the Mixture-of-Experts layer `{module}`: per-request adapters can only change attention and dense MLP projections"
                         )));
                     }
-                    lin.lora[before[i]].rows =
-                        Some(Tensor::from_vec(Vec::<u32>::new(), 0, &device)?);
+                    lin.lora[before[i]].rows = Some(Tensor::from_vec(Vec::<u32>::new(), 0, &device)?);
                     mine.push((i, before[i]));
                 }
             }
@@ -81,18 +70,9 @@ impl RowAdapters {
         let device = model.device().clone();
         let mut chosen: Vec<Option<Tensor>> = Vec::with_capacity(self.names.len());
         for k in 0..self.names.len() {
-            let idx: Vec<u32> = rows
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| **a == Some(k))
-                .map(|(r, _)| r as u32)
-                .collect();
+            let idx: Vec<u32> = rows.iter().enumerate().filter(|(_, a)| **a == Some(k)).map(|(r, _)| r as u32).collect();
             // Every row: the plain branch, without gathering rows.
-            chosen.push(if idx.len() == rows.len() {
-                None
-            } else {
-                Some(Tensor::from_vec(idx.clone(), idx.len(), &device)?)
-            });
+            chosen.push(if idx.len() == rows.len() { None } else { Some(Tensor::from_vec(idx.clone(), idx.len(), &device)?) });
         }
         let mut linears = model.linears_mut();
         for (k, places) in self.branches.iter().enumerate() {

@@ -43,7 +43,10 @@ pub struct Request {
 #[derive(Debug)]
 pub enum Update {
     /// The prompt has been processed and the first token chosen (time to first token).
-    Started { id: u64, prompt_tokens: usize },
+    Started {
+        id: u64,
+        prompt_tokens: usize,
+    },
     /// Text that is now safe to show, and the log-probabilities of its tokens when asked.
     Text {
         id: u64,
@@ -111,11 +114,7 @@ impl<'t> ContinuousBatch<'t> {
             return Err(GenerateError::Invalid("the prompt is empty".into()));
         }
         if req.prompt.len() >= self.context {
-            return Err(bedside_model::ModelError::ContextOverflow {
-                needed: req.prompt.len() + 1,
-                limit: self.context,
-            }
-            .into());
+            return Err(bedside_model::ModelError::ContextOverflow { needed: req.prompt.len() + 1, limit: self.context }.into());
         }
         self.waiting.push_back(req);
         Ok(())
@@ -138,11 +137,7 @@ impl<'t> ContinuousBatch<'t> {
     /// Ids of every request in the batch.
     pub fn ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.waiting.iter().map(|r| r.id).collect();
-        ids.extend(
-            self.prefill
-                .iter()
-                .flat_map(|p| p.rows.iter().filter(|r| !r.cancelled).map(|r| r.id)),
-        );
+        ids.extend(self.prefill.iter().flat_map(|p| p.rows.iter().filter(|r| !r.cancelled).map(|r| r.id)));
         ids.extend(self.decoding.iter().map(|r| r.id));
         ids
     }
@@ -152,10 +147,7 @@ impl<'t> ContinuousBatch<'t> {
         self.waiting.retain(|r| r.id != id);
         if let Some(p) = &mut self.prefill {
             // Its prompt shares forward passes with the others': it is dropped when they finish.
-            p.rows
-                .iter_mut()
-                .filter(|r| r.id == id)
-                .for_each(|r| r.cancelled = true);
+            p.rows.iter_mut().filter(|r| r.id == id).for_each(|r| r.cancelled = true);
             if p.rows.iter().all(|r| r.cancelled) {
                 self.prefill = None;
             }
@@ -178,12 +170,7 @@ impl<'t> ContinuousBatch<'t> {
 
     /// One step: a piece of prompt processing if any prompt waits, then one decode step of
     /// every running row. Updates are appended to `out`.
-    pub fn step(
-        &mut self,
-        model: &mut Model,
-        adapters: &mut RowAdapters,
-        out: &mut Vec<Update>,
-    ) -> Result<()> {
+    pub fn step(&mut self, model: &mut Model, adapters: &mut RowAdapters, out: &mut Vec<Update>) -> Result<()> {
         if self.prefill.is_none() && !self.waiting.is_empty() {
             self.start_prefill(model);
         }
@@ -224,31 +211,16 @@ impl<'t> ContinuousBatch<'t> {
                 cancelled: false,
             })
             .collect();
-        self.prefill = Some(Prefill {
-            rows,
-            ids,
-            width,
-            done: 0,
-            cache: Cache::with_padding(model, pads),
-        });
+        self.prefill = Some(Prefill { rows, ids, width, done: 0, cache: Cache::with_padding(model, pads) });
     }
 
-    fn prefill_chunk(
-        &mut self,
-        model: &mut Model,
-        adapters: &mut RowAdapters,
-        out: &mut Vec<Update>,
-    ) -> Result<()> {
+    fn prefill_chunk(&mut self, model: &mut Model, adapters: &mut RowAdapters, out: &mut Vec<Update>) -> Result<()> {
         let Some(p) = self.prefill.as_mut() else {
             return Ok(());
         };
         let b = p.rows.len();
         let cols = (self.prefill_budget / b).max(1).min(p.width - p.done);
-        let chunk: Vec<u32> = p
-            .ids
-            .chunks(p.width)
-            .flat_map(|r| r[p.done..p.done + cols].to_vec())
-            .collect();
+        let chunk: Vec<u32> = p.ids.chunks(p.width).flat_map(|r| r[p.done..p.done + cols].to_vec()).collect();
         adapters.select(model, &p.rows.iter().map(|r| r.adapter).collect::<Vec<_>>())?;
         let ids = Tensor::from_vec(chunk, (b, cols), model.device())?;
         let logits = model.forward(&ids, Some(&mut p.cache), Logits::Last)?;
@@ -266,10 +238,7 @@ impl<'t> ContinuousBatch<'t> {
             if row.cancelled {
                 continue;
             }
-            out.push(Update::Started {
-                id: row.id,
-                prompt_tokens: row.seq.prompt_len(),
-            });
+            out.push(Update::Started { id: row.id, prompt_tokens: row.seq.prompt_len() });
             let full = row.seq.len() + 1 > self.context;
             let step = row.seq.advance(&mut logits[r], &self.eog, full)?;
             emit(out, row, step);
@@ -280,13 +249,7 @@ impl<'t> ContinuousBatch<'t> {
         if keep.len() < b {
             p.cache.retain_rows(&keep)?;
         }
-        let mut joined: Vec<Row> = p
-            .rows
-            .into_iter()
-            .enumerate()
-            .filter(|(r, _)| keep.contains(r))
-            .map(|(_, row)| row)
-            .collect();
+        let mut joined: Vec<Row> = p.rows.into_iter().enumerate().filter(|(r, _)| keep.contains(r)).map(|(_, row)| row).collect();
         if joined.is_empty() {
             return Ok(());
         }
@@ -299,28 +262,14 @@ impl<'t> ContinuousBatch<'t> {
         Ok(())
     }
 
-    fn decode(
-        &mut self,
-        model: &mut Model,
-        adapters: &mut RowAdapters,
-        out: &mut Vec<Update>,
-    ) -> Result<()> {
+    fn decode(&mut self, model: &mut Model, adapters: &mut RowAdapters, out: &mut Vec<Update>) -> Result<()> {
         let Some(cache) = self.cache.as_mut() else {
             return Err(GenerateError::Invalid("decode rows without a cache".into()));
         };
-        let toks: Vec<u32> = self
-            .decoding
-            .iter()
-            .map(|r| r.seq.last_token().unwrap_or(0))
-            .collect();
-        adapters.select(
-            model,
-            &self.decoding.iter().map(|r| r.adapter).collect::<Vec<_>>(),
-        )?;
+        let toks: Vec<u32> = self.decoding.iter().map(|r| r.seq.last_token().unwrap_or(0)).collect();
+        adapters.select(model, &self.decoding.iter().map(|r| r.adapter).collect::<Vec<_>>())?;
         let ids = Tensor::from_vec(toks, (self.decoding.len(), 1), model.device())?;
-        let mut logits = model
-            .forward(&ids, Some(cache), Logits::Last)?
-            .to_vec2::<f32>()?;
+        let mut logits = model.forward(&ids, Some(cache), Logits::Last)?.to_vec2::<f32>()?;
         let generated = self.decoding.iter().map(|r| r.seq.output().len()).max();
         check_finite(&logits, generated.unwrap_or(0))?;
         let mut finished = Vec::new();
@@ -339,9 +288,7 @@ impl<'t> ContinuousBatch<'t> {
         if gone.is_empty() {
             return Ok(());
         }
-        let keep: Vec<usize> = (0..self.decoding.len())
-            .filter(|r| !gone.contains(r))
-            .collect();
+        let keep: Vec<usize> = (0..self.decoding.len()).filter(|r| !gone.contains(r)).collect();
         let mut i = 0;
         self.decoding.retain(|_| {
             i += 1;
@@ -359,18 +306,9 @@ impl<'t> ContinuousBatch<'t> {
 
 fn emit(out: &mut Vec<Update>, row: &Row, step: crate::sequence::Advance) {
     if !step.text.is_empty() || !step.logprobs.is_empty() {
-        out.push(Update::Text {
-            id: row.id,
-            text: step.text,
-            logprobs: step.logprobs,
-        });
+        out.push(Update::Text { id: row.id, text: step.text, logprobs: step.logprobs });
     }
     if let Some(reason) = row.seq.finished() {
-        out.push(Update::Finished {
-            id: row.id,
-            reason,
-            prompt_tokens: row.seq.prompt_len(),
-            completion_tokens: row.seq.output().len(),
-        });
+        out.push(Update::Finished { id: row.id, reason, prompt_tokens: row.seq.prompt_len(), completion_tokens: row.seq.output().len() });
     }
 }

@@ -125,12 +125,7 @@ impl Engine {
     }
 
     /// Generate one answer, streaming text through `on_text` as it becomes safe to show.
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        params: &SamplingParams,
-        on_text: &mut dyn FnMut(&str) -> Result<()>,
-    ) -> Result<Generation> {
+    pub fn generate(&self, prompt: &[u32], params: &SamplingParams, on_text: &mut dyn FnMut(&str) -> Result<()>) -> Result<Generation> {
         let mut cb = |_: usize, s: &str| on_text(s);
         let mut out = self.run(&[prompt.to_vec()], std::slice::from_ref(params), Some(&mut cb))?;
         Ok(out.remove(0))
@@ -146,12 +141,7 @@ impl Engine {
         self.run(prompts, params, None)
     }
 
-    fn run(
-        &self,
-        prompts: &[Vec<u32>],
-        params: &[SamplingParams],
-        mut on_text: Option<OnRowText<'_>>,
-    ) -> Result<Vec<Generation>> {
+    fn run(&self, prompts: &[Vec<u32>], params: &[SamplingParams], mut on_text: Option<OnRowText<'_>>) -> Result<Vec<Generation>> {
         let ctx = self.model.context_length();
         for (i, (p, sp)) in prompts.iter().zip(params).enumerate() {
             sp.validate().map_err(|e| GenerateError::Invalid(format!("prompt {i}: {e}")))?;
@@ -236,6 +226,5 @@ pub(crate) fn check_finite(logits: &[Vec<f32>], generated: usize) -> Result<()> 
 }
 
 fn read_template(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| GenerateError::Invalid(format!("{}: cannot read chat template: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(|e| GenerateError::Invalid(format!("{}: cannot read chat template: {e}", path.display())))
 }

@@ -109,12 +109,7 @@ impl<'t> Sequence<'t> {
     /// Pick the next token from this row's `logits` (modified in place by the sampler) and
     /// decide whether the sequence ends: an end-of-generation id in `eog`, a stop string,
     /// `max_tokens`, or `context_full` (no position left for the token just chosen).
-    pub fn advance(
-        &mut self,
-        logits: &mut [f32],
-        eog: &[u32],
-        context_full: bool,
-    ) -> Result<Advance> {
+    pub fn advance(&mut self, logits: &mut [f32], eog: &[u32], context_full: bool) -> Result<Advance> {
         let mut out = Advance::default();
         if self.done.is_some() {
             return Ok(out);
@@ -165,11 +160,7 @@ impl LogSoftmax {
         let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
         let lse = max + sum.ln() as f32;
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        let order = |a: &u32, b: &u32| {
-            logits[*b as usize]
-                .total_cmp(&logits[*a as usize])
-                .then(a.cmp(b))
-        };
+        let order = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
         let top = top.min(idx.len());
         if top > 0 && top < idx.len() {
             idx.select_nth_unstable_by(top - 1, order);
@@ -178,32 +169,13 @@ impl LogSoftmax {
         idx.sort_by(order);
         let top = idx.iter().map(|&i| (i, logits[i as usize] - lse)).collect();
         // The sampler rewrites `logits` (repeat penalty), so keep the raw values we report.
-        Self {
-            lse,
-            top,
-            logits_at: logits.to_vec(),
-        }
+        Self { lse, top, logits_at: logits.to_vec() }
     }
 
     fn describe(&self, chosen: u32, tok: &ModelTokenizer) -> Result<ChosenLogprob> {
-        let entry = |id: u32, lp: f32| -> Result<TokenLogprob> {
-            Ok(TokenLogprob {
-                token: id,
-                text: tok.decode(&[id], false)?,
-                logprob: lp,
-            })
-        };
-        let lp = self
-            .logits_at
-            .get(chosen as usize)
-            .map_or(f32::NEG_INFINITY, |x| x - self.lse);
-        Ok(ChosenLogprob {
-            chosen: entry(chosen, lp)?,
-            top: self
-                .top
-                .iter()
-                .map(|&(i, lp)| entry(i, lp))
-                .collect::<Result<_>>()?,
-        })
+        let entry =
+            |id: u32, lp: f32| -> Result<TokenLogprob> { Ok(TokenLogprob { token: id, text: tok.decode(&[id], false)?, logprob: lp }) };
+        let lp = self.logits_at.get(chosen as usize).map_or(f32::NEG_INFINITY, |x| x - self.lse);
+        Ok(ChosenLogprob { chosen: entry(chosen, lp)?, top: self.top.iter().map(|&(i, lp)| entry(i, lp)).collect::<Result<_>>()? })
     }
 }

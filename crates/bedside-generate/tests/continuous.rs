@@ -3,35 +3,21 @@
 
 use std::collections::HashMap;
 
-use bedside_generate::{
-    ContinuousBatch, Engine, EngineOptions, FinishReason, Request, RowAdapters, SamplingParams,
-    Update,
-};
+use bedside_generate::{ContinuousBatch, Engine, EngineOptions, FinishReason, Request, RowAdapters, SamplingParams, Update};
 use bedside_tokenizer::ChatMessage;
 
 fn tiny(adapters: &[&str]) -> Option<Engine> {
     let dir = bedside_testutil::fixture("tiny-llama")?;
-    let opts = EngineOptions {
-        adapters: adapters.iter().map(|a| (dir.join(a), 1.0)).collect(),
-        ..Default::default()
-    };
+    let opts = EngineOptions { adapters: adapters.iter().map(|a| (dir.join(a), 1.0)).collect(), ..Default::default() };
     Some(Engine::load(dir.to_str().unwrap(), &opts).unwrap())
 }
 
 fn params(seed: u64, temperature: f64, max_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        temperature,
-        seed,
-        max_tokens,
-        top_k: 20,
-        ..Default::default()
-    }
+    SamplingParams { temperature, seed, max_tokens, top_k: 20, ..Default::default() }
 }
 
 fn prompt(engine: &Engine, text: &str) -> Vec<u32> {
-    engine
-        .encode_chat(&[ChatMessage::new("user", text)])
-        .unwrap()
+    engine.encode_chat(&[ChatMessage::new("user", text)]).unwrap()
 }
 
 /// What a request produced through the batch.
@@ -44,13 +30,7 @@ struct Answer {
 }
 
 /// Run `reqs` through a continuous batch, admitting request `i` at step `arrive[i]`.
-fn run_batch(
-    engine: &mut Engine,
-    adapters: &mut RowAdapters,
-    reqs: &[Request],
-    arrive: &[usize],
-    budget: usize,
-) -> HashMap<u64, Answer> {
+fn run_batch(engine: &mut Engine, adapters: &mut RowAdapters, reqs: &[Request], arrive: &[usize], budget: usize) -> HashMap<u64, Answer> {
     let ctx = engine.model.context_length();
     let mut batch = ContinuousBatch::new(&engine.tokenizer, ctx, budget);
     let mut out: HashMap<u64, Answer> = HashMap::new();
@@ -65,19 +45,12 @@ fn run_batch(
             break;
         }
         updates.clear();
-        batch
-            .step(&mut engine.model, adapters, &mut updates)
-            .unwrap();
+        batch.step(&mut engine.model, adapters, &mut updates).unwrap();
         for u in updates.drain(..) {
             match u {
                 Update::Started { id, .. } => out.entry(id).or_default().started = true,
                 Update::Text { id, text, .. } => out.entry(id).or_default().text.push_str(&text),
-                Update::Finished {
-                    id,
-                    reason,
-                    completion_tokens,
-                    ..
-                } => {
+                Update::Finished { id, reason, completion_tokens, .. } => {
                     let a = out.entry(id).or_default();
                     a.finish = Some(reason);
                     a.tokens = completion_tokens;
@@ -96,25 +69,11 @@ fn a_lone_request_answers_as_generate_does() {
     for (seed, t) in [(1, 0.0), (7, 0.9)] {
         let sp = params(seed, t, 24);
         let want = engine.generate(&p, &sp, &mut |_| Ok(())).unwrap();
-        let req = Request {
-            id: 1,
-            prompt: p.clone(),
-            params: sp,
-            adapter: None,
-            logprobs: None,
-        };
+        let req = Request { id: 1, prompt: p.clone(), params: sp, adapter: None, logprobs: None };
         let got = run_batch(&mut engine, &mut RowAdapters::none(), &[req], &[0], 512);
         let a = &got[&1];
         assert!(a.started);
-        assert_eq!(
-            (a.text.as_str(), a.finish, a.tokens),
-            (
-                want.text.as_str(),
-                Some(want.finish_reason),
-                want.tokens.len()
-            ),
-            "seed {seed}"
-        );
+        assert_eq!((a.text.as_str(), a.finish, a.tokens), (want.text.as_str(), Some(want.finish_reason), want.tokens.len()), "seed {seed}");
     }
 }
 
@@ -129,13 +88,7 @@ fn staggered_requests_with_mixed_adapters_answer_as_alone() {
     let Some(mut engine) = tiny(&[]) else { return };
     let adapters: Vec<(String, bedside_lora::Adapter, f64)> = ["lora", "rslora"]
         .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                bedside_lora::load_peft(&dir.join(n), engine.model.device()).unwrap(),
-                1.0,
-            )
-        })
+        .map(|n| (n.to_string(), bedside_lora::load_peft(&dir.join(n), engine.model.device()).unwrap(), 1.0))
         .collect();
     let mut row_adapters = RowAdapters::attach(&mut engine.model, adapters).unwrap();
     let texts = [
@@ -155,11 +108,7 @@ fn staggered_requests_with_mixed_adapters_answer_as_alone() {
         reqs.push(Request {
             id: i,
             prompt: p,
-            params: params(
-                100 + i,
-                if i % 2 == 0 { 0.0 } else { 0.8 },
-                10 + 3 * i as usize,
-            ),
+            params: params(100 + i, if i % 2 == 0 { 0.0 } else { 0.8 }, 10 + 3 * i as usize),
             adapter,
             logprobs: None,
         });
@@ -167,35 +116,19 @@ fn staggered_requests_with_mixed_adapters_answer_as_alone() {
     // Each alone (with a budget that processes every prompt in one pass).
     let mut alone = HashMap::new();
     for r in &reqs {
-        let got = run_batch(
-            &mut engine,
-            &mut row_adapters,
-            std::slice::from_ref(r),
-            &[0],
-            4096,
-        );
+        let got = run_batch(&mut engine, &mut row_adapters, std::slice::from_ref(r), &[0], 4096);
         alone.insert(r.id, got[&r.id].clone());
     }
     // Adapters change answers (else the mixing below would prove nothing).
-    let base_of = |i: usize| Request {
-        adapter: None,
-        ..reqs[i].clone()
-    };
+    let base_of = |i: usize| Request { adapter: None, ..reqs[i].clone() };
     let b1 = run_batch(&mut engine, &mut row_adapters, &[base_of(1)], &[0], 4096);
-    assert_ne!(
-        b1[&1].text, alone[&1].text,
-        "the lora adapter does not change the answer"
-    );
+    assert_ne!(b1[&1].text, alone[&1].text, "the lora adapter does not change the answer");
     // Together: staggered arrivals and a budget of 16 positions, so prompts (~20 tokens) take
     // several chunks and are processed while earlier requests decode.
     let arrive = [0, 0, 1, 3, 4, 4, 9, 15];
     let together = run_batch(&mut engine, &mut row_adapters, &reqs, &arrive, 16);
     for r in &reqs {
-        assert_eq!(
-            together[&r.id], alone[&r.id],
-            "request {} (adapter {:?})",
-            r.id, r.adapter
-        );
+        assert_eq!(together[&r.id], alone[&r.id], "request {} (adapter {:?})", r.id, r.adapter);
     }
 }
 
@@ -212,46 +145,26 @@ fn cancelled_requests_leave_the_batch() {
             .admit(Request {
                 id,
                 prompt: p.clone(),
-                params: SamplingParams {
-                    max_tokens: 50,
-                    ..params(id, 0.0, 50)
-                },
+                params: SamplingParams { max_tokens: 50, ..params(id, 0.0, 50) },
                 adapter: None,
                 logprobs: None,
             })
             .unwrap();
     }
     let mut updates = Vec::new();
-    batch
-        .step(&mut engine.model, &mut adapters, &mut updates)
-        .unwrap();
+    batch.step(&mut engine.model, &mut adapters, &mut updates).unwrap();
     assert_eq!(batch.decoding(), 3);
     batch.cancel(1).unwrap();
     assert_eq!(batch.ids(), vec![0, 2]);
     updates.clear();
     for _ in 0..3 {
-        batch
-            .step(&mut engine.model, &mut adapters, &mut updates)
-            .unwrap();
+        batch.step(&mut engine.model, &mut adapters, &mut updates).unwrap();
     }
-    assert!(updates.iter().all(|u| !matches!(
-        u,
-        Update::Text { id: 1, .. } | Update::Finished { id: 1, .. }
-    )));
-    assert!(updates
-        .iter()
-        .any(|u| matches!(u, Update::Text { id: 2, .. })));
+    assert!(updates.iter().all(|u| !matches!(u, Update::Text { id: 1, .. } | Update::Finished { id: 1, .. })));
+    assert!(updates.iter().any(|u| matches!(u, Update::Text { id: 2, .. })));
     // A prompt that does not fit the context is refused at admission.
     let long = vec![5u32; ctx];
-    assert!(batch
-        .admit(Request {
-            id: 9,
-            prompt: long,
-            params: params(0, 0.0, 1),
-            adapter: None,
-            logprobs: None
-        })
-        .is_err());
+    assert!(batch.admit(Request { id: 9, prompt: long, params: params(0, 0.0, 1), adapter: None, logprobs: None }).is_err());
 }
 
 /// Log-probabilities, when asked, come with the text of their tokens and sum as probabilities.
@@ -261,20 +174,10 @@ fn logprobs_describe_the_chosen_tokens() {
     let p = prompt(&engine, "Tell me about fevers.");
     let ctx = engine.model.context_length();
     let mut batch = ContinuousBatch::new(&engine.tokenizer, ctx, 512);
-    batch
-        .admit(Request {
-            id: 0,
-            prompt: p,
-            params: params(3, 0.0, 6),
-            adapter: None,
-            logprobs: Some(3),
-        })
-        .unwrap();
+    batch.admit(Request { id: 0, prompt: p, params: params(3, 0.0, 6), adapter: None, logprobs: Some(3) }).unwrap();
     let mut updates = Vec::new();
     while !batch.is_empty() {
-        batch
-            .step(&mut engine.model, &mut RowAdapters::none(), &mut updates)
-            .unwrap();
+        batch.step(&mut engine.model, &mut RowAdapters::none(), &mut updates).unwrap();
     }
     let mut n = 0;
     for u in &updates {
@@ -291,20 +194,12 @@ fn logprobs_describe_the_chosen_tokens() {
         }
     }
     let finished = updates.iter().find_map(|u| {
-        if let Update::Finished {
-            completion_tokens,
-            reason,
-            ..
-        } = u
-        {
+        if let Update::Finished { completion_tokens, reason, .. } = u {
             Some((*completion_tokens, *reason))
         } else {
             None
         }
     });
     let (tokens, reason) = finished.unwrap();
-    assert_eq!(
-        n, tokens,
-        "one logprob entry per generated token ({reason:?})"
-    );
+    assert_eq!(n, tokens, "one logprob entry per generated token ({reason:?})");
 }

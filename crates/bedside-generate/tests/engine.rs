@@ -19,8 +19,8 @@ fn greedy(max_tokens: usize) -> SamplingParams {
 }
 
 const PARITY_IDS: [u32; 37] = [
-    1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2, 198, 1,
-    4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198,
+    1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2, 198, 1, 4093, 198, 1780,
+    314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198,
 ];
 
 /// offline-resources.md §3: the parity prompt's ids and, on the dequantized f32 path, its greedy
@@ -61,8 +61,7 @@ fn quantized_engine_matches_candle_transformers_quantized_llama() {
     let mut f = std::fs::File::open(&path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     let dev = candle_core::Device::Cpu;
-    let mut reference =
-        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut f, &dev).unwrap();
+    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut f, &dev).unwrap();
     let n = 16;
     let (mut expected, mut ref_logits) = (Vec::new(), Vec::new());
     let mut input = PARITY_IDS.to_vec();
@@ -158,7 +157,12 @@ fn stop_strings_and_limits() {
     let ids = engine.encode_chat(&user("What is the capital of France?")).unwrap();
     let p = SamplingParams { stop: vec![" is".into()], ..greedy(32) };
     let mut streamed = String::new();
-    let g = engine.generate(&ids, &p, &mut |s| { streamed.push_str(s); Ok(()) }).unwrap();
+    let g = engine
+        .generate(&ids, &p, &mut |s| {
+            streamed.push_str(s);
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(g.text, "The capital of France");
     assert_eq!(streamed, g.text);
     assert_eq!(g.finish_reason, FinishReason::Stop);

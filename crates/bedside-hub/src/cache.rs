@@ -34,9 +34,7 @@ pub struct RepoCache {
 
 impl RepoCache {
     pub fn new(cache_dir: &Path, repo: &str) -> RepoCache {
-        RepoCache {
-            dir: cache_dir.join(repo_folder(repo)),
-        }
+        RepoCache { dir: cache_dir.join(repo_folder(repo)) }
     }
 
     pub fn blob(&self, etag: &str) -> PathBuf {
@@ -51,10 +49,7 @@ impl RepoCache {
     /// a branch or tag is what `refs/<revision>` says.
     pub fn commit_for(&self, revision: &str) -> Option<String> {
         if is_commit_hash(revision) {
-            return self
-                .snapshot(revision)
-                .is_dir()
-                .then(|| revision.to_string());
+            return self.snapshot(revision).is_dir().then(|| revision.to_string());
         }
         if !revision_ok(revision) {
             return None;
@@ -120,21 +115,13 @@ impl RepoCache {
     /// the link's path.
     pub fn link(&self, commit: &str, path: &str, etag: &str) -> Result<PathBuf> {
         if !repo_path_ok(path) {
-            return Err(crate::HubError::Protocol(format!(
-                "refusing the file path {path:?}: not a plain relative path"
-            )));
+            return Err(crate::HubError::Protocol(format!("refusing the file path {path:?}: not a plain relative path")));
         }
         let link = self.snapshot(commit).join(path);
-        let dir = link
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.snapshot(commit));
+        let dir = link.parent().map(Path::to_path_buf).unwrap_or_else(|| self.snapshot(commit));
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let depth = path.split('/').count() + 1; // up from the file's folder to the repo folder
-        let target: PathBuf = std::iter::repeat_n("..", depth)
-            .collect::<PathBuf>()
-            .join("blobs")
-            .join(etag);
+        let target: PathBuf = std::iter::repeat_n("..", depth).collect::<PathBuf>().join("blobs").join(etag);
         place_link(&target, &self.blob(etag), &link).map_err(io_err(&link))?;
         Ok(link)
     }
@@ -145,10 +132,7 @@ impl RepoCache {
 /// made (Windows without developer mode), the blob is copied, as `huggingface_hub` does.
 fn place_link(target: &Path, blob: &Path, link: &Path) -> io::Result<()> {
     let dir = link.parent().unwrap_or(Path::new("."));
-    let name = link
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.link.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     #[cfg(unix)]
@@ -156,10 +140,7 @@ fn place_link(target: &Path, blob: &Path, link: &Path) -> io::Result<()> {
     #[cfg(windows)]
     let made = std::os::windows::fs::symlink_file(target, &tmp);
     #[cfg(not(any(unix, windows)))]
-    let made: io::Result<()> = Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "no symbolic links",
-    ));
+    let made: io::Result<()> = Err(io::Error::new(io::ErrorKind::Unsupported, "no symbolic links"));
     match made {
         Ok(()) => {
             if let Err(e) = std::fs::rename(&tmp, link) {
@@ -204,12 +185,7 @@ pub fn list_cache(cache_dir: &Path) -> Result<Vec<CachedRepo>> {
     let entries = match std::fs::read_dir(cache_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(crate::HubError::Io {
-                path: cache_dir.into(),
-                err: e,
-            })
-        }
+        Err(e) => return Err(crate::HubError::Io { path: cache_dir.into(), err: e }),
     };
     let mut out = Vec::new();
     for e in entries.flatten() {
@@ -218,11 +194,7 @@ pub fn list_cache(cache_dir: &Path) -> Result<Vec<CachedRepo>> {
         };
         let c = RepoCache { dir: e.path() };
         let (mut bytes, mut partial_bytes) = (0, 0);
-        for b in std::fs::read_dir(c.dir.join("blobs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        for b in std::fs::read_dir(c.dir.join("blobs")).into_iter().flatten().flatten() {
             let len = b.metadata().map(|m| m.len()).unwrap_or(0);
             if b.file_name().to_string_lossy().ends_with(".incomplete") {
                 partial_bytes += len;
@@ -238,22 +210,14 @@ pub fn list_cache(cache_dir: &Path) -> Result<Vec<CachedRepo>> {
                     .snapshot_files(&commit)
                     .into_iter()
                     .map(|f| {
-                        let size = std::fs::metadata(c.snapshot(&commit).join(&f))
-                            .map(|m| m.len())
-                            .unwrap_or(0);
+                        let size = std::fs::metadata(c.snapshot(&commit).join(&f)).map(|m| m.len()).unwrap_or(0);
                         (f, size)
                     })
                     .collect();
                 CachedSnapshot { commit, files }
             })
             .collect();
-        out.push(CachedRepo {
-            repo,
-            refs: c.refs(),
-            snapshots,
-            bytes,
-            partial_bytes,
-        });
+        out.push(CachedRepo { repo, refs: c.refs(), snapshots, bytes, partial_bytes });
     }
     out.sort_by(|a, b| a.repo.cmp(&b.repo));
     Ok(out)
@@ -270,11 +234,7 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
         if name.starts_with('.') {
             continue; // temporaries
         }
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
         let path = e.path();
         // `metadata` follows the link: a link to a missing blob is not a file.
         match std::fs::metadata(&path) {
@@ -292,10 +252,7 @@ mod tests {
     #[test]
     fn folders() {
         assert_eq!(repo_folder("org/name"), "models--org--name");
-        assert_eq!(
-            repo_from_folder("models--org--name").as_deref(),
-            Some("org/name")
-        );
+        assert_eq!(repo_from_folder("models--org--name").as_deref(), Some("org/name"));
         assert_eq!(repo_from_folder("datasets--org--name"), None);
         assert_eq!(repo_from_folder(".locks"), None);
     }
@@ -314,29 +271,16 @@ mod tests {
         assert_eq!(std::fs::read(&b).unwrap(), b"two");
         #[cfg(unix)]
         {
-            assert_eq!(
-                std::fs::read_link(&a).unwrap(),
-                PathBuf::from("../../blobs/e1")
-            );
-            assert_eq!(
-                std::fs::read_link(&b).unwrap(),
-                PathBuf::from("../../../../blobs/e2")
-            );
+            assert_eq!(std::fs::read_link(&a).unwrap(), PathBuf::from("../../blobs/e1"));
+            assert_eq!(std::fs::read_link(&b).unwrap(), PathBuf::from("../../../../blobs/e2"));
         }
         // a link to a missing blob does not count as cached
         c.link(commit, "gone.bin", "e3").unwrap();
-        assert_eq!(
-            c.snapshot_files(commit),
-            vec!["config.json", "sub/dir/m.gguf"]
-        );
+        assert_eq!(c.snapshot_files(commit), vec!["config.json", "sub/dir/m.gguf"]);
         assert_eq!(c.commit_for("main"), None);
         c.write_ref("main", commit).unwrap();
         c.write_ref("refs/pr/1", commit).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(c.dir.join("refs/main")).unwrap(),
-            commit,
-            "no newline, as huggingface_hub writes it"
-        );
+        assert_eq!(std::fs::read_to_string(c.dir.join("refs/main")).unwrap(), commit, "no newline, as huggingface_hub writes it");
         assert_eq!(c.commit_for("main").as_deref(), Some(commit));
         assert_eq!(c.commit_for(commit).as_deref(), Some(commit));
         assert_eq!(c.refs().len(), 2);

@@ -10,12 +10,7 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// `huggingface_hub`'s `_is_true`: `1`, `ON`, `YES` or `TRUE`, in any case.
 pub fn is_true(value: Option<&str>) -> bool {
-    value.is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_uppercase().as_str(),
-            "1" | "ON" | "YES" | "TRUE"
-        )
-    })
+    value.is_some_and(|v| matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE"))
 }
 
 /// A hub token and where it came from. Its value is never printed (`Debug` hides it).
@@ -64,10 +59,7 @@ impl HubEnv {
     /// Read variables through `get` (tests pass a map). An empty variable counts as unset.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> HubEnv {
         let var = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let home = var("HOME")
-            .or_else(|| var("USERPROFILE"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let home = var("HOME").or_else(|| var("USERPROFILE")).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
         let expand = |v: String| -> PathBuf {
             match v.strip_prefix("~/").or_else(|| (v == "~").then_some("")) {
                 Some(rest) => home.join(rest),
@@ -76,47 +68,20 @@ impl HubEnv {
         };
         let hf_home = match var("HF_HOME") {
             Some(v) => expand(v),
-            None => var("XDG_CACHE_HOME")
-                .map(&expand)
-                .unwrap_or_else(|| home.join(".cache"))
-                .join("huggingface"),
+            None => var("XDG_CACHE_HOME").map(&expand).unwrap_or_else(|| home.join(".cache")).join("huggingface"),
         };
-        let cache_dir = var("HF_HUB_CACHE")
-            .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
-            .map(&expand)
-            .unwrap_or_else(|| hf_home.join("hub"));
-        let token_path = var("HF_TOKEN_PATH")
-            .map(&expand)
-            .unwrap_or_else(|| hf_home.join("token"));
-        let from_var = |k: &str| {
-            var(k).map(|v| Token {
-                value: v.trim().to_string(),
-                source: k.to_string(),
-            })
-        };
-        let token = from_var("HF_TOKEN")
-            .or_else(|| from_var("HUGGING_FACE_HUB_TOKEN"))
-            .or_else(|| {
-                let text = std::fs::read_to_string(&token_path).ok()?;
-                let value = text.trim();
-                (!value.is_empty()).then(|| Token {
-                    value: value.to_string(),
-                    source: format!("the token file {}", token_path.display()),
-                })
-            });
-        let endpoint = var("HF_ENDPOINT")
-            .map(|e| e.trim().trim_end_matches('/').to_string())
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let offline = is_true(get("HF_HUB_OFFLINE").as_deref())
-            || is_true(get("TRANSFORMERS_OFFLINE").as_deref());
-        HubEnv {
-            endpoint,
-            hf_home,
-            cache_dir,
-            token_path,
-            token,
-            offline,
-        }
+        let cache_dir = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")).map(&expand).unwrap_or_else(|| hf_home.join("hub"));
+        let token_path = var("HF_TOKEN_PATH").map(&expand).unwrap_or_else(|| hf_home.join("token"));
+        let from_var = |k: &str| var(k).map(|v| Token { value: v.trim().to_string(), source: k.to_string() });
+        let token = from_var("HF_TOKEN").or_else(|| from_var("HUGGING_FACE_HUB_TOKEN")).or_else(|| {
+            let text = std::fs::read_to_string(&token_path).ok()?;
+            let value = text.trim();
+            (!value.is_empty()).then(|| Token { value: value.to_string(), source: format!("the token file {}", token_path.display()) })
+        });
+        let endpoint =
+            var("HF_ENDPOINT").map(|e| e.trim().trim_end_matches('/').to_string()).unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let offline = is_true(get("HF_HUB_OFFLINE").as_deref()) || is_true(get("TRANSFORMERS_OFFLINE").as_deref());
+        HubEnv { endpoint, hf_home, cache_dir, token_path, token, offline }
     }
 }
 
@@ -131,10 +96,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HubEnv {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         HubEnv::from_vars(|k| m.get(k).cloned())
     }
 
@@ -144,10 +106,7 @@ mod tests {
         assert_eq!(e.endpoint, "https://huggingface.co");
         assert_eq!(e.hf_home, PathBuf::from("/home/u/.cache/huggingface"));
         assert_eq!(e.cache_dir, PathBuf::from("/home/u/.cache/huggingface/hub"));
-        assert_eq!(
-            e.token_path,
-            PathBuf::from("/home/u/.cache/huggingface/token")
-        );
+        assert_eq!(e.token_path, PathBuf::from("/home/u/.cache/huggingface/token"));
         assert!(e.token.is_none() && !e.offline);
         let e = env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/xdg")]);
         assert_eq!(e.cache_dir, PathBuf::from("/xdg/huggingface/hub"));
@@ -155,29 +114,12 @@ mod tests {
 
     #[test]
     fn variables_override_in_huggingface_hub_order() {
-        let e = env(&[
-            ("HOME", "/h"),
-            ("HF_HOME", "~/hf"),
-            ("HUGGINGFACE_HUB_CACHE", "/old"),
-            ("HF_ENDPOINT", "http://mirror:8080/"),
-        ]);
+        let e = env(&[("HOME", "/h"), ("HF_HOME", "~/hf"), ("HUGGINGFACE_HUB_CACHE", "/old"), ("HF_ENDPOINT", "http://mirror:8080/")]);
         assert_eq!(e.hf_home, PathBuf::from("/h/hf"));
-        assert_eq!(
-            e.cache_dir,
-            PathBuf::from("/old"),
-            "the legacy variable still works"
-        );
+        assert_eq!(e.cache_dir, PathBuf::from("/old"), "the legacy variable still works");
         assert_eq!(e.endpoint, "http://mirror:8080");
-        let e = env(&[
-            ("HF_HOME", "/hf"),
-            ("HF_HUB_CACHE", "/new"),
-            ("HUGGINGFACE_HUB_CACHE", "/old"),
-        ]);
-        assert_eq!(
-            e.cache_dir,
-            PathBuf::from("/new"),
-            "HF_HUB_CACHE wins over the legacy name"
-        );
+        let e = env(&[("HF_HOME", "/hf"), ("HF_HUB_CACHE", "/new"), ("HUGGINGFACE_HUB_CACHE", "/old")]);
+        assert_eq!(e.cache_dir, PathBuf::from("/new"), "HF_HUB_CACHE wins over the legacy name");
         assert_eq!(e.token_path, PathBuf::from("/hf/token"));
     }
 
@@ -201,20 +143,14 @@ mod tests {
         let t = e.token.clone().unwrap();
         assert_eq!(t.value(), "hf_from_file");
         assert!(t.source.contains("token file"), "{}", t.source);
-        assert!(
-            !format!("{e:?}").contains("hf_from_file"),
-            "Debug must not show the token"
-        );
+        assert!(!format!("{e:?}").contains("hf_from_file"), "Debug must not show the token");
         let e = env(&[("HF_HOME", home), ("HF_TOKEN", " hf_var ")]);
         assert_eq!(e.token.unwrap().value(), "hf_var");
         let e = env(&[("HF_HOME", home), ("HUGGING_FACE_HUB_TOKEN", "hf_legacy")]);
         assert_eq!(e.token.unwrap().source, "HUGGING_FACE_HUB_TOKEN");
         let other = dir.path().join("elsewhere");
         std::fs::write(&other, "hf_path").unwrap();
-        let e = env(&[
-            ("HF_HOME", home),
-            ("HF_TOKEN_PATH", other.to_str().unwrap()),
-        ]);
+        let e = env(&[("HF_HOME", home), ("HF_TOKEN_PATH", other.to_str().unwrap())]);
         assert_eq!(e.token.unwrap().value(), "hf_path");
     }
 }

@@ -9,11 +9,7 @@ pub enum HubError {
     Access { status: u16, msg: String },
     /// Any other HTTP error status.
     #[error("{url}: HTTP {status}{detail}")]
-    Http {
-        url: String,
-        status: u16,
-        detail: String,
-    },
+    Http { url: String, status: u16, detail: String },
     /// The hub could not be reached at all.
     #[error("cannot reach {url}: {msg} (set HF_ENDPOINT for a mirror, or use --offline / HF_HUB_OFFLINE=1 with a filled cache)")]
     Connection { url: String, msg: String },
@@ -37,8 +33,5 @@ pub enum HubError {
 pub type Result<T> = std::result::Result<T, HubError>;
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> HubError + '_ {
-    move |err| HubError::Io {
-        path: path.to_path_buf(),
-        err,
-    }
+    move |err| HubError::Io { path: path.to_path_buf(), err }
 }

@@ -94,22 +94,11 @@ impl Hub {
         let repo = RepoCache::new(&self.env.cache_dir, &spec.repo);
         let plan = plan(spec, kind, &info.files)?;
         let listed = |name: &str| info.files.iter().find(|f| f.path == name);
-        let absent: Vec<&String> = plan
-            .required
-            .iter()
-            .filter(|f| listed(f).is_none())
-            .collect();
+        let absent: Vec<&String> = plan.required.iter().filter(|f| listed(f).is_none()).collect();
         if !absent.is_empty() {
             return Err(missing_in_repo(spec, kind, &absent, &info.files));
         }
-        let mut getter = Getter {
-            client: &client,
-            repo: &repo,
-            spec,
-            commit: &info.commit,
-            lock: None,
-            cache_dir: &self.env.cache_dir,
-        };
+        let mut getter = Getter { client: &client, repo: &repo, spec, commit: &info.commit, lock: None, cache_dir: &self.env.cache_dir };
         let mut files = Vec::new();
         for name in plan.required.iter().chain(&plan.optional) {
             files.push(getter.get(name, listed(name).and_then(|f| f.size))?);
@@ -119,10 +108,7 @@ impl Hub {
             let shards = shards_of(&index_path)?;
             let absent: Vec<&String> = shards.iter().filter(|f| listed(f).is_none()).collect();
             if !absent.is_empty() {
-                return Err(HubError::Missing(format!(
-                    "{spec}: {index} names shards the repository does not have: {}",
-                    join(&absent)
-                )));
+                return Err(HubError::Missing(format!("{spec}: {index} names shards the repository does not have: {}", join(&absent))));
             }
             for shard in &shards {
                 files.push(getter.get(shard, listed(shard).and_then(|f| f.size))?);
@@ -132,23 +118,10 @@ impl Hub {
         Ok(self.fetched(spec, &repo, &info.commit, &plan, files))
     }
 
-    fn fetched(
-        &self,
-        spec: &RepoSpec,
-        repo: &RepoCache,
-        commit: &str,
-        plan: &Plan,
-        files: Vec<FetchedFile>,
-    ) -> Fetched {
+    fn fetched(&self, spec: &RepoSpec, repo: &RepoCache, commit: &str, plan: &Plan, files: Vec<FetchedFile>) -> Fetched {
         let snapshot = repo.snapshot(commit);
         let gguf = plan.gguf.as_ref().map(|g| snapshot.join(g));
-        Fetched {
-            spec: spec.clone(),
-            commit: commit.to_string(),
-            snapshot,
-            gguf,
-            files,
-        }
+        Fetched { spec: spec.clone(), commit: commit.to_string(), snapshot, gguf, files }
     }
 
     /// Everything from the cache alone; `why` says why the network is not used.
@@ -160,28 +133,14 @@ impl Hub {
             if kind == Kind::Adapter { " (as --adapter)" } else { "" }
         );
         let Some(commit) = repo.commit_for(&spec.revision) else {
-            return Err(HubError::NotCached(format!(
-                "{why}: {spec} is not in the hub cache {cache}; {hint}"
-            )));
+            return Err(HubError::NotCached(format!("{why}: {spec} is not in the hub cache {cache}; {hint}")));
         };
-        let listing: Vec<Listed> = repo
-            .snapshot_files(&commit)
-            .into_iter()
-            .map(|path| Listed { path, size: None })
-            .collect();
-        let plan = plan(spec, kind, &listing).map_err(|e| {
-            HubError::NotCached(format!(
-                "{why}: {e} (looking only at the files in the cache {cache}); {hint}"
-            ))
-        })?;
+        let listing: Vec<Listed> = repo.snapshot_files(&commit).into_iter().map(|path| Listed { path, size: None }).collect();
+        let plan = plan(spec, kind, &listing)
+            .map_err(|e| HubError::NotCached(format!("{why}: {e} (looking only at the files in the cache {cache}); {hint}")))?;
         let has = |name: &str| listing.iter().any(|f| f.path == name);
         let mut missing: Vec<String> = plan.required.iter().filter(|f| !has(f)).cloned().collect();
-        let mut names: Vec<String> = plan
-            .required
-            .iter()
-            .chain(&plan.optional)
-            .cloned()
-            .collect();
+        let mut names: Vec<String> = plan.required.iter().chain(&plan.optional).cloned().collect();
         if let Some(index) = plan.index.as_ref().filter(|i| has(i)) {
             let shards = shards_of(&repo.snapshot(&commit).join(index))?;
             missing.extend(shards.iter().filter(|s| !has(s)).cloned());
@@ -199,13 +158,7 @@ impl Hub {
             .map(|name| {
                 let path = repo.snapshot(&commit).join(&name);
                 let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                FetchedFile {
-                    name,
-                    path,
-                    size,
-                    downloaded: false,
-                    sha256: None,
-                }
+                FetchedFile { name, path, size, downloaded: false, sha256: None }
             })
             .collect();
         Ok(self.fetched(spec, &repo, &commit, &plan, files))
@@ -213,25 +166,22 @@ impl Hub {
 }
 
 fn join(items: &[&String]) -> String {
-    items
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn missing_in_repo(spec: &RepoSpec, kind: Kind, absent: &[&String], files: &[Listed]) -> HubError {
     let why = match kind {
         Kind::Adapter => "a PEFT adapter needs adapter_config.json and adapter_model.safetensors".to_string(),
-        Kind::Model if files.iter().any(|f| f.path.ends_with(".bin") || f.path.ends_with(".pth")) && absent.iter().any(|a| a.contains("safetensors")) => {
-            "the repository has only PyTorch pickle weights, which bedside never loads; use a repository with safetensors or GGUF files".to_string()
+        Kind::Model
+            if files.iter().any(|f| f.path.ends_with(".bin") || f.path.ends_with(".pth"))
+                && absent.iter().any(|a| a.contains("safetensors")) =>
+        {
+            "the repository has only PyTorch pickle weights, which bedside never loads; use a repository with safetensors or GGUF files"
+                .to_string()
         }
         Kind::Model => "an HF checkpoint needs config.json, tokenizer.json and safetensors weights".to_string(),
     };
-    HubError::Missing(format!(
-        "{spec}: the repository has no {} ({why})",
-        join(absent)
-    ))
+    HubError::Missing(format!("{spec}: the repository has no {} ({why})", join(absent)))
 }
 
 /// Downloads files of one commit into the cache, holding the repository's download lock from
@@ -250,31 +200,18 @@ impl Getter<'_> {
         let link = self.repo.snapshot(self.commit).join(name);
         if let Ok(m) = std::fs::metadata(&link) {
             if m.is_file() {
-                return Ok(FetchedFile {
-                    name: name.to_string(),
-                    path: link,
-                    size: m.len(),
-                    downloaded: false,
-                    sha256: None,
-                });
+                return Ok(FetchedFile { name: name.to_string(), path: link, size: m.len(), downloaded: false, sha256: None });
             }
         }
         self.lock()?;
         let meta = self.client.file_meta(&self.spec.repo, self.commit, name)?;
-        if let Some(c) = meta
-            .commit
-            .as_deref()
-            .filter(|c| is_commit_hash(c) && *c != self.commit)
-        {
+        if let Some(c) = meta.commit.as_deref().filter(|c| is_commit_hash(c) && *c != self.commit) {
             return Err(HubError::Protocol(format!(
                 "{}: asked for {name} at commit {} and the hub answered for commit {c}",
                 self.spec, self.commit
             )));
         }
-        let meta = crate::http::FileMeta {
-            size: meta.size.or(listed_size),
-            ..meta
-        };
+        let meta = crate::http::FileMeta { size: meta.size.or(listed_size), ..meta };
         let blob = self.repo.blob(&meta.etag);
         let mut sha256 = None;
         let downloaded = !blob.is_file();
@@ -283,22 +220,18 @@ impl Getter<'_> {
             std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
             let partial = blobs.join(format!("{}.incomplete", meta.etag));
             let label = format!("{} {name}", self.spec.repo);
-            let subject = Subject {
-                repo: &self.spec.repo,
-                revision: &self.spec.revision,
-                file: Some(name),
-            };
+            let subject = Subject { repo: &self.spec.repo, revision: &self.spec.revision, file: Some(name) };
             self.client.download(&meta, &partial, &label, &subject)?;
             let sum = sha256_file(&partial)?;
             // An LFS file's etag is its sha256: a mismatch is a corrupt transfer, not a new file.
-            if meta.etag.len() == 64
-                && meta.etag.chars().all(|c| c.is_ascii_hexdigit())
-                && !meta.etag.eq_ignore_ascii_case(&sum)
-            {
+            if meta.etag.len() == 64 && meta.etag.chars().all(|c| c.is_ascii_hexdigit()) && !meta.etag.eq_ignore_ascii_case(&sum) {
                 let _ = std::fs::remove_file(&partial);
                 return Err(HubError::Corrupt {
                     path: partial,
-                    msg: format!("{}: downloaded {name} has sha256 {sum} but the hub says {}; the partial file was removed, run again", self.spec, meta.etag),
+                    msg: format!(
+                        "{}: downloaded {name} has sha256 {sum} but the hub says {}; the partial file was removed, run again",
+                        self.spec, meta.etag
+                    ),
                 });
             }
             std::fs::rename(&partial, &blob).map_err(io_err(&blob))?;
@@ -310,13 +243,7 @@ impl Getter<'_> {
         if downloaded {
             tracing::info!(repo = %self.spec.repo, file = name, size, "downloaded");
         }
-        Ok(FetchedFile {
-            name: name.to_string(),
-            path,
-            size,
-            downloaded,
-            sha256,
-        })
+        Ok(FetchedFile { name: name.to_string(), path, size, downloaded, sha256 })
     }
 
     /// One bedside process downloads a repository at a time; another waits (saying so) rather
@@ -325,10 +252,7 @@ impl Getter<'_> {
         if self.lock.is_some() {
             return Ok(());
         }
-        let dir = self
-            .cache_dir
-            .join(".locks")
-            .join(repo_folder(&self.spec.repo));
+        let dir = self.cache_dir.join(".locks").join(repo_folder(&self.spec.repo));
         let mut said = false;
         loop {
             match bedside_io::DirLock::acquire(&dir, "a download of this repository") {

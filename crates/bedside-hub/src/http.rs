@@ -81,25 +81,16 @@ pub fn encode_segment(s: &str) -> String {
 }
 
 fn encode_path(p: &str) -> String {
-    p.split('/')
-        .map(encode_segment)
-        .collect::<Vec<_>>()
-        .join("/")
+    p.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
 }
 
 /// `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` (either case) for a URL, unless `NO_PROXY` covers its
 /// host (a comma list of host suffixes, or `*`).
 fn proxy_for(url: &str) -> Option<String> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let no_proxy = var("NO_PROXY")
-        .or_else(|| var("no_proxy"))
-        .unwrap_or_default();
+    let no_proxy = var("NO_PROXY").or_else(|| var("no_proxy")).unwrap_or_default();
     let host = host_of(url).to_ascii_lowercase();
-    for entry in no_proxy
-        .split(',')
-        .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
-        .filter(|e| !e.is_empty())
-    {
+    for entry in no_proxy.split(',').map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase()).filter(|e| !e.is_empty()) {
         if entry == "*" || host == entry || host.ends_with(&format!(".{entry}")) {
             return None;
         }
@@ -141,16 +132,9 @@ pub struct Subject<'a> {
 impl Client {
     pub fn new(env: &HubEnv) -> Result<Client> {
         if !(env.endpoint.starts_with("http://") || env.endpoint.starts_with("https://")) {
-            return Err(HubError::Protocol(format!(
-                "HF_ENDPOINT={} is not an http:// or https:// URL",
-                env.endpoint
-            )));
+            return Err(HubError::Protocol(format!("HF_ENDPOINT={} is not an http:// or https:// URL", env.endpoint)));
         }
-        Ok(Client {
-            endpoint: env.endpoint.clone(),
-            token: env.token.clone(),
-            direct: agent(None),
-        })
+        Ok(Client { endpoint: env.endpoint.clone(), token: env.token.clone(), direct: agent(None) })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -163,15 +147,11 @@ impl Client {
 
     fn request(&self, method: &str, url: &str) -> Result<ureq::Request> {
         let agent = match proxy_for(url) {
-            Some(p) => agent(Some(
-                ureq::Proxy::new(&p).map_err(|e| HubError::Protocol(format!("proxy {p}: {e}")))?,
-            )),
+            Some(p) => agent(Some(ureq::Proxy::new(&p).map_err(|e| HubError::Protocol(format!("proxy {p}: {e}")))?)),
             None => self.direct.clone(),
         };
         // Compressed bodies would make sizes and byte ranges those of the compressed stream.
-        let mut r = agent
-            .request(method, url)
-            .set("Accept-Encoding", "identity");
+        let mut r = agent.request(method, url).set("Accept-Encoding", "identity");
         if let Some(t) = &self.token {
             if origin(url) == origin(&self.endpoint) {
                 r = r.set("Authorization", &format!("Bearer {}", t.value()));
@@ -181,26 +161,15 @@ impl Client {
     }
 
     /// Send, turning error statuses and transport failures into [`HubError`]s about `subject`.
-    fn send(
-        &self,
-        method: &str,
-        url: &str,
-        range_from: u64,
-        subject: &Subject,
-    ) -> Result<ureq::Response> {
+    fn send(&self, method: &str, url: &str, range_from: u64, subject: &Subject) -> Result<ureq::Response> {
         let mut req = self.request(method, url)?;
         if range_from > 0 {
             req = req.set("Range", &format!("bytes={range_from}-"));
         }
         match req.call() {
             Ok(r) => Ok(r),
-            Err(ureq::Error::Status(status, resp)) => {
-                Err(self.status_error(status, &resp, url, subject))
-            }
-            Err(ureq::Error::Transport(t)) => Err(HubError::Connection {
-                url: url.to_string(),
-                msg: t.to_string(),
-            }),
+            Err(ureq::Error::Status(status, resp)) => Err(self.status_error(status, &resp, url, subject)),
+            Err(ureq::Error::Transport(t)) => Err(HubError::Connection { url: url.to_string(), msg: t.to_string() }),
         }
     }
 
@@ -214,28 +183,17 @@ impl Client {
             }
             url = self.next_location(&url, &r)?;
         }
-        Err(HubError::Protocol(format!(
-            "{url}: more than {MAX_REDIRECTS} redirects"
-        )))
+        Err(HubError::Protocol(format!("{url}: more than {MAX_REDIRECTS} redirects")))
     }
 
     fn next_location(&self, url: &str, r: &ureq::Response) -> Result<String> {
-        let loc = r.header("Location").ok_or_else(|| {
-            HubError::Protocol(format!("{url}: HTTP {} without a Location", r.status()))
-        })?;
-        Ok(if loc.starts_with('/') {
-            format!("{}{loc}", origin(url))
-        } else {
-            loc.to_string()
-        })
+        let loc = r.header("Location").ok_or_else(|| HubError::Protocol(format!("{url}: HTTP {} without a Location", r.status())))?;
+        Ok(if loc.starts_with('/') { format!("{}{loc}", origin(url)) } else { loc.to_string() })
     }
 
     fn status_error(&self, status: u16, resp: &ureq::Response, url: &str, s: &Subject) -> HubError {
         let code = resp.header("X-Error-Code").unwrap_or("").to_string();
-        let server = resp
-            .header("X-Error-Message")
-            .map(|m| format!(" (the hub says: {m})"))
-            .unwrap_or_default();
+        let server = resp.header("X-Error-Message").map(|m| format!(" (the hub says: {m})")).unwrap_or_default();
         let page = format!("{}/{}", self.endpoint, s.repo);
         let login = "log in with `huggingface-cli login` (or `hf auth login`), or set HF_TOKEN to a token from https://huggingface.co/settings/tokens";
         let what = match s.file {
@@ -246,11 +204,8 @@ impl Client {
             Some(t) => format!("a token from {} was sent", t.source),
             None => "no token was sent (HF_TOKEN is unset and there is no token file)".to_string(),
         };
-        let invalid_token = resp
-            .header("X-Error-Message")
-            .is_some_and(|m| m.contains("Invalid credentials"));
-        let msg = if code == "GatedRepo" || (status == 401 && self.token.is_some() && invalid_token)
-        {
+        let invalid_token = resp.header("X-Error-Message").is_some_and(|m| m.contains("Invalid credentials"));
+        let msg = if code == "GatedRepo" || (status == 401 && self.token.is_some() && invalid_token) {
             match (&self.token, status) {
                 (None, _) => format!(
                     "{} is a gated repository and {token_note}: {login}, after accepting the model's licence on {page}{server}",
@@ -271,36 +226,21 @@ impl Client {
         } else if status == 403 {
             format!("{} refused access to {what} ({token_note}); make sure the token may read it and that you accepted any licence on {page}{server}", self.endpoint)
         } else if status == 404 && code == "RevisionNotFound" {
-            format!(
-                "{}: no revision (branch, tag or commit) named {}{server}",
-                s.repo, s.revision
-            )
+            format!("{}: no revision (branch, tag or commit) named {}{server}", s.repo, s.revision)
         } else if status == 404 && s.file.is_some() {
             format!("{what}: the file is not in the repository{server}")
         } else if status == 404 {
             format!("{what} not found on {}{server}", self.endpoint)
         } else {
-            return HubError::Http {
-                url: url.to_string(),
-                status,
-                detail: server,
-            };
+            return HubError::Http { url: url.to_string(), status, detail: server };
         };
         HubError::Access { status, msg }
     }
 
     /// The commit and file list of `repo` at `revision`.
     pub fn repo_info(&self, repo: &str, revision: &str) -> Result<RepoInfo> {
-        let url = format!(
-            "{}/api/models/{repo}/revision/{}?blobs=true",
-            self.endpoint,
-            encode_segment(revision)
-        );
-        let subject = Subject {
-            repo,
-            revision,
-            file: None,
-        };
+        let url = format!("{}/api/models/{repo}/revision/{}?blobs=true", self.endpoint, encode_segment(revision));
+        let subject = Subject { repo, revision, file: None };
         let r = self.get(&url, 0, &subject)?;
         #[derive(Deserialize)]
         struct Sibling {
@@ -315,57 +255,30 @@ impl Client {
             #[serde(default)]
             gated: serde_json::Value,
         }
-        let info: Info =
-            serde_json::from_reader(r.into_reader().take(MAX_API_BYTES)).map_err(|e| {
-                HubError::Protocol(format!("{url}: not the hub's repository JSON: {e}"))
-            })?;
+        let info: Info = serde_json::from_reader(r.into_reader().take(MAX_API_BYTES))
+            .map_err(|e| HubError::Protocol(format!("{url}: not the hub's repository JSON: {e}")))?;
         let commit = info
             .sha
             .filter(|c| crate::spec::is_commit_hash(c))
-            .ok_or_else(|| {
-                HubError::Protocol(format!("{url}: the answer has no commit hash ('sha')"))
-            })?;
+            .ok_or_else(|| HubError::Protocol(format!("{url}: the answer has no commit hash ('sha')")))?;
         let files = info
             .siblings
             .into_iter()
             .filter(|s| crate::spec::repo_path_ok(&s.rfilename))
-            .map(|s| Listed {
-                path: s.rfilename,
-                size: s.size,
-            })
+            .map(|s| Listed { path: s.rfilename, size: s.size })
             .collect();
-        let gated = !matches!(
-            info.gated,
-            serde_json::Value::Null | serde_json::Value::Bool(false)
-        );
-        Ok(RepoInfo {
-            commit,
-            files,
-            gated,
-        })
+        let gated = !matches!(info.gated, serde_json::Value::Null | serde_json::Value::Bool(false));
+        Ok(RepoInfo { commit, files, gated })
     }
 
     /// Metadata of one file at a commit (a HEAD request; relative redirects followed).
     pub fn file_meta(&self, repo: &str, commit: &str, path: &str) -> Result<FileMeta> {
-        let mut url = format!(
-            "{}/{repo}/resolve/{}/{}",
-            self.endpoint,
-            encode_segment(commit),
-            encode_path(path)
-        );
-        let subject = Subject {
-            repo,
-            revision: commit,
-            file: Some(path),
-        };
+        let mut url = format!("{}/{repo}/resolve/{}/{}", self.endpoint, encode_segment(commit), encode_path(path));
+        let subject = Subject { repo, revision: commit, file: Some(path) };
         for _ in 0..=MAX_REDIRECTS {
             let r = self.send("HEAD", &url, 0, &subject)?;
             let redirect = (300..400).contains(&r.status());
-            let location = if redirect {
-                self.next_location(&url, &r)?
-            } else {
-                url.clone()
-            };
+            let location = if redirect { self.next_location(&url, &r)? } else { url.clone() };
             if redirect && r.header("Location").is_some_and(|l| l.starts_with('/')) {
                 url = location;
                 continue;
@@ -373,51 +286,23 @@ impl Client {
             let etag = r
                 .header("X-Linked-Etag")
                 .or_else(|| r.header("ETag"))
-                .map(|e| {
-                    e.trim()
-                        .trim_start_matches("W/")
-                        .trim_matches('"')
-                        .to_string()
-                })
-                .filter(|e| {
-                    !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                })
-                .ok_or_else(|| {
-                    HubError::Protocol(format!("{url}: the hub sent no usable ETag for {path}"))
-                })?;
+                .map(|e| e.trim().trim_start_matches("W/").trim_matches('"').to_string())
+                .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                .ok_or_else(|| HubError::Protocol(format!("{url}: the hub sent no usable ETag for {path}")))?;
             let size = r
                 .header("X-Linked-Size")
-                .or_else(|| {
-                    if redirect {
-                        None
-                    } else {
-                        r.header("Content-Length")
-                    }
-                })
+                .or_else(|| if redirect { None } else { r.header("Content-Length") })
                 .and_then(|s| s.trim().parse().ok());
             let commit = r.header("X-Repo-Commit").map(str::to_string);
-            return Ok(FileMeta {
-                commit,
-                etag,
-                size,
-                location,
-            });
+            return Ok(FileMeta { commit, etag, size, location });
         }
-        Err(HubError::Protocol(format!(
-            "{url}: more than {MAX_REDIRECTS} redirects"
-        )))
+        Err(HubError::Protocol(format!("{url}: more than {MAX_REDIRECTS} redirects")))
     }
 
     /// Download `meta.location` into `partial`, resuming from what `partial` already holds and
     /// retrying (with resumption) when the connection drops. On return `partial` holds the whole
     /// file, synced; its length is checked against the hub's size.
-    pub fn download(
-        &self,
-        meta: &FileMeta,
-        partial: &Path,
-        label: &str,
-        subject: &Subject,
-    ) -> Result<()> {
+    pub fn download(&self, meta: &FileMeta, partial: &Path, label: &str, subject: &Subject) -> Result<()> {
         let mut attempt = 0;
         let mut progress: Option<Progress> = None;
         loop {
@@ -430,9 +315,7 @@ impl Client {
             let result = self.fetch_into(meta, partial, have, label, subject, &mut progress);
             match result {
                 Ok(()) => match meta.size {
-                    Some(size)
-                        if std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0) != size =>
-                    {
+                    Some(size) if std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0) != size => {
                         attempt += 1;
                         if attempt >= ATTEMPTS {
                             return Err(HubError::Corrupt {
@@ -445,11 +328,7 @@ impl Client {
                 },
                 Err(e @ HubError::Connection { .. }) if attempt + 1 < ATTEMPTS => {
                     attempt += 1;
-                    tracing::warn!(
-                        file = label,
-                        attempt,
-                        "download interrupted ({e}); resuming"
-                    );
+                    tracing::warn!(file = label, attempt, "download interrupted ({e}); resuming");
                     std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
                 }
                 Err(e) => return Err(e),
@@ -458,10 +337,7 @@ impl Client {
         if let Some(p) = progress {
             p.finish();
         }
-        let f = OpenOptions::new()
-            .append(true)
-            .open(partial)
-            .map_err(io_err(partial))?;
+        let f = OpenOptions::new().append(true).open(partial).map_err(io_err(partial))?;
         f.sync_all().map_err(io_err(partial))?;
         Ok(())
     }
@@ -487,37 +363,18 @@ impl Client {
         match r.status() {
             206 => {
                 let range = r.header("Content-Range").unwrap_or("");
-                let from = range
-                    .strip_prefix("bytes ")
-                    .and_then(|s| s.split('-').next())
-                    .and_then(|s| s.trim().parse::<u64>().ok());
+                let from = range.strip_prefix("bytes ").and_then(|s| s.split('-').next()).and_then(|s| s.trim().parse::<u64>().ok());
                 if from != Some(have) {
-                    return Err(HubError::Protocol(format!(
-                        "{}: asked for bytes {have}- and got Content-Range {range:?}",
-                        meta.location
-                    )));
+                    return Err(HubError::Protocol(format!("{}: asked for bytes {have}- and got Content-Range {range:?}", meta.location)));
                 }
             }
             200 => start = 0, // the server ignored the range: start over
-            s => {
-                return Err(HubError::Protocol(format!(
-                    "{}: unexpected HTTP {s}",
-                    meta.location
-                )))
-            }
+            s => return Err(HubError::Protocol(format!("{}: unexpected HTTP {s}", meta.location))),
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(partial)
-            .map_err(io_err(partial))?;
+        let file = OpenOptions::new().create(true).write(true).truncate(false).open(partial).map_err(io_err(partial))?;
         file.set_len(start).map_err(io_err(partial))?;
         drop(file);
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(partial)
-            .map_err(io_err(partial))?;
+        let mut file = OpenOptions::new().append(true).open(partial).map_err(io_err(partial))?;
         let p = progress.get_or_insert_with(|| Progress::new(label, meta.size, start));
         p.set(start);
         let mut body = r.into_reader();
@@ -527,12 +384,7 @@ impl Client {
             let n = match body.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) => {
-                    return Err(HubError::Connection {
-                        url: meta.location.clone(),
-                        msg: format!("reading the body: {e}"),
-                    })
-                }
+                Err(e) => return Err(HubError::Connection { url: meta.location.clone(), msg: format!("reading the body: {e}") }),
             };
             file.write_all(&buf[..n]).map_err(io_err(partial))?;
             pos += n as u64;
@@ -540,10 +392,7 @@ impl Client {
             if meta.size.is_some_and(|s| pos > s) {
                 return Err(HubError::Corrupt {
                     path: partial.into(),
-                    msg: format!(
-                        "{label}: more bytes than the {} the hub announced",
-                        meta.size.unwrap_or(0)
-                    ),
+                    msg: format!("{label}: more bytes than the {} the hub announced", meta.size.unwrap_or(0)),
                 });
             }
         }
@@ -577,10 +426,7 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(
-            origin("https://huggingface.co/api/models/x"),
-            "https://huggingface.co"
-        );
+        assert_eq!(origin("https://huggingface.co/api/models/x"), "https://huggingface.co");
         assert_eq!(origin("http://127.0.0.1:8080/a/b"), "http://127.0.0.1:8080");
         assert_eq!(host_of("http://user:pw@127.0.0.1:8080/a"), "127.0.0.1");
         assert_eq!(host_of("https://cdn-lfs.hf.co/x?sig=1"), "cdn-lfs.hf.co");

@@ -32,26 +32,14 @@ impl Progress {
             } else {
                 "{msg} {spinner} {bytes} ({bytes_per_sec})"
             };
-            b.set_style(
-                ProgressStyle::with_template(template)
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
+            b.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
             b.set_message(what.to_string());
             b.set_position(start);
             b.reset_eta();
             b
         });
         let now = Instant::now();
-        Progress {
-            bar,
-            label: what.to_string(),
-            total,
-            pos: start,
-            started: now,
-            start_pos: start,
-            last_line: now,
-        }
+        Progress { bar, label: what.to_string(), total, pos: start, started: now, start_pos: start, last_line: now }
     }
 
     pub fn set(&mut self, pos: u64) {
@@ -74,11 +62,7 @@ impl Progress {
         let rate = (self.pos - self.start_pos.min(self.pos)) as f64 / secs;
         match self.total {
             Some(t) if t > 0 => {
-                let eta = if rate > 0.0 {
-                    format!("{:.0}s", t.saturating_sub(self.pos) as f64 / rate)
-                } else {
-                    "?".into()
-                };
+                let eta = if rate > 0.0 { format!("{:.0}s", t.saturating_sub(self.pos) as f64 / rate) } else { "?".into() };
                 format!(
                     "{}: {} of {} ({:.0}%), {}/s, ETA {eta}",
                     self.label,
@@ -88,12 +72,7 @@ impl Progress {
                     crate::human_bytes(rate as u64)
                 )
             }
-            _ => format!(
-                "{}: {}, {}/s",
-                self.label,
-                crate::human_bytes(self.pos),
-                crate::human_bytes(rate as u64)
-            ),
+            _ => format!("{}: {}, {}/s", self.label, crate::human_bytes(self.pos), crate::human_bytes(rate as u64)),
         }
     }
 

@@ -34,13 +34,8 @@ pub struct Plan {
 }
 
 /// Files an HF checkpoint directory may carry that bedside reads when present.
-pub const HF_OPTIONAL: &[&str] = &[
-    "tokenizer_config.json",
-    "generation_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "chat_template.json",
-];
+pub const HF_OPTIONAL: &[&str] =
+    &["tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json"];
 pub const ADAPTER_FILES: &[&str] = &["adapter_config.json", "adapter_model.safetensors"];
 const INDEX: &str = "model.safetensors.index.json";
 
@@ -48,10 +43,7 @@ const INDEX: &str = "model.safetensors.index.json";
 fn gguf_is_model(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     let name = lower.rsplit('/').next().unwrap_or(&lower);
-    name.ends_with(".gguf")
-        && !["mmproj", "imatrix", "mtp-", "eagle3-", "dflash-"]
-            .iter()
-            .any(|k| name.contains(k))
+    name.ends_with(".gguf") && !["mmproj", "imatrix", "mtp-", "eagle3-", "dflash-"].iter().any(|k| name.contains(k))
 }
 
 /// `(index, count)` of a split GGUF part (`…-00001-of-00003.gguf`).
@@ -61,10 +53,7 @@ fn split_part(path: &str) -> Option<(u32, u32)> {
     if !tail.starts_with('-') || tail.get(6..10)? != "-of-" {
         return None;
     }
-    Some((
-        tail.get(1..6)?.parse().ok()?,
-        tail.get(10..15)?.parse().ok()?,
-    ))
+    Some((tail.get(1..6)?.parse().ok()?, tail.get(10..15)?.parse().ok()?))
 }
 
 /// The quant tag of a GGUF file name: what follows its last `-` or `.` (llama.cpp's rule),
@@ -76,8 +65,7 @@ pub fn quant_of(path: &str) -> Option<String> {
         stem = &stem[..stem.len() - 15];
     }
     let tag = &stem[stem.rfind(['-', '.'])? + 1..];
-    (!tag.is_empty() && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .then(|| tag.to_ascii_uppercase())
+    (!tag.is_empty() && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then(|| tag.to_ascii_uppercase())
 }
 
 /// Whether `tag` stands in `path` as a whole quant name: preceded by the start, `-`, `.` or `/`
@@ -97,8 +85,7 @@ fn tag_matches(path: &str, tag: &str) -> bool {
 }
 
 fn human(size: Option<u64>) -> String {
-    size.map(crate::human_bytes)
-        .unwrap_or_else(|| "size unknown".into())
+    size.map(crate::human_bytes).unwrap_or_else(|| "size unknown".into())
 }
 
 /// The repository's model GGUF files, as a listing for an error message.
@@ -134,25 +121,15 @@ pub fn pick_gguf(label: &str, files: &[Listed], pick: Option<&Pick>) -> Result<S
     let models: Vec<&Listed> = files.iter().filter(|f| gguf_is_model(&f.path)).collect();
     match pick {
         Some(Pick::File(name)) => {
-            let hit = files
-                .iter()
-                .find(|f| f.path == *name)
-                .or_else(|| files.iter().find(|f| f.path.eq_ignore_ascii_case(name)));
+            let hit = files.iter().find(|f| f.path == *name).or_else(|| files.iter().find(|f| f.path.eq_ignore_ascii_case(name)));
             match hit {
                 Some(f) => refuse_split(label, &f.path),
-                None => Err(HubError::Missing(format!(
-                    "{label}: the repository has no file {name}; {}",
-                    gguf_menu(files)
-                ))),
+                None => Err(HubError::Missing(format!("{label}: the repository has no file {name}; {}", gguf_menu(files)))),
             }
         }
         Some(Pick::Quant(tag)) => {
-            let hits: Vec<&&Listed> = models
-                .iter()
-                .filter(|f| {
-                    tag_matches(&f.path, tag) && split_part(&f.path).is_none_or(|(i, _)| i == 1)
-                })
-                .collect();
+            let hits: Vec<&&Listed> =
+                models.iter().filter(|f| tag_matches(&f.path, tag) && split_part(&f.path).is_none_or(|(i, _)| i == 1)).collect();
             match hits.as_slice() {
                 [one] => refuse_split(label, &one.path),
                 [] => Err(HubError::Missing(format!("{label}: no GGUF file with the quant tag {tag}; {}", gguf_menu(files)))),
@@ -171,8 +148,13 @@ pub fn pick_gguf(label: &str, files: &[Listed], pick: Option<&Pick>) -> Result<S
             }
             match models.as_slice() {
                 [one] => refuse_split(label, &one.path),
-                [] => Err(HubError::Missing(format!("{label}: the repository has neither config.json (an HF checkpoint) nor a GGUF model file"))),
-                _ => Err(HubError::Missing(format!("{label}: several GGUF files and none is Q4_K_M or Q8_0; choose one with {label}:QUANT; {}", gguf_menu(files)))),
+                [] => Err(HubError::Missing(format!(
+                    "{label}: the repository has neither config.json (an HF checkpoint) nor a GGUF model file"
+                ))),
+                _ => Err(HubError::Missing(format!(
+                    "{label}: several GGUF files and none is Q4_K_M or Q8_0; choose one with {label}:QUANT; {}",
+                    gguf_menu(files)
+                ))),
             }
         }
     }
@@ -182,38 +164,17 @@ pub fn pick_gguf(label: &str, files: &[Listed], pick: Option<&Pick>) -> Result<S
 pub fn plan(spec: &RepoSpec, kind: Kind, files: &[Listed]) -> Result<Plan> {
     let label = spec.to_string();
     let has = |name: &str| files.iter().any(|f| f.path == name);
-    let present = |names: &[&str]| {
-        names
-            .iter()
-            .filter(|n| has(n))
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-    };
+    let present = |names: &[&str]| names.iter().filter(|n| has(n)).map(|n| n.to_string()).collect::<Vec<_>>();
     match kind {
         Kind::Adapter => {
             if spec.pick.is_some() {
-                return Err(HubError::Missing(format!(
-                    "{label}: an adapter is a whole repository; drop the :FILE part"
-                )));
+                return Err(HubError::Missing(format!("{label}: an adapter is a whole repository; drop the :FILE part")));
             }
-            Ok(Plan {
-                required: ADAPTER_FILES.iter().map(|s| s.to_string()).collect(),
-                optional: vec![],
-                gguf: None,
-                index: None,
-            })
+            Ok(Plan { required: ADAPTER_FILES.iter().map(|s| s.to_string()).collect(), optional: vec![], gguf: None, index: None })
         }
-        Kind::Model
-            if spec.pick.is_some()
-                || (!has("config.json") && files.iter().any(|f| gguf_is_model(&f.path))) =>
-        {
+        Kind::Model if spec.pick.is_some() || (!has("config.json") && files.iter().any(|f| gguf_is_model(&f.path))) => {
             let gguf = pick_gguf(&label, files, spec.pick.as_ref())?;
-            Ok(Plan {
-                required: vec![gguf.clone()],
-                optional: vec![],
-                gguf: Some(gguf),
-                index: None,
-            })
+            Ok(Plan { required: vec![gguf.clone()], optional: vec![], gguf: Some(gguf), index: None })
         }
         Kind::Model => {
             let mut required = vec!["config.json".to_string(), "tokenizer.json".to_string()];
@@ -222,38 +183,22 @@ pub fn plan(spec: &RepoSpec, kind: Kind, files: &[Listed]) -> Result<Plan> {
                 Some(i) => required.push(i.clone()),
                 None => required.push("model.safetensors".to_string()),
             }
-            Ok(Plan {
-                required,
-                optional: present(HF_OPTIONAL),
-                gguf: None,
-                index,
-            })
+            Ok(Plan { required, optional: present(HF_OPTIONAL), gguf: None, index })
         }
     }
 }
 
 /// The shard files a `model.safetensors.index.json` names.
 pub fn shards_of(index_path: &std::path::Path) -> Result<Vec<String>> {
-    let corrupt = |msg: String| HubError::Corrupt {
-        path: index_path.into(),
-        msg,
-    };
+    let corrupt = |msg: String| HubError::Corrupt { path: index_path.into(), msg };
     let text = std::fs::read_to_string(index_path).map_err(crate::error::io_err(index_path))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| corrupt(format!("malformed JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| corrupt("field 'weight_map' is missing".into()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt(format!("malformed JSON: {e}")))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| corrupt("field 'weight_map' is missing".into()))?;
     let mut shards = Vec::new();
     for (tensor, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| corrupt(format!("weight_map['{tensor}'] is not a file name")))?;
+        let file = file.as_str().ok_or_else(|| corrupt(format!("weight_map['{tensor}'] is not a file name")))?;
         if !crate::spec::repo_path_ok(file) {
-            return Err(corrupt(format!(
-                "weight_map['{tensor}'] = {file:?} is not a plain relative path"
-            )));
+            return Err(corrupt(format!("weight_map['{tensor}'] = {file:?} is not a plain relative path")));
         }
         shards.push(file.to_string());
     }
@@ -267,13 +212,7 @@ mod tests {
     use super::*;
 
     fn listing(names: &[&str]) -> Vec<Listed> {
-        names
-            .iter()
-            .map(|n| Listed {
-                path: n.to_string(),
-                size: Some(1000),
-            })
-            .collect()
+        names.iter().map(|n| Listed { path: n.to_string(), size: Some(1000) }).collect()
     }
 
     fn quant(files: &[Listed], tag: &str) -> Result<String> {
@@ -294,131 +233,49 @@ mod tests {
             "Q6_K/Llama-3.2-1B-Instruct-Q6_K-00001-of-00002.gguf",
             "Q6_K/Llama-3.2-1B-Instruct-Q6_K-00002-of-00002.gguf",
         ]);
-        assert_eq!(
-            quant(&files, "Q4_K_M").unwrap(),
-            "Llama-3.2-1B-Instruct-Q4_K_M.gguf"
-        );
-        assert_eq!(
-            quant(&files, "q4_k_m").unwrap(),
-            "Llama-3.2-1B-Instruct-Q4_K_M.gguf",
-            "case-insensitive"
-        );
-        assert_eq!(
-            quant(&files, "Q4_K").unwrap(),
-            "Llama-3.2-1B-Instruct-Q4_K.gguf",
-            "a prefix of another tag is not that tag"
-        );
-        assert_eq!(
-            quant(&files, "Q8_0").unwrap(),
-            "Llama-3.2-1B-Instruct.Q8_0.gguf"
-        );
-        assert_eq!(
-            quant(&files, "UD-Q4_K_XL").unwrap(),
-            "Llama-3.2-1B-Instruct-UD-Q4_K_XL.gguf"
-        );
-        assert_eq!(
-            quant(&files, "F16").unwrap(),
-            "Llama-3.2-1B-Instruct-f16.gguf",
-            "mmproj files are not models"
-        );
+        assert_eq!(quant(&files, "Q4_K_M").unwrap(), "Llama-3.2-1B-Instruct-Q4_K_M.gguf");
+        assert_eq!(quant(&files, "q4_k_m").unwrap(), "Llama-3.2-1B-Instruct-Q4_K_M.gguf", "case-insensitive");
+        assert_eq!(quant(&files, "Q4_K").unwrap(), "Llama-3.2-1B-Instruct-Q4_K.gguf", "a prefix of another tag is not that tag");
+        assert_eq!(quant(&files, "Q8_0").unwrap(), "Llama-3.2-1B-Instruct.Q8_0.gguf");
+        assert_eq!(quant(&files, "UD-Q4_K_XL").unwrap(), "Llama-3.2-1B-Instruct-UD-Q4_K_XL.gguf");
+        assert_eq!(quant(&files, "F16").unwrap(), "Llama-3.2-1B-Instruct-f16.gguf", "mmproj files are not models");
         let e = quant(&files, "Q4_XS").unwrap_err().to_string();
-        assert!(
-            e.contains("no GGUF file with the quant tag Q4_XS")
-                && e.contains("IQ4_XS (Llama-3.2-1B-Instruct-IQ4_XS.gguf"),
-            "{e}"
-        );
+        assert!(e.contains("no GGUF file with the quant tag Q4_XS") && e.contains("IQ4_XS (Llama-3.2-1B-Instruct-IQ4_XS.gguf"), "{e}");
         assert!(!e.contains("mmproj") && !e.contains("00002-of"), "{e}");
         let e = quant(&files, "Q6_K").unwrap_err().to_string();
-        assert!(
-            e.contains("split into 2 files") && e.contains("llama-gguf-split"),
-            "{e}"
-        );
+        assert!(e.contains("split into 2 files") && e.contains("llama-gguf-split"), "{e}");
         let amb = listing(&["a-Q4_0.gguf", "b-chat-Q4_0.gguf"]);
         let e = quant(&amb, "Q4_0").unwrap_err().to_string();
-        assert!(
-            e.contains("matches 2 files")
-                && e.contains("a-Q4_0.gguf")
-                && e.contains("b-chat-Q4_0.gguf"),
-            "{e}"
-        );
+        assert!(e.contains("matches 2 files") && e.contains("a-Q4_0.gguf") && e.contains("b-chat-Q4_0.gguf"), "{e}");
     }
 
     #[test]
     fn default_and_file_picks() {
         let files = listing(&["m-Q8_0.gguf", "m-Q4_K_M.gguf", "m-F16.gguf"]);
         assert_eq!(pick_gguf("o/r", &files, None).unwrap(), "m-Q4_K_M.gguf");
-        assert_eq!(
-            pick_gguf("o/r", &listing(&["m-F16.gguf", "m-Q8_0.gguf"]), None).unwrap(),
-            "m-Q8_0.gguf"
-        );
-        assert_eq!(
-            pick_gguf("o/r", &listing(&["only.gguf"]), None).unwrap(),
-            "only.gguf"
-        );
-        assert!(
-            pick_gguf("o/r", &listing(&["m-F16.gguf", "m-F32.gguf"]), None)
-                .unwrap_err()
-                .to_string()
-                .contains("F32 (m-F32.gguf")
-        );
-        assert_eq!(
-            pick_gguf("o/r", &files, Some(&Pick::File("M-f16.GGUF".into()))).unwrap(),
-            "m-F16.gguf"
-        );
+        assert_eq!(pick_gguf("o/r", &listing(&["m-F16.gguf", "m-Q8_0.gguf"]), None).unwrap(), "m-Q8_0.gguf");
+        assert_eq!(pick_gguf("o/r", &listing(&["only.gguf"]), None).unwrap(), "only.gguf");
+        assert!(pick_gguf("o/r", &listing(&["m-F16.gguf", "m-F32.gguf"]), None).unwrap_err().to_string().contains("F32 (m-F32.gguf"));
+        assert_eq!(pick_gguf("o/r", &files, Some(&Pick::File("M-f16.GGUF".into()))).unwrap(), "m-F16.gguf");
         assert!(pick_gguf("o/r", &files, Some(&Pick::File("x.gguf".into()))).is_err());
-        assert_eq!(
-            quant_of("dir/Model-UD-Q4_K_XL-00001-of-00003.gguf").as_deref(),
-            Some("Q4_K_XL")
-        );
+        assert_eq!(quant_of("dir/Model-UD-Q4_K_XL-00001-of-00003.gguf").as_deref(), Some("Q4_K_XL"));
     }
 
     #[test]
     fn plans() {
         let spec = RepoSpec::parse("o/r").unwrap();
-        let hf = listing(&[
-            "config.json",
-            "tokenizer.json",
-            "model.safetensors",
-            "tokenizer_config.json",
-            "README.md",
-            "x-Q4_0.gguf",
-        ]);
+        let hf = listing(&["config.json", "tokenizer.json", "model.safetensors", "tokenizer_config.json", "README.md", "x-Q4_0.gguf"]);
         let p = plan(&spec, Kind::Model, &hf).unwrap();
-        assert_eq!(
-            p.required,
-            vec!["config.json", "tokenizer.json", "model.safetensors"]
-        );
+        assert_eq!(p.required, vec!["config.json", "tokenizer.json", "model.safetensors"]);
         assert_eq!(p.optional, vec!["tokenizer_config.json"]);
-        assert_eq!(
-            p.gguf, None,
-            "a checkpoint with config.json is used as a directory"
-        );
-        let sharded = listing(&[
-            "config.json",
-            "tokenizer.json",
-            INDEX,
-            "model-00001-of-00002.safetensors",
-        ]);
-        assert_eq!(
-            plan(&spec, Kind::Model, &sharded).unwrap().index.as_deref(),
-            Some(INDEX)
-        );
-        let p = plan(
-            &spec,
-            Kind::Model,
-            &listing(&["README.md", "m-Q4_K_M.gguf", "m-Q8_0.gguf"]),
-        )
-        .unwrap();
+        assert_eq!(p.gguf, None, "a checkpoint with config.json is used as a directory");
+        let sharded = listing(&["config.json", "tokenizer.json", INDEX, "model-00001-of-00002.safetensors"]);
+        assert_eq!(plan(&spec, Kind::Model, &sharded).unwrap().index.as_deref(), Some(INDEX));
+        let p = plan(&spec, Kind::Model, &listing(&["README.md", "m-Q4_K_M.gguf", "m-Q8_0.gguf"])).unwrap();
         assert_eq!(p.gguf.as_deref(), Some("m-Q4_K_M.gguf"));
         let tagged = RepoSpec::parse("o/r:Q4_0").unwrap();
-        assert_eq!(
-            plan(&tagged, Kind::Model, &hf).unwrap().gguf.as_deref(),
-            Some("x-Q4_0.gguf")
-        );
-        assert_eq!(
-            plan(&spec, Kind::Adapter, &[]).unwrap().required,
-            ADAPTER_FILES
-        );
+        assert_eq!(plan(&tagged, Kind::Model, &hf).unwrap().gguf.as_deref(), Some("x-Q4_0.gguf"));
+        assert_eq!(plan(&spec, Kind::Adapter, &[]).unwrap().required, ADAPTER_FILES);
         assert!(plan(&tagged, Kind::Adapter, &[]).is_err());
     }
 
@@ -427,14 +284,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(INDEX);
         std::fs::write(&p, r#"{"weight_map": {"a": "../../../etc/passwd"}}"#).unwrap();
-        assert!(shards_of(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("not a plain relative path"));
+        assert!(shards_of(&p).unwrap_err().to_string().contains("not a plain relative path"));
         std::fs::write(&p, r#"{"weight_map": {"a": "s2.safetensors", "b": "s1.safetensors", "c": "s1.safetensors"}}"#).unwrap();
-        assert_eq!(
-            shards_of(&p).unwrap(),
-            vec!["s1.safetensors", "s2.safetensors"]
-        );
+        assert_eq!(shards_of(&p).unwrap(), vec!["s1.safetensors", "s2.safetensors"]);
     }
 }

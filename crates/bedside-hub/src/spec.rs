@@ -45,8 +45,7 @@ fn repo_part_ok(p: &str) -> bool {
         && p != ".."
         && !p.starts_with(['-', '.'])
         && !p.ends_with(['-', '.'])
-        && p.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// A branch or tag name (`main`, `v1.0`, `refs/pr/3`) or a commit hash.
@@ -56,8 +55,7 @@ pub fn revision_ok(r: &str) -> bool {
         && !r.starts_with('/')
         && !r.ends_with('/')
         && r.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
-        && r.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && r.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 /// A relative file path inside a repository: `/`-separated, no empty, `.` or `..` parts, no
@@ -71,17 +69,12 @@ pub fn repo_path_ok(p: &str) -> bool {
 }
 
 fn quant_ok(q: &str) -> bool {
-    !q.is_empty()
-        && q.len() <= 64
-        && q.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !q.is_empty() && q.len() <= 64 && q.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Whether `s` is a 40-character lowercase hex commit hash.
 pub fn is_commit_hash(s: &str) -> bool {
-    s.len() == 40
-        && s.chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    s.len() == 40 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 impl RepoSpec {
@@ -89,9 +82,7 @@ impl RepoSpec {
     /// "no such file, and not a hub id").
     pub fn parse(spec: &str) -> Option<RepoSpec> {
         let (rest, pick) = match spec.split_once(':') {
-            Some((r, p)) if p.to_ascii_lowercase().ends_with(".gguf") => {
-                (r, Some(Pick::File(p.to_string())))
-            }
+            Some((r, p)) if p.to_ascii_lowercase().ends_with(".gguf") => (r, Some(Pick::File(p.to_string()))),
             Some((r, p)) => (r, Some(Pick::Quant(p.to_string()))),
             None => (spec, None),
         };
@@ -114,19 +105,12 @@ impl RepoSpec {
         if !repo_part_ok(org) || !repo_part_ok(name) {
             return None;
         }
-        Some(RepoSpec {
-            repo: repo.to_string(),
-            revision,
-            pick,
-        })
+        Some(RepoSpec { repo: repo.to_string(), revision, pick })
     }
 
     /// The same repository and revision without a file pick (what an adapter spec must be).
     pub fn without_pick(&self) -> RepoSpec {
-        RepoSpec {
-            pick: None,
-            ..self.clone()
-        }
+        RepoSpec { pick: None, ..self.clone() }
     }
 }
 
@@ -137,22 +121,13 @@ mod tests {
     #[test]
     fn specs() {
         let s = RepoSpec::parse("HuggingFaceTB/SmolLM2-135M-Instruct").unwrap();
-        assert_eq!(
-            (s.repo.as_str(), s.revision.as_str(), s.pick.clone()),
-            ("HuggingFaceTB/SmolLM2-135M-Instruct", "main", None)
-        );
+        assert_eq!((s.repo.as_str(), s.revision.as_str(), s.pick.clone()), ("HuggingFaceTB/SmolLM2-135M-Instruct", "main", None));
         let s = RepoSpec::parse("meta-llama/Llama-3.1-8B@v1.0:model-q4.gguf").unwrap();
-        assert_eq!(
-            (s.revision.as_str(), s.pick.clone()),
-            ("v1.0", Some(Pick::File("model-q4.gguf".into())))
-        );
+        assert_eq!((s.revision.as_str(), s.pick.clone()), ("v1.0", Some(Pick::File("model-q4.gguf".into()))));
         let s = RepoSpec::parse("bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M").unwrap();
         assert_eq!(s.pick, Some(Pick::Quant("Q4_K_M".into())));
         let s = RepoSpec::parse("org/name@refs/pr/3:sub/dir/M.GGUF").unwrap();
-        assert_eq!(
-            (s.revision.as_str(), s.pick.clone()),
-            ("refs/pr/3", Some(Pick::File("sub/dir/M.GGUF".into())))
-        );
+        assert_eq!((s.revision.as_str(), s.pick.clone()), ("refs/pr/3", Some(Pick::File("sub/dir/M.GGUF".into()))));
         assert_eq!(s.to_string(), "org/name@refs/pr/3:sub/dir/M.GGUF");
         assert_eq!(RepoSpec::parse("a/b:q8_0").unwrap().to_string(), "a/b:q8_0");
         for bad in [

@@ -63,11 +63,7 @@ pub struct ExportItem {
 
 impl From<&crate::Fetched> for ExportItem {
     fn from(f: &crate::Fetched) -> Self {
-        ExportItem {
-            repo: f.spec.repo.clone(),
-            commit: f.commit.clone(),
-            files: f.files.iter().map(|x| x.name.clone()).collect(),
-        }
+        ExportItem { repo: f.spec.repo.clone(), commit: f.commit.clone(), files: f.files.iter().map(|x| x.name.clone()).collect() }
     }
 }
 
@@ -99,76 +95,42 @@ pub struct Moved {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    s.len() == len && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 fn read_manifest(path: &Path) -> Result<Manifest> {
-    let corrupt = |msg: String| HubError::Corrupt {
-        path: path.into(),
-        msg,
-    };
+    let corrupt = |msg: String| HubError::Corrupt { path: path.into(), msg };
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let m: Manifest = serde_json::from_str(&text)
-        .map_err(|e| corrupt(format!("not a bedside export manifest: {e}")))?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| corrupt(format!("not a bedside export manifest: {e}")))?;
     if m.format != FORMAT {
-        return Err(corrupt(format!(
-            "format {:?}; this bedside reads {FORMAT:?}",
-            m.format
-        )));
+        return Err(corrupt(format!("format {:?}; this bedside reads {FORMAT:?}", m.format)));
     }
     for (i, model) in m.models.iter().enumerate() {
         let at = format!("models[{i}]");
-        let spec_ok =
-            RepoSpec::parse(&model.repo).is_some_and(|s| s.repo == model.repo && s.pick.is_none());
+        let spec_ok = RepoSpec::parse(&model.repo).is_some_and(|s| s.repo == model.repo && s.pick.is_none());
         if !spec_ok {
-            return Err(corrupt(format!(
-                "{at}.repo {:?} is not a repository id org/name",
-                model.repo
-            )));
+            return Err(corrupt(format!("{at}.repo {:?} is not a repository id org/name", model.repo)));
         }
         if !is_commit_hash(&model.commit) {
-            return Err(corrupt(format!(
-                "{at}.commit {:?} is not a commit hash",
-                model.commit
-            )));
+            return Err(corrupt(format!("{at}.commit {:?} is not a commit hash", model.commit)));
         }
-        if let Some(r) = model
-            .refs
-            .iter()
-            .find(|r| !revision_ok(r) || is_commit_hash(r))
-        {
-            return Err(corrupt(format!(
-                "{at}.refs: {r:?} is not a branch or tag name"
-            )));
+        if let Some(r) = model.refs.iter().find(|r| !revision_ok(r) || is_commit_hash(r)) {
+            return Err(corrupt(format!("{at}.refs: {r:?} is not a branch or tag name")));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (j, f) in model.files.iter().enumerate() {
             let at = format!("{at}.files[{j}]");
             if !repo_path_ok(&f.path) {
-                return Err(corrupt(format!(
-                    "{at}.path {:?} is not a plain relative path",
-                    f.path
-                )));
+                return Err(corrupt(format!("{at}.path {:?} is not a plain relative path", f.path)));
             }
             if !seen.insert(&f.path) {
                 return Err(corrupt(format!("{at}.path {:?} appears twice", f.path)));
             }
             if !is_hex(&f.sha256, 64) {
-                return Err(corrupt(format!(
-                    "{at}.sha256 {:?} is not 64 lowercase hex digits",
-                    f.sha256
-                )));
+                return Err(corrupt(format!("{at}.sha256 {:?} is not 64 lowercase hex digits", f.sha256)));
             }
-            if let Some(e) = f
-                .etag
-                .as_deref()
-                .filter(|e| !is_hex(e, 40) && !is_hex(e, 64))
-            {
-                return Err(corrupt(format!(
-                    "{at}.etag {e:?} is not a hub etag (40 or 64 hex digits)"
-                )));
+            if let Some(e) = f.etag.as_deref().filter(|e| !is_hex(e, 40) && !is_hex(e, 64)) {
+                return Err(corrupt(format!("{at}.etag {e:?} is not a hub etag (40 or 64 hex digits)")));
             }
         }
     }
@@ -204,12 +166,7 @@ fn copy_verified(src: &Path, dest: &Path, size: u64, sha256: &str, label: &str) 
         Ok(())
     });
     progress.finish();
-    written.map_err(|e| {
-        e.into_inner(|io| HubError::Io {
-            path: dest.into(),
-            err: io,
-        })
-    })
+    written.map_err(|e| e.into_inner(|io| HubError::Io { path: dest.into(), err: io }))
 }
 
 /// The blob a snapshot file links to (its etag), when it is a link into `blobs/`.
@@ -225,23 +182,12 @@ pub fn export(cache_dir: &Path, dest: &Path, items: &[ExportItem]) -> Result<Vec
     let blobs = dest.join("blobs");
     std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
     let manifest_path = dest.join(MANIFEST);
-    let mut manifest = if manifest_path.exists() {
-        read_manifest(&manifest_path)?
-    } else {
-        Manifest {
-            format: FORMAT.into(),
-            models: vec![],
-        }
-    };
+    let mut manifest =
+        if manifest_path.exists() { read_manifest(&manifest_path)? } else { Manifest { format: FORMAT.into(), models: vec![] } };
     let mut moved = Vec::new();
     for item in items {
         let repo = RepoCache::new(cache_dir, &item.repo);
-        let refs: Vec<String> = repo
-            .refs()
-            .into_iter()
-            .filter(|(_, c)| *c == item.commit)
-            .map(|(r, _)| r)
-            .collect();
+        let refs: Vec<String> = repo.refs().into_iter().filter(|(_, c)| *c == item.commit).map(|(r, _)| r).collect();
         let mut files = Vec::new();
         for name in &item.files {
             let src = repo.snapshot(&item.commit).join(name);
@@ -266,18 +212,9 @@ pub fn export(cache_dir: &Path, dest: &Path, items: &[ExportItem]) -> Result<Vec
                 sha256: sha256.clone(),
                 copied: !present,
             });
-            files.push(ManifestFile {
-                path: name.clone(),
-                size,
-                sha256,
-                etag,
-            });
+            files.push(ManifestFile { path: name.clone(), size, sha256, etag });
         }
-        match manifest
-            .models
-            .iter_mut()
-            .find(|m| m.repo == item.repo && m.commit == item.commit)
-        {
+        match manifest.models.iter_mut().find(|m| m.repo == item.repo && m.commit == item.commit) {
             Some(m) => {
                 for r in refs {
                     if !m.refs.contains(&r) {
@@ -300,16 +237,10 @@ pub fn export(cache_dir: &Path, dest: &Path, items: &[ExportItem]) -> Result<Vec
                     }
                 }
             }
-            None => manifest.models.push(ManifestModel {
-                repo: item.repo.clone(),
-                commit: item.commit.clone(),
-                refs,
-                files,
-            }),
+            None => manifest.models.push(ManifestModel { repo: item.repo.clone(), commit: item.commit.clone(), refs, files }),
         }
     }
-    let json = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| HubError::Protocol(format!("manifest: {e}")))?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| HubError::Protocol(format!("manifest: {e}")))?;
     bedside_io::write_atomic(&manifest_path, &json).map_err(io_err(&manifest_path))?;
     Ok(moved)
 }
@@ -319,10 +250,7 @@ pub fn export(cache_dir: &Path, dest: &Path, items: &[ExportItem]) -> Result<Vec
 pub fn import(cache_dir: &Path, src: &Path) -> Result<Vec<Moved>> {
     let manifest_path = src.join(MANIFEST);
     if !manifest_path.is_file() {
-        return Err(HubError::Missing(format!(
-            "{}: no {MANIFEST} here; point at the folder `bedside cache export` wrote",
-            src.display()
-        )));
+        return Err(HubError::Missing(format!("{}: no {MANIFEST} here; point at the folder `bedside cache export` wrote", src.display())));
     }
     let manifest = read_manifest(&manifest_path)?;
     std::fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
@@ -335,12 +263,7 @@ pub fn import(cache_dir: &Path, src: &Path) -> Result<Vec<Moved>> {
     result
 }
 
-fn stage_and_commit(
-    cache_dir: &Path,
-    src: &Path,
-    manifest: &Manifest,
-    staging: &Path,
-) -> Result<Vec<Moved>> {
+fn stage_and_commit(cache_dir: &Path, src: &Path, manifest: &Manifest, staging: &Path) -> Result<Vec<Moved>> {
     // 1. Copy and verify every blob the cache lacks into the staging folder.
     let mut staged: BTreeMap<PathBuf, PathBuf> = BTreeMap::new(); // cache blob ← staged copy
     let mut moved = Vec::new();
@@ -364,10 +287,7 @@ fn stage_and_commit(
                 let to = staging.join(format!("{}", staged.len()));
                 let label = format!("{} {}", model.repo, f.path);
                 copy_verified(&from, &to, f.size, &f.sha256, &label).map_err(|e| match e {
-                    HubError::Corrupt { path, msg } => HubError::Corrupt {
-                        path,
-                        msg: format!("{msg}; nothing was imported"),
-                    },
+                    HubError::Corrupt { path, msg } => HubError::Corrupt { path, msg: format!("{msg}; nothing was imported") },
                     other => other,
                 })?;
                 staged.insert(blob, to);
@@ -393,11 +313,7 @@ fn stage_and_commit(
     for model in &manifest.models {
         let repo = RepoCache::new(cache_dir, &model.repo);
         for f in &model.files {
-            repo.link(
-                &model.commit,
-                &f.path,
-                f.etag.as_deref().unwrap_or(&f.sha256),
-            )?;
+            repo.link(&model.commit, &f.path, f.etag.as_deref().unwrap_or(&f.sha256))?;
         }
         for r in &model.refs {
             repo.write_ref(r, &model.commit)?;
@@ -424,18 +340,9 @@ mod tests {
         let sha = "a".repeat(64);
         let file = |path: &str| serde_json::json!({"path": path, "size": 1, "sha256": sha});
         let cases = [
-            (
-                serde_json::json!({"format": "other/9", "models": []}),
-                "format",
-            ),
-            (
-                serde_json::json!({"format": FORMAT, "models": [{"repo": "../x", "commit": C, "files": []}]}),
-                "models[0].repo",
-            ),
-            (
-                serde_json::json!({"format": FORMAT, "models": [{"repo": "o/r", "commit": "main", "files": []}]}),
-                "models[0].commit",
-            ),
+            (serde_json::json!({"format": "other/9", "models": []}), "format"),
+            (serde_json::json!({"format": FORMAT, "models": [{"repo": "../x", "commit": C, "files": []}]}), "models[0].repo"),
+            (serde_json::json!({"format": FORMAT, "models": [{"repo": "o/r", "commit": "main", "files": []}]}), "models[0].commit"),
             (
                 serde_json::json!({"format": FORMAT, "models": [{"repo": "o/r", "commit": C, "refs": ["../../x"], "files": []}]}),
                 "models[0].refs",
@@ -444,10 +351,7 @@ mod tests {
                 serde_json::json!({"format": FORMAT, "models": [{"repo": "o/r", "commit": C, "files": [file("../../etc/passwd")]}]}),
                 "files[0].path",
             ),
-            (
-                serde_json::json!({"format": FORMAT, "models": [{"repo": "o/r", "commit": C, "files": [file("/abs")]}]}),
-                "files[0].path",
-            ),
+            (serde_json::json!({"format": FORMAT, "models": [{"repo": "o/r", "commit": C, "files": [file("/abs")]}]}), "files[0].path"),
             (
                 serde_json::json!({"format": FORMAT, "models": [{"repo": "o/r", "commit": C, "files": [file("a"), file("a")]}]}),
                 "appears twice",
@@ -460,19 +364,13 @@ mod tests {
                 serde_json::json!({"format": FORMAT, "models": [{"repo": "o/r", "commit": C, "files": [{"path": "a", "size": 1, "sha256": sha, "etag": "../../x"}]}]}),
                 "files[0].etag",
             ),
-            (
-                serde_json::json!({"format": FORMAT, "models": [], "extra": 1}),
-                "unknown field",
-            ),
+            (serde_json::json!({"format": FORMAT, "models": [], "extra": 1}), "unknown field"),
         ];
         for (json, want) in cases {
             let p = write(dir.path(), json);
             let e = read_manifest(&p).unwrap_err().to_string();
             assert!(e.contains(want) && e.contains(MANIFEST), "{want}: {e}");
         }
-        assert!(import(dir.path(), &dir.path().join("nowhere"))
-            .unwrap_err()
-            .to_string()
-            .contains("no bedside-export.json"));
+        assert!(import(dir.path(), &dir.path().join("nowhere")).unwrap_err().to_string().contains("no bedside-export.json"));
     }
 }

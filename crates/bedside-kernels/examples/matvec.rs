@@ -4,15 +4,8 @@ use bedside_kernels::*;
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let (n, k, m) = (
-        args.first().copied().unwrap_or(8192),
-        args.get(1).copied().unwrap_or(1536),
-        args.get(2).copied().unwrap_or(1),
-    );
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let (n, k, m) = (args.first().copied().unwrap_or(8192), args.get(1).copied().unwrap_or(1536), args.get(2).copied().unwrap_or(1));
     let mut s = 1u64;
     for ty in QType::ALL {
         let mut data: Vec<u8> = (0..n * ty.row_bytes(k))
@@ -26,9 +19,7 @@ fn main() {
             *b &= 0x3b;
         }
         let w = QMatrix::new(ty, &data, n, k).unwrap();
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0)
-            .collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
         let mut acts = Activations::new(ty.act_layout());
         acts.quantize(&x, m, k);
         let mut out = vec![0f32; m * n];
@@ -43,17 +34,7 @@ fn main() {
             let mut best = f64::MAX;
             for _ in 0..7 {
                 let t = Instant::now();
-                matmul(
-                    b,
-                    &Serial,
-                    input,
-                    &mut [Job {
-                        weight: Weight::Quantized(w),
-                        out: &mut out,
-                        accumulate: false,
-                    }],
-                )
-                .unwrap();
+                matmul(b, &Serial, input, &mut [Job { weight: Weight::Quantized(w), out: &mut out, accumulate: false }]).unwrap();
                 best = best.min(t.elapsed().as_secs_f64());
             }
             println!(

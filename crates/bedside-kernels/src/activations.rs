@@ -58,12 +58,7 @@ impl Activations {
     /// Quantize `rows` rows of `cols` values (`x` row-major, `cols` a multiple of the layout's
     /// block length), replacing what was held.
     pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) {
-        assert_eq!(
-            x.len(),
-            rows * cols,
-            "{} activation values for {rows} rows of {cols}",
-            x.len()
-        );
+        assert_eq!(x.len(), rows * cols, "{} activation values for {rows} rows of {cols}", x.len());
         self.reset(rows, cols);
         for r in 0..rows {
             self.quantize_row(r, &x[r * cols..(r + 1) * cols]);
@@ -72,13 +67,7 @@ impl Activations {
 
     /// As [`Activations::quantize`], but row `r` is first written by `fill(r, row)` into a scratch
     /// row (e.g. normalised there), so callers need not hold the whole f32 input.
-    pub fn quantize_with(
-        &mut self,
-        rows: usize,
-        cols: usize,
-        scratch: &mut Vec<f32>,
-        mut fill: impl FnMut(usize, &mut [f32]),
-    ) {
+    pub fn quantize_with(&mut self, rows: usize, cols: usize, scratch: &mut Vec<f32>, mut fill: impl FnMut(usize, &mut [f32])) {
         self.reset(rows, cols);
         scratch.resize(cols, 0.0);
         for r in 0..rows {
@@ -90,11 +79,7 @@ impl Activations {
     /// Size the buffers for `rows × cols` (keeping their capacity).
     fn reset(&mut self, rows: usize, cols: usize) {
         let bl = self.layout.block_len();
-        assert_eq!(
-            cols % bl,
-            0,
-            "activations of {cols} values are not whole {bl}-value blocks"
-        );
+        assert_eq!(cols % bl, 0, "activations of {cols} values are not whole {bl}-value blocks");
         self.rows = rows;
         self.cols = cols;
         let nb = rows * cols / bl;
@@ -139,12 +124,7 @@ impl Activations {
         if rows < 2 * ROWS_PER_TASK || par.threads() < 2 {
             return self.quantize(x, rows, cols);
         }
-        assert_eq!(
-            x.len(),
-            rows * cols,
-            "{} activation values for {rows} rows of {cols}",
-            x.len()
-        );
+        assert_eq!(x.len(), rows * cols, "{} activation values for {rows} rows of {cols}", x.len());
         self.reset(rows, cols);
         let bufs = self.row_buffers();
         par.run(rows.div_ceil(ROWS_PER_TASK), &|task| {
@@ -171,12 +151,7 @@ impl Activations {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let bl = self.layout.block_len();
         let per_row = self.cols / bl;
-        for (b, (q, y)) in self
-            .row_qs(r)
-            .chunks_exact(bl)
-            .zip(out.chunks_exact_mut(bl))
-            .enumerate()
-        {
+        for (b, (q, y)) in self.row_qs(r).chunks_exact(bl).zip(out.chunks_exact_mut(bl)).enumerate() {
             let i = r * per_row + b;
             let d = match self.layout {
                 ActLayout::Blocks32 => self.ds_min[2 * i],
@@ -212,11 +187,7 @@ fn quantize_block32(x: &[f32], q: &mut [i8]) -> (f32, i32, f32) {
         *q = r as i8;
         sum += r;
     }
-    (
-        f16::from_f32(d).to_f32(),
-        sum,
-        f16::from_f32(d * sum as f32).to_f32(),
-    )
+    (f16::from_f32(d).to_f32(), sum, f16::from_f32(d * sum as f32).to_f32())
 }
 
 /// One 256-value super-block: quants into `q`, the 16 partial sums into `bsums`; returns the scale.
@@ -304,21 +275,11 @@ mod tests {
     fn round_small_rounds_as_round_ties_even() {
         let mut xs: Vec<f32> = (-300..=300).map(|i| i as f32 * 0.5).collect(); // every tie
         xs.extend((-2000..=2000).map(|i| i as f32 * 0.0637 + 0.001));
-        xs.extend([
-            0.49999997,
-            -0.49999997,
-            127.49999,
-            -127.50001,
-            4_194_303.5,
-            -4_194_304.0,
-        ]);
+        xs.extend([0.49999997, -0.49999997, 127.49999, -127.50001, 4_194_303.5, -4_194_304.0]);
         xs.extend([-0.0, f32::MIN_POSITIVE, 1e-30]);
         for x in xs {
             assert_eq!(round_small(x), x.round_ties_even(), "{x}");
         }
-        assert_eq!(
-            round_small(f32::NAN) as i32,
-            f32::NAN.round_ties_even() as i32
-        );
+        assert_eq!(round_small(f32::NAN) as i32, f32::NAN.round_ties_even() as i32);
     }
 }

@@ -10,32 +10,14 @@ const BLOCK: usize = 32;
 /// `out = Σ_j softmax_j(scale · q·k_j) · v_j` over `n` positions, position `j`'s key at
 /// `keys[j * stride..j * stride + d]` and its value likewise in `values` (`d = q.len()`).
 #[allow(clippy::too_many_arguments)]
-pub fn attend(
-    backend: Backend,
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    n: usize,
-    stride: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
+pub fn attend(backend: Backend, q: &[f32], keys: &[f32], values: &[f32], n: usize, stride: usize, scale: f32, out: &mut [f32]) {
     let d = q.len();
-    assert!(
-        out.len() == d && n > 0,
-        "attend: {n} positions, out of {} for d {d}",
-        out.len()
-    );
-    assert!(
-        keys.len() >= (n - 1) * stride + d && values.len() >= (n - 1) * stride + d,
-        "attend: cache slices shorter than {n} positions"
-    );
+    assert!(out.len() == d && n > 0, "attend: {n} positions, out of {} for d {d}", out.len());
+    assert!(keys.len() >= (n - 1) * stride + d && values.len() >= (n - 1) * stride + d, "attend: cache slices shorter than {n} positions");
     match backend {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: these backends exist only on CPUs with the features enabled below.
-        Backend::Avx512 | Backend::Avx512Vnni => unsafe {
-            attend_avx512(q, keys, values, n, stride, scale, out)
-        },
+        Backend::Avx512 | Backend::Avx512Vnni => unsafe { attend_avx512(q, keys, values, n, stride, scale, out) },
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => unsafe { attend_avx2(q, keys, values, n, stride, scale, out) },
         _ => attend_impl(q, keys, values, n, stride, scale, out),
@@ -45,30 +27,14 @@ pub fn attend(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx512(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    n: usize,
-    stride: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
+unsafe fn attend_avx512(q: &[f32], keys: &[f32], values: &[f32], n: usize, stride: usize, scale: f32, out: &mut [f32]) {
     attend_impl(q, keys, values, n, stride, scale, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    n: usize,
-    stride: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
+unsafe fn attend_avx2(q: &[f32], keys: &[f32], values: &[f32], n: usize, stride: usize, scale: f32, out: &mut [f32]) {
     attend_impl(q, keys, values, n, stride, scale, out)
 }
 
@@ -76,15 +42,7 @@ unsafe fn attend_avx2(
 /// registers.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_impl(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    n: usize,
-    stride: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
+fn attend_impl(q: &[f32], keys: &[f32], values: &[f32], n: usize, stride: usize, scale: f32, out: &mut [f32]) {
     let d = q.len();
     out.fill(0.0);
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
@@ -100,11 +58,7 @@ fn attend_impl(
         }
         if block_max > max {
             // Rescale what was accumulated under the old maximum.
-            let c = if max == f32::NEG_INFINITY {
-                0.0
-            } else {
-                (max - block_max).exp()
-            };
+            let c = if max == f32::NEG_INFINITY { 0.0 } else { (max - block_max).exp() };
             sum *= c;
             out.iter_mut().for_each(|o| *o *= c);
             max = block_max;
@@ -127,12 +81,7 @@ fn attend_impl(
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ac.zip(bc) {
         for l in 0..16 {
             acc[l] += x[l] * y[l];
@@ -159,10 +108,7 @@ pub(crate) fn exp_shifted(x: &mut [f32], shift: f32) {
         let t = (*v - shift).max(-87.0);
         let n = (t * LOG2E + ROUNDER) - ROUNDER;
         let r = t - n * LN2_HI - n * LN2_LO;
-        let p = 1.0
-            + r * (1.0
-                + r * (0.5
-                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
         let bits = ((n as i32 + 127) as u32) << 23;
         *v = p * f32::from_bits(bits);
     }
@@ -194,27 +140,13 @@ mod tests {
                 let values: Vec<f32> = (0..n * stride).map(|i| val(i * 5 + 2)).collect();
                 let mut out = vec![0f32; d];
                 attend(backend, &q, &keys, &values, n, stride, 0.3, &mut out);
-                let s: Vec<f64> = (0..n)
-                    .map(|j| {
-                        (0..d)
-                            .map(|c| q[c] as f64 * keys[j * stride + c] as f64)
-                            .sum::<f64>()
-                            * 0.3
-                    })
-                    .collect();
+                let s: Vec<f64> = (0..n).map(|j| (0..d).map(|c| q[c] as f64 * keys[j * stride + c] as f64).sum::<f64>() * 0.3).collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for c in 0..d {
-                    let want: f64 = (0..n)
-                        .map(|j| e[j] / z * values[j * stride + c] as f64)
-                        .sum();
-                    assert!(
-                        (out[c] as f64 - want).abs() < 1e-5,
-                        "{} n={n} c={c}: {} vs {want}",
-                        backend.name(),
-                        out[c]
-                    );
+                    let want: f64 = (0..n).map(|j| e[j] / z * values[j * stride + c] as f64).sum();
+                    assert!((out[c] as f64 - want).abs() < 1e-5, "{} n={n} c={c}: {} vs {want}", backend.name(), out[c]);
                 }
             }
         }

@@ -17,14 +17,7 @@ use crate::TILE;
 /// The CPU must support AVX2, FMA and F16C; `w` must be one row of whole blocks of `ty` for
 /// `x`'s column count, and `r0 + nr <= x.rows()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn row_dot(
-    ty: QType,
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32; TILE],
-) {
+pub(crate) unsafe fn row_dot(ty: QType, w: &[u8], x: &Activations, r0: usize, nr: usize, out: &mut [f32; TILE]) {
     macro_rules! tiles {
         ($n:ident => $e:expr) => {
             match nr {
@@ -93,10 +86,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
     unsafe {
         let q = _mm_loadu_si128(p as *const __m128i);
         let m = _mm_set1_epi8(0x0f);
-        _mm256_inserti128_si256::<1>(
-            _mm256_castsi128_si256(_mm_and_si128(q, m)),
-            _mm_and_si128(_mm_srli_epi16::<4>(q), m),
-        )
+        _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_and_si128(q, m)), _mm_and_si128(_mm_srli_epi16::<4>(q), m))
     }
 }
 
@@ -174,12 +164,7 @@ impl Blocks32 for Q8_0 {
 }
 
 #[inline(always)]
-unsafe fn blocks32<K: Blocks32, const NR: usize>(
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    out: &mut [f32; TILE],
-) {
+unsafe fn blocks32<K: Blocks32, const NR: usize>(w: &[u8], x: &Activations, r0: usize, out: &mut [f32; TILE]) {
     unsafe {
         let nb = w.len() / K::BYTES;
         let cols = x.cols();
@@ -195,14 +180,9 @@ unsafe fn blocks32<K: Blocks32, const NR: usize>(
             let ws = _mm_cvtph_ps(K::scales(p));
             for t in 0..NR {
                 let r = r0 + t;
-                let a = K::act(
-                    p,
-                    _mm256_loadu_si256(x.qs.as_ptr().add(r * cols + 32 * b) as *const __m256i),
-                );
+                let a = K::act(p, _mm256_loadu_si256(x.qs.as_ptr().add(r * cols + 32 * b) as *const __m256i));
                 let s = _mm256_madd_epi16(_mm256_maddubs_epi16(wy, a), ones);
-                let ad = _mm_castpd_ps(_mm_load_sd(
-                    act_ds.as_ptr().add(2 * (r * per_row + b)) as *const f64
-                ));
+                let ad = _mm_castpd_ps(_mm_load_sd(act_ds.as_ptr().add(2 * (r * per_row + b)) as *const f64));
                 let sc = _mm_mul_ps(ws, ad);
                 extra[t] = _mm_add_ps(extra[t], sc);
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcastss_ps(sc), acc[t]);
@@ -230,12 +210,7 @@ unsafe fn spread16(j: i8, k: i8) -> __m256i {
 /// Q4_K and Q5_K: each 32 bytes of `qs` hold sub-block `2c` in its low nibbles and `2c + 1` in
 /// its high ones; Q5_K adds bit `j` of each `qh` byte as 16 to sub-block `j`.
 #[inline(always)]
-unsafe fn q4k_like<const NR: usize, const Q5: bool>(
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    out: &mut [f32; TILE],
-) {
+unsafe fn q4k_like<const NR: usize, const Q5: bool>(w: &[u8], x: &Activations, r0: usize, out: &mut [f32; TILE]) {
     unsafe {
         let bytes = if Q5 { 176 } else { 144 };
         let qs_at = if Q5 { 48 } else { 16 };
@@ -254,11 +229,7 @@ unsafe fn q4k_like<const NR: usize, const Q5: bool>(
             // Scales as 16-bit values, in both halves.
             let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm_v));
             let mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm_v, sm_v));
-            let qh = if Q5 {
-                _mm256_loadu_si256(p.add(16) as *const __m256i)
-            } else {
-                _mm256_setzero_si256()
-            };
+            let qh = if Q5 { _mm256_loadu_si256(p.add(16) as *const __m256i) } else { _mm256_setzero_si256() };
             let mut wy = [_mm256_setzero_si256(); 8];
             for c in 0..4 {
                 let q = _mm256_loadu_si256(p.add(qs_at + 32 * c) as *const __m256i);
@@ -283,10 +254,7 @@ unsafe fn q4k_like<const NR: usize, const Q5: bool>(
                 let mut s = _mm256_setzero_si256();
                 for j in 0..8 {
                     let av = _mm256_loadu_si256(a.add(32 * j) as *const __m256i);
-                    s = _mm256_add_epi32(
-                        s,
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(wy[j], av), scv[j]),
-                    );
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(wy[j], av), scv[j]));
                 }
                 let da = x.d[i];
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(da * d), acc[t]);
@@ -311,12 +279,7 @@ unsafe fn q6k<const NR: usize>(w: &[u8], x: &Activations, r0: usize, out: &mut [
         let wp = w.as_ptr();
         let m4 = _mm256_set1_epi8(0x0f);
         let m30 = _mm256_set1_epi8(0x30);
-        let masks = [
-            spread16(0, 1),
-            spread16(2, 3),
-            spread16(4, 5),
-            spread16(6, 7),
-        ];
+        let masks = [spread16(0, 1), spread16(2, 3), spread16(4, 5), spread16(6, 7)];
         let mut acc = [_mm256_setzero_ps(); NR];
         let mut off_acc = [0f32; NR];
         for b in 0..nb {
@@ -329,27 +292,13 @@ unsafe fn q6k<const NR: usize>(w: &[u8], x: &Activations, r0: usize, out: &mut [
                 let l0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
                 let l1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
                 let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-                wy[4 * h] = _mm256_or_si256(
-                    _mm256_and_si256(l0, m4),
-                    _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
-                );
-                wy[4 * h + 1] = _mm256_or_si256(
-                    _mm256_and_si256(l1, m4),
-                    _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-                );
-                wy[4 * h + 2] = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4),
-                    _mm256_and_si256(qh, m30),
-                );
-                wy[4 * h + 3] = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-                );
-                let half_scales = _mm256_broadcastsi128_si256(if h == 0 {
-                    _mm256_castsi256_si128(sc16)
-                } else {
-                    _mm256_extracti128_si256::<1>(sc16)
-                });
+                wy[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30));
+                wy[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30));
+                wy[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4), _mm256_and_si256(qh, m30));
+                wy[4 * h + 3] =
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4), _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30));
+                let half_scales =
+                    _mm256_broadcastsi128_si256(if h == 0 { _mm256_castsi256_si128(sc16) } else { _mm256_extracti128_si256::<1>(sc16) });
                 for (q, m) in masks.iter().enumerate() {
                     scv[4 * h + q] = _mm256_shuffle_epi8(half_scales, *m);
                 }
@@ -361,10 +310,7 @@ unsafe fn q6k<const NR: usize>(w: &[u8], x: &Activations, r0: usize, out: &mut [
                 let mut s = _mm256_setzero_si256();
                 for j in 0..8 {
                     let av = _mm256_loadu_si256(a.add(32 * j) as *const __m256i);
-                    s = _mm256_add_epi32(
-                        s,
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(wy[j], av), scv[j]),
-                    );
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(wy[j], av), scv[j]));
                 }
                 let da = x.d[i];
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(da * d), acc[t]);
@@ -383,14 +329,7 @@ unsafe fn q6k<const NR: usize>(w: &[u8], x: &Activations, r0: usize, out: &mut [
 /// # Safety
 /// AVX2 and FMA; `w.len() == cols`, `x` holds rows `r0..r0 + nr` of `cols` values.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dense_row_dot(
-    w: &[f32],
-    x: &[f32],
-    cols: usize,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32; TILE],
-) {
+pub(crate) unsafe fn dense_row_dot(w: &[f32], x: &[f32], cols: usize, r0: usize, nr: usize, out: &mut [f32; TILE]) {
     unsafe {
         for (t, o) in out.iter_mut().enumerate().take(nr) {
             let xr = x.as_ptr().add((r0 + t) * cols);
@@ -399,26 +338,15 @@ pub(crate) unsafe fn dense_row_dot(
             let mut k = 0;
             while k + 32 <= cols {
                 for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(wp.add(k + 8 * u)),
-                        _mm256_loadu_ps(xr.add(k + 8 * u)),
-                        *a,
-                    );
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(k + 8 * u)), _mm256_loadu_ps(xr.add(k + 8 * u)), *a);
                 }
                 k += 32;
             }
             while k + 8 <= cols {
-                acc[0] = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(wp.add(k)),
-                    _mm256_loadu_ps(xr.add(k)),
-                    acc[0],
-                );
+                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(k)), _mm256_loadu_ps(xr.add(k)), acc[0]);
                 k += 8;
             }
-            let mut s = hsum_ps(_mm256_add_ps(
-                _mm256_add_ps(acc[0], acc[1]),
-                _mm256_add_ps(acc[2], acc[3]),
-            ));
+            let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
             while k < cols {
                 s += *wp.add(k) * *xr.add(k);
                 k += 1;

@@ -22,14 +22,7 @@ use crate::TILE;
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL, F16C and FMA (and VNNI when `VNNI`); `w` must be one
 /// row of whole blocks of `ty` for `x`'s column count, and `r0 + nr <= x.rows()`.
-pub(crate) unsafe fn row_dot<const VNNI: bool>(
-    ty: QType,
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32; TILE],
-) {
+pub(crate) unsafe fn row_dot<const VNNI: bool>(ty: QType, w: &[u8], x: &Activations, r0: usize, nr: usize, out: &mut [f32; TILE]) {
     // SAFETY: forwarded from the caller.
     unsafe {
         if VNNI {
@@ -43,40 +36,19 @@ pub(crate) unsafe fn row_dot<const VNNI: bool>(
 // The kernels below are `#[inline(always)]` without target features of their own: each is
 // compiled into these two entry points, once with VNNI and once without.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn row_dot_vnni(
-    ty: QType,
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32; TILE],
-) {
+unsafe fn row_dot_vnni(ty: QType, w: &[u8], x: &Activations, r0: usize, nr: usize, out: &mut [f32; TILE]) {
     // SAFETY: forwarded from `row_dot`.
     unsafe { dispatch::<true>(ty, w, x, r0, nr, out) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn row_dot_bw(
-    ty: QType,
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32; TILE],
-) {
+unsafe fn row_dot_bw(ty: QType, w: &[u8], x: &Activations, r0: usize, nr: usize, out: &mut [f32; TILE]) {
     // SAFETY: forwarded from `row_dot`.
     unsafe { dispatch::<false>(ty, w, x, r0, nr, out) }
 }
 
 #[inline(always)]
-unsafe fn dispatch<const VNNI: bool>(
-    ty: QType,
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32; TILE],
-) {
+unsafe fn dispatch<const VNNI: bool>(ty: QType, w: &[u8], x: &Activations, r0: usize, nr: usize, out: &mut [f32; TILE]) {
     macro_rules! tiles {
         ($n:ident => $e:expr) => {
             match nr {
@@ -148,10 +120,7 @@ unsafe fn nibbles_1block(p: *const u8) -> __m256i {
     unsafe {
         let q = _mm_loadu_si128(p as *const __m128i);
         let m = _mm_set1_epi8(0x0f);
-        _mm256_inserti128_si256::<1>(
-            _mm256_castsi128_si256(_mm_and_si128(q, m)),
-            _mm_and_si128(_mm_srli_epi16::<4>(q), m),
-        )
+        _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_and_si128(q, m)), _mm_and_si128(_mm_srli_epi16::<4>(q), m))
     }
 }
 
@@ -253,12 +222,7 @@ impl Blocks32 for Q8_0Shifted {
     }
     #[inline(always)]
     unsafe fn unpack1(p: *const u8) -> __m256i {
-        unsafe {
-            _mm256_xor_si256(
-                _mm256_loadu_si256(p.add(2) as *const __m256i),
-                _mm256_set1_epi8(-128),
-            )
-        }
+        unsafe { _mm256_xor_si256(_mm256_loadu_si256(p.add(2) as *const __m256i), _mm256_set1_epi8(-128)) }
     }
     #[inline(always)]
     unsafe fn scales(p: *const u8) -> __m128i {
@@ -268,12 +232,7 @@ impl Blocks32 for Q8_0Shifted {
 
 /// The loop of the 32-value block types: two blocks per step.
 #[inline(always)]
-unsafe fn blocks32<K: Blocks32, const NR: usize, const VNNI: bool>(
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    out: &mut [f32; TILE],
-) {
+unsafe fn blocks32<K: Blocks32, const NR: usize, const VNNI: bool>(w: &[u8], x: &Activations, r0: usize, out: &mut [f32; TILE]) {
     unsafe {
         let nb = w.len() / K::BYTES;
         let cols = x.cols();
@@ -324,12 +283,7 @@ unsafe fn blocks32<K: Blocks32, const NR: usize, const VNNI: bool>(
 /// Q8_0 without VNNI: `vpmaddubsw` would saturate on `w + 128`, so the sign of each weight moves
 /// onto its activation instead (`|w| · ±a`), as llama.cpp's AVX2 path does.
 #[inline(always)]
-unsafe fn q8_0_signed<const NR: usize>(
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    out: &mut [f32; TILE],
-) {
+unsafe fn q8_0_signed<const NR: usize>(w: &[u8], x: &Activations, r0: usize, out: &mut [f32; TILE]) {
     unsafe {
         let nb = w.len() / 34;
         let cols = x.cols();
@@ -354,11 +308,7 @@ unsafe fn q8_0_signed<const NR: usize>(
                 let sa = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
                 let s = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, sa), ones);
                 let i = r * per_row + b;
-                let sc = _mm512_mask_blend_ps(
-                    0xff00,
-                    _mm512_set1_ps(d0 * x.ds_min[2 * i]),
-                    _mm512_set1_ps(d1 * x.ds_min[2 * i + 2]),
-                );
+                let sc = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(d0 * x.ds_min[2 * i]), _mm512_set1_ps(d1 * x.ds_min[2 * i + 2]));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[t]);
             }
             b += 2;
@@ -368,9 +318,7 @@ unsafe fn q8_0_signed<const NR: usize>(
             for (t, tl) in tail.iter_mut().enumerate() {
                 let r = r0 + t;
                 let a = x.qs.as_ptr().add(r * cols + 32 * b);
-                let s: i32 = (0..32)
-                    .map(|j| *p.add(2 + j) as i8 as i32 * *a.add(j) as i32)
-                    .sum();
+                let s: i32 = (0..32).map(|j| *p.add(2 + j) as i8 as i32 * *a.add(j) as i32).sum();
                 *tl = f16_at(p) * x.ds_min[2 * (r * per_row + b)] * s as f32;
             }
         }
@@ -389,12 +337,7 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 /// scales `j` and `j + 1` over the 32-value halves of a register.
 #[inline(always)]
 unsafe fn pair_index(j: i16) -> __m512i {
-    unsafe {
-        _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_set1_epi16(j)),
-            _mm256_set1_epi16(j + 1),
-        )
-    }
+    unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_set1_epi16(j)), _mm256_set1_epi16(j + 1)) }
 }
 
 /// Lanes `[j × 8, (j + 1) × 8, (j + 2) × 8, (j + 3) × 8]` of 16-bit values (Q6_K's 16-value
@@ -402,14 +345,8 @@ unsafe fn pair_index(j: i16) -> __m512i {
 #[inline(always)]
 unsafe fn quad_index(j: i16) -> __m512i {
     unsafe {
-        let lo = _mm256_inserti128_si256::<1>(
-            _mm256_castsi128_si256(_mm_set1_epi16(j)),
-            _mm_set1_epi16(j + 1),
-        );
-        let hi = _mm256_inserti128_si256::<1>(
-            _mm256_castsi128_si256(_mm_set1_epi16(j + 2)),
-            _mm_set1_epi16(j + 3),
-        );
+        let lo = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_set1_epi16(j)), _mm_set1_epi16(j + 1));
+        let hi = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_set1_epi16(j + 2)), _mm_set1_epi16(j + 3));
         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
     }
 }
@@ -418,12 +355,7 @@ unsafe fn quad_index(j: i16) -> __m512i {
 /// and `4c + 1, 4c + 3` in its high ones; Q5_K adds bit `j` of each `qh` byte as 16 to
 /// sub-block `j`. Products are summed per sub-block in 16 bits, times the 6-bit scales, into 32.
 #[inline(always)]
-unsafe fn q4k_like<const NR: usize, const Q5: bool>(
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    out: &mut [f32; TILE],
-) {
+unsafe fn q4k_like<const NR: usize, const Q5: bool>(w: &[u8], x: &Activations, r0: usize, out: &mut [f32; TILE]) {
     unsafe {
         let bytes = if Q5 { 176 } else { 144 };
         let qs_at = if Q5 { 48 } else { 16 };
@@ -477,10 +409,7 @@ unsafe fn q4k_like<const NR: usize, const Q5: bool>(
                 let mut s = _mm512_setzero_si512();
                 for k in 0..4 {
                     let av = _mm512_loadu_si512(a.add(64 * k) as *const __m512i);
-                    s = _mm512_add_epi32(
-                        s,
-                        _mm512_madd_epi16(_mm512_maddubs_epi16(wz[k], av), scv[k]),
-                    );
+                    s = _mm512_add_epi32(s, _mm512_madd_epi16(_mm512_maddubs_epi16(wz[k], av), scv[k]));
                 }
                 let da = x.d[i];
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(da * d), acc[t]);
@@ -520,15 +449,11 @@ unsafe fn q6k<const NR: usize>(w: &[u8], x: &Activations, r0: usize, out: &mut [
             let mut wz = [_mm512_setzero_si512(); 4];
             for h in 0..2 {
                 let ql = _mm512_loadu_si512(p.add(64 * h) as *const __m512i);
-                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                    p.add(128 + 32 * h) as *const __m256i
-                ));
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i));
                 let lo = _mm512_and_si512(ql, m4);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4);
-                wz[2 * h] =
-                    _mm512_or_si512(lo, _mm512_and_si512(_mm512_rolv_epi64(qh, rot_lo), m30));
-                wz[2 * h + 1] =
-                    _mm512_or_si512(hi, _mm512_and_si512(_mm512_rolv_epi64(qh, rot_hi), m30));
+                wz[2 * h] = _mm512_or_si512(lo, _mm512_and_si512(_mm512_rolv_epi64(qh, rot_lo), m30));
+                wz[2 * h + 1] = _mm512_or_si512(hi, _mm512_and_si512(_mm512_rolv_epi64(qh, rot_hi), m30));
             }
             let scv = [
                 _mm512_permutexvar_epi16(idx[0], sc16z),
@@ -543,10 +468,7 @@ unsafe fn q6k<const NR: usize>(w: &[u8], x: &Activations, r0: usize, out: &mut [
                 let mut s = _mm512_setzero_si512();
                 for k in 0..4 {
                     let av = _mm512_loadu_si512(a.add(64 * k) as *const __m512i);
-                    s = _mm512_add_epi32(
-                        s,
-                        _mm512_madd_epi16(_mm512_maddubs_epi16(wz[k], av), scv[k]),
-                    );
+                    s = _mm512_add_epi32(s, _mm512_madd_epi16(_mm512_maddubs_epi16(wz[k], av), scv[k]));
                 }
                 let da = x.d[i];
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(da * d), acc[t]);
@@ -565,14 +487,7 @@ unsafe fn q6k<const NR: usize>(w: &[u8], x: &Activations, r0: usize, out: &mut [
 /// # Safety
 /// AVX-512 F and FMA; `w.len() == cols`, `x` holds rows `r0..r0 + nr` of `cols` values.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(crate) unsafe fn dense_row_dot(
-    w: &[f32],
-    x: &[f32],
-    cols: usize,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32; TILE],
-) {
+pub(crate) unsafe fn dense_row_dot(w: &[f32], x: &[f32], cols: usize, r0: usize, nr: usize, out: &mut [f32; TILE]) {
     unsafe {
         for (t, o) in out.iter_mut().enumerate().take(nr) {
             let xr = x.as_ptr().add((r0 + t) * cols);
@@ -581,26 +496,15 @@ pub(crate) unsafe fn dense_row_dot(
             let mut k = 0;
             while k + 64 <= cols {
                 for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(
-                        _mm512_loadu_ps(wp.add(k + 16 * u)),
-                        _mm512_loadu_ps(xr.add(k + 16 * u)),
-                        *a,
-                    );
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(k + 16 * u)), _mm512_loadu_ps(xr.add(k + 16 * u)), *a);
                 }
                 k += 64;
             }
             while k + 16 <= cols {
-                acc[0] = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(wp.add(k)),
-                    _mm512_loadu_ps(xr.add(k)),
-                    acc[0],
-                );
+                acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(k)), _mm512_loadu_ps(xr.add(k)), acc[0]);
                 k += 16;
             }
-            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
-                _mm512_add_ps(acc[0], acc[1]),
-                _mm512_add_ps(acc[2], acc[3]),
-            ));
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
             while k < cols {
                 s += *wp.add(k) * *xr.add(k);
                 k += 1;

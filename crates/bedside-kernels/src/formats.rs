@@ -33,14 +33,7 @@ pub enum ActLayout {
 }
 
 impl QType {
-    pub const ALL: [QType; 6] = [
-        QType::Q4_0,
-        QType::Q4_1,
-        QType::Q8_0,
-        QType::Q4K,
-        QType::Q5K,
-        QType::Q6K,
-    ];
+    pub const ALL: [QType; 6] = [QType::Q4_0, QType::Q4_1, QType::Q8_0, QType::Q4K, QType::Q5K, QType::Q6K];
 
     /// Values per block.
     pub const fn block_len(self) -> usize {
@@ -111,10 +104,7 @@ pub(crate) fn k4_scale_min(scales: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (scales[j] & 63, scales[j + 4] & 63)
     } else {
-        (
-            (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4),
-            (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
-        )
+        ((scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
     }
 }
 
@@ -126,18 +116,14 @@ pub(crate) fn k4_unpack(packed: &[u8]) -> [u8; 16] {
     const KMASK1: u32 = 0x3f3f_3f3f;
     const KMASK2: u32 = 0x0f0f_0f0f;
     const KMASK3: u32 = 0x0303_0303;
-    let word =
-        |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+    let word = |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
     let u = [word(0), word(4), word(8)];
     let scales_lo = u[0] & KMASK1;
     let scales_hi = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
     let mins_lo = u[1] & KMASK1;
     let mins_hi = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
     let mut out = [0u8; 16];
-    for (o, v) in out
-        .chunks_exact_mut(4)
-        .zip([scales_lo, scales_hi, mins_lo, mins_hi])
-    {
+    for (o, v) in out.chunks_exact_mut(4).zip([scales_lo, scales_hi, mins_lo, mins_hi]) {
         o.copy_from_slice(&v.to_le_bytes());
     }
     out
@@ -162,11 +148,7 @@ pub(crate) fn k_quant(ty: QType, block: &[u8], i: usize) -> u8 {
         QType::Q4K | QType::Q5K => {
             // Chunks of 64 values share 32 bytes of qs: low nibbles first, then high nibbles.
             let (chunk, l, high) = (i / 64, i % 32, (i % 64) >= 32);
-            let qs = if ty == QType::Q4K {
-                &block[16..]
-            } else {
-                &block[48..]
-            };
+            let qs = if ty == QType::Q4K { &block[16..] } else { &block[48..] };
             let byte = qs[chunk * 32 + l];
             let low4 = if high { byte >> 4 } else { byte & 0x0f };
             if ty == QType::Q4K {
@@ -182,11 +164,7 @@ pub(crate) fn k_quant(ty: QType, block: &[u8], i: usize) -> u8 {
             let (q, l) = (r / 32, r % 32);
             let ql = &block[half * 64..];
             let qh = &block[128 + half * 32..];
-            let low4 = if q < 2 {
-                ql[l + 32 * (q & 1)] & 0x0f
-            } else {
-                ql[l + 32 * (q & 1)] >> 4
-            };
+            let low4 = if q < 2 { ql[l + 32 * (q & 1)] & 0x0f } else { ql[l + 32 * (q & 1)] >> 4 };
             low4 | (((qh[l] >> (2 * q)) & 3) << 4)
         }
         _ => unreachable!("k_quant on a 32-value type"),
@@ -204,17 +182,8 @@ pub fn dequantize_row(ty: QType, bytes: &[u8], out: &mut [f32]) {
         out.len(),
         ty.name()
     );
-    assert_eq!(
-        out.len() % bl,
-        0,
-        "dequantize_row: {} values is not a whole number of {} blocks",
-        out.len(),
-        ty.name()
-    );
-    for (b, y) in bytes
-        .chunks_exact(ty.block_bytes())
-        .zip(out.chunks_exact_mut(bl))
-    {
+    assert_eq!(out.len() % bl, 0, "dequantize_row: {} values is not a whole number of {} blocks", out.len(), ty.name());
+    for (b, y) in bytes.chunks_exact(ty.block_bytes()).zip(out.chunks_exact_mut(bl)) {
         match ty {
             QType::Q4_0 => {
                 let d = f16_at(b, 0);
@@ -268,26 +237,13 @@ impl<'a> QMatrix<'a> {
     /// do not fit.
     pub fn new(ty: QType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self, String> {
         if !cols.is_multiple_of(ty.block_len()) {
-            return Err(format!(
-                "{} rows of {cols} values are not whole {}-value blocks",
-                ty.name(),
-                ty.block_len()
-            ));
+            return Err(format!("{} rows of {cols} values are not whole {}-value blocks", ty.name(), ty.block_len()));
         }
         let want = rows * ty.row_bytes(cols);
         if data.len() != want {
-            return Err(format!(
-                "a {rows} × {cols} {} matrix has {want} bytes, got {}",
-                ty.name(),
-                data.len()
-            ));
+            return Err(format!("a {rows} × {cols} {} matrix has {want} bytes, got {}", ty.name(), data.len()));
         }
-        Ok(Self {
-            ty,
-            data,
-            rows,
-            cols,
-        })
+        Ok(Self { ty, data, rows, cols })
     }
     pub fn ty(&self) -> QType {
         self.ty
@@ -312,11 +268,7 @@ impl<'a> QMatrix<'a> {
     /// Rows `start..start + len` dequantized into `out` (`len × cols`, row-major).
     pub fn dequantize_rows(&self, start: usize, len: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
-        dequantize_row(
-            self.ty,
-            &self.data[start * rb..(start + len) * rb],
-            &mut out[..len * self.cols],
-        );
+        dequantize_row(self.ty, &self.data[start * rb..(start + len) * rb], &mut out[..len * self.cols]);
     }
 }
 
@@ -332,18 +284,12 @@ mod tests {
         for _ in 0..2000 {
             let mut packed = [0u8; 12];
             for b in packed.iter_mut() {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 *b = (state >> 56) as u8;
             }
             let u = k4_unpack(&packed);
             for j in 0..8 {
-                assert_eq!(
-                    (u[j], u[8 + j]),
-                    k4_scale_min(&packed, j),
-                    "{packed:?} j={j}"
-                );
+                assert_eq!((u[j], u[8 + j]), k4_scale_min(&packed, j), "{packed:?} j={j}");
             }
         }
     }

@@ -51,12 +51,7 @@ impl Backend {
     /// The fastest backend this CPU supports (detected once).
     pub fn detected() -> Backend {
         static DETECTED: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            Backend::supported()
-                .last()
-                .copied()
-                .unwrap_or(Backend::Generic)
-        })
+        *DETECTED.get_or_init(|| Backend::supported().last().copied().unwrap_or(Backend::Generic))
     }
 
     /// Every backend this CPU can run, slowest first (tests run each).
@@ -96,15 +91,7 @@ impl Backend {
 
     /// `out[t] = W[row] · x[r0 + t]` for `t < nr` (`nr <= TILE`).
     #[inline]
-    fn row_dot(
-        self,
-        ty: QType,
-        w: &[u8],
-        x: &Activations,
-        r0: usize,
-        nr: usize,
-        out: &mut [f32; TILE],
-    ) {
+    fn row_dot(self, ty: QType, w: &[u8], x: &Activations, r0: usize, nr: usize, out: &mut [f32; TILE]) {
         debug_assert!((1..=TILE).contains(&nr) && r0 + nr <= x.rows());
         match self {
             #[cfg(target_arch = "x86_64")]
@@ -124,21 +111,11 @@ impl Backend {
     }
 
     #[inline]
-    fn dense_row_dot(
-        self,
-        w: &[f32],
-        x: &[f32],
-        cols: usize,
-        r0: usize,
-        nr: usize,
-        out: &mut [f32; TILE],
-    ) {
+    fn dense_row_dot(self, w: &[f32], x: &[f32], cols: usize, r0: usize, nr: usize, out: &mut [f32; TILE]) {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in `row_dot`; `matmul` checked the lengths.
-            Backend::Avx512 | Backend::Avx512Vnni => unsafe {
-                avx512::dense_row_dot(w, x, cols, r0, nr, out)
-            },
+            Backend::Avx512 | Backend::Avx512Vnni => unsafe { avx512::dense_row_dot(w, x, cols, r0, nr, out) },
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => unsafe { avx2::dense_row_dot(w, x, cols, r0, nr, out) },
             _ => generic::dense_row_dot(w, x, cols, r0, nr, out),
@@ -177,11 +154,7 @@ pub struct DenseMatrix<'a> {
 impl<'a> DenseMatrix<'a> {
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Result<Self, String> {
         if data.len() != rows * cols {
-            return Err(format!(
-                "a {rows} × {cols} f32 matrix has {} values, got {}",
-                rows * cols,
-                data.len()
-            ));
+            return Err(format!("a {rows} × {cols} f32 matrix has {} values, got {}", rows * cols, data.len()));
         }
         Ok(Self { data, rows, cols })
     }
@@ -242,60 +215,29 @@ pub struct Job<'a> {
 /// `out = input · Wᵀ` (or `out += ...`) for every job, the weights' rows split into tasks run on
 /// `par`. Several weights sharing one input (q/k/v, gate/up) are one call: one round of the
 /// pool, one quantization of the input.
-pub fn matmul(
-    backend: Backend,
-    par: &dyn Parallel,
-    input: Input,
-    jobs: &mut [Job],
-) -> Result<(), String> {
+pub fn matmul(backend: Backend, par: &dyn Parallel, input: Input, jobs: &mut [Job]) -> Result<(), String> {
     let m = input.rows;
     for j in jobs.iter() {
         let w = &j.weight;
         if w.cols() != input.cols {
-            return Err(format!(
-                "matmul: weight of {} columns for input rows of {}",
-                w.cols(),
-                input.cols
-            ));
+            return Err(format!("matmul: weight of {} columns for input rows of {}", w.cols(), input.cols));
         }
         if j.out.len() != m * w.rows() {
-            return Err(format!(
-                "matmul: output of {} values for {m} × {} results",
-                j.out.len(),
-                w.rows()
-            ));
+            return Err(format!("matmul: output of {} values for {m} × {} results", j.out.len(), w.rows()));
         }
         let have = match w.act_layout() {
             None => input.f32.map(|x| x.len() == m * input.cols),
-            Some(ActLayout::Blocks32) => input
-                .blocks32
-                .map(|a| a.rows() == m && a.cols() == input.cols),
-            Some(ActLayout::Blocks256) => input
-                .blocks256
-                .map(|a| a.rows() == m && a.cols() == input.cols),
+            Some(ActLayout::Blocks32) => input.blocks32.map(|a| a.rows() == m && a.cols() == input.cols),
+            Some(ActLayout::Blocks256) => input.blocks256.map(|a| a.rows() == m && a.cols() == input.cols),
         };
         match have {
             Some(true) => {}
-            Some(false) => {
-                return Err(format!(
-                    "matmul: input in the form {:?} does not have {m} rows of {}",
-                    w.act_layout(),
-                    input.cols
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "matmul: a weight needs its input as {:?}, which was not given",
-                    w.act_layout()
-                ))
-            }
+            Some(false) => return Err(format!("matmul: input in the form {:?} does not have {m} rows of {}", w.act_layout(), input.cols)),
+            None => return Err(format!("matmul: a weight needs its input as {:?}, which was not given", w.act_layout())),
         }
     }
     if jobs.len() > MAX_JOBS {
-        return Err(format!(
-            "matmul: {} weights in one call, at most {MAX_JOBS}",
-            jobs.len()
-        ));
+        return Err(format!("matmul: {} weights in one call, at most {MAX_JOBS}", jobs.len()));
     }
     if m == 0 || jobs.is_empty() {
         return Ok(());
@@ -304,11 +246,7 @@ pub fn matmul(
     // the others, and a multiple of 4 rows.
     let total: usize = jobs.iter().map(|j| j.weight.rows()).sum();
     let threads = par.threads().max(1);
-    let chunk = if threads == 1 {
-        total.max(1)
-    } else {
-        (total / (threads * 8)).clamp(16, 512).next_multiple_of(4)
-    };
+    let chunk = if threads == 1 { total.max(1) } else { (total / (threads * 8)).clamp(16, 512).next_multiple_of(4) };
     // Fixed-size tables: a matmul allocates nothing.
     let mut starts = [usize::MAX; MAX_JOBS + 1];
     let mut outs = [SendPtr(std::ptr::null_mut()); MAX_JOBS];
@@ -328,17 +266,7 @@ pub fn matmul(
         let rows = r0..(r0 + chunk).min(n);
         // SAFETY: task `t` writes only columns `rows` of job `ji`'s `m × n` output, which no
         // other task writes; `jobs` (and so the output buffers) outlive `par.run`.
-        unsafe {
-            rows_task(
-                backend,
-                input,
-                &job.weight,
-                rows,
-                outs[ji].0,
-                n,
-                job.accumulate,
-            )
-        };
+        unsafe { rows_task(backend, input, &job.weight, rows, outs[ji].0, n, job.accumulate) };
     });
     Ok(())
 }
@@ -353,15 +281,7 @@ unsafe impl Sync for SendPtr {}
 ///
 /// # Safety
 /// `out` must address `input.rows × n` f32 values that no one else touches at columns `rows`.
-unsafe fn rows_task(
-    backend: Backend,
-    input: Input,
-    w: &Weight,
-    rows: std::ops::Range<usize>,
-    out: *mut f32,
-    n: usize,
-    accumulate: bool,
-) {
+unsafe fn rows_task(backend: Backend, input: Input, w: &Weight, rows: std::ops::Range<usize>, out: *mut f32, n: usize, accumulate: bool) {
     let m = input.rows;
     let mut res = [0f32; TILE];
     let mut r0 = 0;
@@ -379,14 +299,7 @@ unsafe fn rows_task(
                 }
                 Weight::Dense(d) => {
                     let Some(x) = input.f32 else { return };
-                    backend.dense_row_dot(
-                        &d.data[j * d.cols..(j + 1) * d.cols],
-                        x,
-                        d.cols,
-                        r0,
-                        nr,
-                        &mut res,
-                    );
+                    backend.dense_row_dot(&d.data[j * d.cols..(j + 1) * d.cols], x, d.cols, r0, nr, &mut res);
                 }
             }
             for (t, &v) in res.iter().enumerate().take(nr) {
@@ -401,19 +314,10 @@ unsafe fn rows_task(
 
 /// `out = x · Wᵀ` on the calling thread, quantizing `x` (`rows × W.cols()`) as the weight needs:
 /// a convenience for tests and one-off products.
-pub fn matmul_f32(
-    backend: Backend,
-    w: Weight,
-    x: &[f32],
-    rows: usize,
-    out: &mut [f32],
-) -> Result<(), String> {
+pub fn matmul_f32(backend: Backend, w: Weight, x: &[f32], rows: usize, out: &mut [f32]) -> Result<(), String> {
     let cols = w.cols();
     if x.len() != rows * cols {
-        return Err(format!(
-            "matmul_f32: {} input values for {rows} rows of {cols}",
-            x.len()
-        ));
+        return Err(format!("matmul_f32: {} input values for {rows} rows of {cols}", x.len()));
     }
     let mut acts = w.act_layout().map(Activations::new);
     if let Some(a) = acts.as_mut() {
@@ -426,14 +330,5 @@ pub fn matmul_f32(
         blocks32: acts.as_ref().filter(|a| a.layout() == ActLayout::Blocks32),
         blocks256: acts.as_ref().filter(|a| a.layout() == ActLayout::Blocks256),
     };
-    matmul(
-        backend,
-        &Serial,
-        input,
-        &mut [Job {
-            weight: w,
-            out,
-            accumulate: false,
-        }],
-    )
+    matmul(backend, &Serial, input, &mut [Job { weight: w, out, accumulate: false }])
 }

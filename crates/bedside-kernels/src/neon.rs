@@ -17,14 +17,7 @@ use crate::TILE;
 /// The CPU must support NEON (every aarch64 CPU does); `w` must be one row of whole blocks of
 /// `ty` for `x`'s column count, and `r0 + nr <= x.rows()`.
 #[target_feature(enable = "neon")]
-pub(crate) unsafe fn row_dot(
-    ty: QType,
-    w: &[u8],
-    x: &Activations,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32; TILE],
-) {
+pub(crate) unsafe fn row_dot(ty: QType, w: &[u8], x: &Activations, r0: usize, nr: usize, out: &mut [f32; TILE]) {
     // SAFETY: forwarded from the caller.
     unsafe {
         for (t, o) in out.iter_mut().enumerate().take(nr) {
@@ -51,12 +44,7 @@ unsafe fn dot16(w: int8x16_t, a: int8x16_t) -> int32x4_t {
 /// Low and high nibbles of 16 bytes.
 #[inline(always)]
 unsafe fn split_nibbles(q: uint8x16_t) -> (int8x16_t, int8x16_t) {
-    unsafe {
-        (
-            vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))),
-            vreinterpretq_s8_u8(vshrq_n_u8::<4>(q)),
-        )
-    }
+    unsafe { (vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))), vreinterpretq_s8_u8(vshrq_n_u8::<4>(q))) }
 }
 
 #[inline(always)]
@@ -75,10 +63,7 @@ unsafe fn dot32(ty: QType, w: &[u8], x: &Activations, r: usize) -> f32 {
                 QType::Q4_0 => {
                     let (lo, hi) = split_nibbles(vld1q_u8(wb.as_ptr().add(2)));
                     let eight = vdupq_n_s8(8);
-                    let s = vaddq_s32(
-                        dot16(vsubq_s8(lo, eight), a0),
-                        dot16(vsubq_s8(hi, eight), a1),
-                    );
+                    let s = vaddq_s32(dot16(vsubq_s8(lo, eight), a0), dot16(vsubq_s8(hi, eight), a1));
                     d * da * vaddvq_s32(s) as f32
                 }
                 QType::Q4_1 => {
@@ -121,11 +106,7 @@ unsafe fn dot_q4k_like(q5: bool, w: &[u8], x: &Activations, r: usize) -> f32 {
             let i = r * per_row + b;
             let a = x.qs.as_ptr().add(r * cols + 256 * b);
             let sm = k4_unpack(&wb[4..16]);
-            let qh = if q5 {
-                [vld1q_u8(wb.as_ptr().add(16)), vld1q_u8(wb.as_ptr().add(32))]
-            } else {
-                [vdupq_n_u8(0); 2]
-            };
+            let qh = if q5 { [vld1q_u8(wb.as_ptr().add(16)), vld1q_u8(wb.as_ptr().add(32))] } else { [vdupq_n_u8(0); 2] };
             let mut sum = 0i32;
             for c in 0..4 {
                 let q = wb.as_ptr().add(qs_at + 32 * c);
@@ -137,10 +118,7 @@ unsafe fn dot_q4k_like(q5: bool, w: &[u8], x: &Activations, r: usize) -> f32 {
                         let mut v = if half == 0 { lo } else { hi };
                         if q5 {
                             // Bit `sub` of each qh byte, as 16.
-                            let bit = vandq_u8(
-                                vshlq_u8(qh[k], vdupq_n_s8(4 - sub as i8)),
-                                vdupq_n_u8(0x10),
-                            );
+                            let bit = vandq_u8(vshlq_u8(qh[k], vdupq_n_s8(4 - sub as i8)), vdupq_n_u8(0x10));
                             v = vaddq_s8(v, vreinterpretq_s8_u8(bit));
                         }
                         s = vaddq_s32(s, dot16(v, vld1q_s8(a.add(32 * sub + 16 * k))));
@@ -149,9 +127,7 @@ unsafe fn dot_q4k_like(q5: bool, w: &[u8], x: &Activations, r: usize) -> f32 {
                 }
             }
             let bs = &x.bsums[16 * i..16 * (i + 1)];
-            let mins: i32 = (0..8)
-                .map(|j| sm[8 + j] as i32 * (bs[2 * j] as i32 + bs[2 * j + 1] as i32))
-                .sum();
+            let mins: i32 = (0..8).map(|j| sm[8 + j] as i32 * (bs[2 * j] as i32 + bs[2 * j + 1] as i32)).sum();
             let da = x.d[i];
             acc += da * f16_at(wb, 0) * sum as f32 - da * f16_at(wb, 2) * mins as f32;
         }

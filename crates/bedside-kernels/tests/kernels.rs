@@ -3,8 +3,7 @@
 //! remainder of the four-row tiles), weights of 1..=41 rows split over threads.
 
 use bedside_kernels::{
-    dequantize_row, matmul, ActLayout, Activations, Backend, DenseMatrix, Input, Job, Parallel,
-    QMatrix, QType, Serial, Weight,
+    dequantize_row, matmul, ActLayout, Activations, Backend, DenseMatrix, Input, Job, Parallel, QMatrix, QType, Serial, Weight,
 };
 
 /// Deterministic pseudo-random numbers (a fixed LCG, so failures reproduce).
@@ -12,10 +11,7 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 11
     }
     fn byte(&mut self) -> u8 {
@@ -111,15 +107,7 @@ fn reference(w: &QMatrix, acts: &Activations) -> (Vec<f64>, Vec<f64>) {
     (want, mag)
 }
 
-fn check(
-    backend: Backend,
-    ty: QType,
-    n: usize,
-    nb: usize,
-    m: usize,
-    par: &dyn Parallel,
-    seed: u64,
-) {
+fn check(backend: Backend, ty: QType, n: usize, nb: usize, m: usize, par: &dyn Parallel, seed: u64) {
     let mut rng = Rng(seed);
     let k = nb * ty.block_len();
     let data: Vec<u8> = (0..n).flat_map(|_| random_row(ty, k, &mut rng)).collect();
@@ -130,17 +118,7 @@ fn check(
     let (want, mag) = reference(&w, &acts);
     // Start from garbage: every output must be written.
     let mut out = vec![f32::NAN; m * n];
-    matmul(
-        backend,
-        par,
-        input(&x, &acts, m, k),
-        &mut [Job {
-            weight: Weight::Quantized(w),
-            out: &mut out,
-            accumulate: false,
-        }],
-    )
-    .unwrap();
+    matmul(backend, par, input(&x, &acts, m, k), &mut [Job { weight: Weight::Quantized(w), out: &mut out, accumulate: false }]).unwrap();
     for i in 0..m * n {
         let err = (out[i] as f64 - want[i]).abs();
         assert!(
@@ -157,34 +135,16 @@ fn check(
     }
     // Accumulating adds the same product onto what is there.
     let mut acc = vec![1.5f32; m * n];
-    matmul(
-        backend,
-        par,
-        input(&x, &acts, m, k),
-        &mut [Job {
-            weight: Weight::Quantized(w),
-            out: &mut acc,
-            accumulate: true,
-        }],
-    )
-    .unwrap();
+    matmul(backend, par, input(&x, &acts, m, k), &mut [Job { weight: Weight::Quantized(w), out: &mut acc, accumulate: true }]).unwrap();
     for i in 0..m * n {
-        assert!(
-            (acc[i] - 1.5 - out[i]).abs() <= 1e-5 * (1.0 + out[i].abs()),
-            "{} {} accumulate",
-            backend.name(),
-            ty.name()
-        );
+        assert!((acc[i] - 1.5 - out[i]).abs() <= 1e-5 * (1.0 + out[i].abs()), "{} {} accumulate", backend.name(), ty.name());
     }
 }
 
 #[test]
 fn every_backend_and_type_matches_the_dequantized_product_on_odd_shapes() {
     let backends = Backend::supported();
-    eprintln!(
-        "backends: {:?}",
-        backends.iter().map(|b| b.name()).collect::<Vec<_>>()
-    );
+    eprintln!("backends: {:?}", backends.iter().map(|b| b.name()).collect::<Vec<_>>());
     for &backend in &backends {
         for ty in QType::ALL {
             for nb in 1..=5 {
@@ -219,13 +179,7 @@ fn backends_agree_on_a_model_sized_row() {
         let (b0, base) = &outs[0];
         for (b, o) in &outs[1..] {
             for (u, v) in base.iter().zip(o) {
-                assert!(
-                    (u - v).abs() <= 1e-4 * (1.0 + u.abs()),
-                    "{}: {} gives {u}, {} gives {v}",
-                    ty.name(),
-                    b0.name(),
-                    b.name()
-                );
+                assert!((u - v).abs() <= 1e-4 * (1.0 + u.abs()), "{}: {} gives {u}, {} gives {v}", ty.name(), b0.name(), b.name());
             }
         }
     }
@@ -242,21 +196,13 @@ fn activation_quantization_error_is_small() {
         let w = QMatrix::new(ty, &data, 4, k).unwrap();
         let x: Vec<f32> = (0..k).map(|_| rng.unit()).collect();
         let mut out = vec![0f32; 4];
-        bedside_kernels::matmul_f32(Backend::detected(), Weight::Quantized(w), &x, 1, &mut out)
-            .unwrap();
+        bedside_kernels::matmul_f32(Backend::detected(), Weight::Quantized(w), &x, 1, &mut out).unwrap();
         let mut wd = vec![0f32; 4 * k];
         w.dequantize_rows(0, 4, &mut wd);
         for j in 0..4 {
             let exact: f64 = (0..k).map(|c| wd[j * k + c] as f64 * x[c] as f64).sum();
-            let mag: f64 = (0..k)
-                .map(|c| (wd[j * k + c] as f64 * x[c] as f64).abs())
-                .sum();
-            assert!(
-                (out[j] as f64 - exact).abs() < 0.01 * mag,
-                "{}: {} vs exact {exact}",
-                ty.name(),
-                out[j]
-            );
+            let mag: f64 = (0..k).map(|c| (wd[j * k + c] as f64 * x[c] as f64).abs()).sum();
+            assert!((out[j] as f64 - exact).abs() < 0.01 * mag, "{}: {} vs exact {exact}", ty.name(), out[j]);
         }
     }
 }
@@ -303,30 +249,14 @@ fn dense_rows_match_a_plain_product() {
             matmul(
                 backend,
                 &Threads(2),
-                Input {
-                    rows: m,
-                    cols: k,
-                    f32: Some(&x),
-                    blocks32: None,
-                    blocks256: None,
-                },
-                &mut [Job {
-                    weight,
-                    out: &mut out,
-                    accumulate: false,
-                }],
+                Input { rows: m, cols: k, f32: Some(&x), blocks32: None, blocks256: None },
+                &mut [Job { weight, out: &mut out, accumulate: false }],
             )
             .unwrap();
             for r in 0..m {
                 for j in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|c| w[j * k + c] as f64 * x[r * k + c] as f64)
-                        .sum();
-                    assert!(
-                        (out[r * n + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
-                        "{} k={k}",
-                        backend.name()
-                    );
+                    let want: f64 = (0..k).map(|c| w[j * k + c] as f64 * x[r * k + c] as f64).sum();
+                    assert!((out[r * n + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{} k={k}", backend.name());
                 }
             }
         }
@@ -338,16 +268,9 @@ fn dense_rows_match_a_plain_product() {
 fn fused_jobs_equal_separate_calls() {
     let mut rng = Rng(5);
     let k = 64;
-    let q: Vec<u8> = (0..40)
-        .flat_map(|_| random_row(QType::Q4_1, k, &mut rng))
-        .collect();
-    let v: Vec<u8> = (0..12)
-        .flat_map(|_| random_row(QType::Q8_0, k, &mut rng))
-        .collect();
-    let (wq, wv) = (
-        QMatrix::new(QType::Q4_1, &q, 40, k).unwrap(),
-        QMatrix::new(QType::Q8_0, &v, 12, k).unwrap(),
-    );
+    let q: Vec<u8> = (0..40).flat_map(|_| random_row(QType::Q4_1, k, &mut rng)).collect();
+    let v: Vec<u8> = (0..12).flat_map(|_| random_row(QType::Q8_0, k, &mut rng)).collect();
+    let (wq, wv) = (QMatrix::new(QType::Q4_1, &q, 40, k).unwrap(), QMatrix::new(QType::Q8_0, &v, 12, k).unwrap());
     let x: Vec<f32> = (0..3 * k).map(|_| rng.unit()).collect();
     let mut acts = Activations::new(ActLayout::Blocks32);
     acts.quantize(&x, 3, k);
@@ -358,42 +281,16 @@ fn fused_jobs_equal_separate_calls() {
         &Threads(2),
         input(&x, &acts, 3, k),
         &mut [
-            Job {
-                weight: Weight::Quantized(wq),
-                out: &mut oq,
-                accumulate: false,
-            },
-            Job {
-                weight: Weight::Quantized(wv),
-                out: &mut ov,
-                accumulate: false,
-            },
+            Job { weight: Weight::Quantized(wq), out: &mut oq, accumulate: false },
+            Job { weight: Weight::Quantized(wv), out: &mut ov, accumulate: false },
         ],
     )
     .unwrap();
     let (mut sq, mut sv) = (vec![0f32; 3 * 40], vec![0f32; 3 * 12]);
-    matmul(
-        backend,
-        &Serial,
-        input(&x, &acts, 3, k),
-        &mut [Job {
-            weight: Weight::Quantized(wq),
-            out: &mut sq,
-            accumulate: false,
-        }],
-    )
-    .unwrap();
-    matmul(
-        backend,
-        &Serial,
-        input(&x, &acts, 3, k),
-        &mut [Job {
-            weight: Weight::Quantized(wv),
-            out: &mut sv,
-            accumulate: false,
-        }],
-    )
-    .unwrap();
+    matmul(backend, &Serial, input(&x, &acts, 3, k), &mut [Job { weight: Weight::Quantized(wq), out: &mut sq, accumulate: false }])
+        .unwrap();
+    matmul(backend, &Serial, input(&x, &acts, 3, k), &mut [Job { weight: Weight::Quantized(wv), out: &mut sv, accumulate: false }])
+        .unwrap();
     assert_eq!(oq, sq);
     assert_eq!(ov, sv);
 }
@@ -413,33 +310,14 @@ fn shape_errors_are_reported() {
         Backend::Generic,
         &Serial,
         input(&x, &acts, 2, 32),
-        &mut [Job {
-            weight: Weight::Quantized(w),
-            out: &mut out,
-            accumulate: false,
-        }],
+        &mut [Job { weight: Weight::Quantized(w), out: &mut out, accumulate: false }],
     )
     .unwrap_err();
     assert!(err.contains("output"), "{err}");
     let mut out = vec![0f32; 4];
-    let none = Input {
-        rows: 2,
-        cols: 32,
-        f32: Some(&x),
-        blocks32: None,
-        blocks256: None,
-    };
-    let err = matmul(
-        Backend::Generic,
-        &Serial,
-        none,
-        &mut [Job {
-            weight: Weight::Quantized(w),
-            out: &mut out,
-            accumulate: false,
-        }],
-    )
-    .unwrap_err();
+    let none = Input { rows: 2, cols: 32, f32: Some(&x), blocks32: None, blocks256: None };
+    let err =
+        matmul(Backend::Generic, &Serial, none, &mut [Job { weight: Weight::Quantized(w), out: &mut out, accumulate: false }]).unwrap_err();
     assert!(err.contains("not given"), "{err}");
 }
 
@@ -490,31 +368,21 @@ fn parallel_quantization_equals_serial() {
         }
         // Products through every weight type agree too (all the per-block sums are written).
         for ty in QType::ALL.into_iter().filter(|t| t.act_layout() == layout) {
-            let data: Vec<u8> = (0..5)
-                .flat_map(|_| random_row(ty, cols, &mut rng))
-                .collect();
+            let data: Vec<u8> = (0..5).flat_map(|_| random_row(ty, cols, &mut rng)).collect();
             let w = QMatrix::new(ty, &data, 5, cols).unwrap();
             let (mut oa, mut ob) = (vec![0f32; rows * 5], vec![0f32; rows * 5]);
             matmul(
                 Backend::detected(),
                 &Serial,
                 input(&x, &a, rows, cols),
-                &mut [Job {
-                    weight: Weight::Quantized(w),
-                    out: &mut oa,
-                    accumulate: false,
-                }],
+                &mut [Job { weight: Weight::Quantized(w), out: &mut oa, accumulate: false }],
             )
             .unwrap();
             matmul(
                 Backend::detected(),
                 &Serial,
                 input(&x, &b, rows, cols),
-                &mut [Job {
-                    weight: Weight::Quantized(w),
-                    out: &mut ob,
-                    accumulate: false,
-                }],
+                &mut [Job { weight: Weight::Quantized(w), out: &mut ob, accumulate: false }],
             )
             .unwrap();
             assert_eq!(oa, ob, "{}", ty.name());

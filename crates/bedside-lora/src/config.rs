@@ -40,9 +40,7 @@ impl Default for LoraConfig {
             lora_alpha: 8.0,
             use_rslora: false,
             lora_dropout: 0.0,
-            target_modules: ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
-                .map(String::from)
-                .to_vec(),
+            target_modules: ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"].map(String::from).to_vec(),
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
             base_model_name_or_path: None,
@@ -148,7 +146,10 @@ impl LoraConfig {
             }
         }
         let pos_int = |k: &str, x: &Value| -> Result<usize> {
-            x.as_u64().filter(|n| *n > 0).map(|n| n as usize).ok_or_else(|| err(format!("field '{k}' must be a positive integer, found {x}")))
+            x.as_u64()
+                .filter(|n| *n > 0)
+                .map(|n| n as usize)
+                .ok_or_else(|| err(format!("field '{k}' must be a positive integer, found {x}")))
         };
         let number = |k: &str, x: &Value| -> Result<f64> {
             x.as_f64().filter(|f| f.is_finite()).ok_or_else(|| err(format!("field '{k}' must be a number, found {x}")))
@@ -228,16 +229,8 @@ impl LoraConfig {
             Some(Value::String(s)) => Some(s.clone()),
             Some(x) => return Err(err(format!("field 'base_model_name_or_path' must be a string, found {x}"))),
         };
-        let cfg = LoraConfig {
-            r,
-            lora_alpha,
-            use_rslora,
-            lora_dropout,
-            target_modules,
-            rank_pattern,
-            alpha_pattern,
-            base_model_name_or_path,
-        };
+        let cfg =
+            LoraConfig { r, lora_alpha, use_rslora, lora_dropout, target_modules, rank_pattern, alpha_pattern, base_model_name_or_path };
         cfg.validate().map_err(err)?;
         Ok(cfg)
     }

@@ -33,12 +33,7 @@ enum Item {
 /// Write every weight of `model` (LoRA branches merged: `W + Σ scale·B·A`) to `path` as one HF
 /// safetensors file in `dtype`, streaming one tensor at a time (a large model never exists twice
 /// in memory). `progress(done, total)` is called after each tensor. Atomic (`bedside_io`).
-pub fn write_merged_safetensors(
-    model: &mut Model,
-    path: &Path,
-    dtype: DType,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<()> {
+pub fn write_merged_safetensors(model: &mut Model, path: &Path, dtype: DType, progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
     let (st_dtype, _) = dtype_name(dtype)?;
     let cfg = model.cfg.clone();
     let h = cfg.hidden_size;

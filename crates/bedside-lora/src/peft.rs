@@ -210,9 +210,7 @@ fn check_tensors(path: &Path, config: &LoraConfig, raw: HashMap<String, Tensor>)
             }
             let want = config.rank_for(&module);
             if r != want {
-                return Err(err(format!(
-                    "tensor '{key}' has rank {r} but adapter_config.json gives module '{module}' rank {want}"
-                )));
+                return Err(err(format!("tensor '{key}' has rank {r} but adapter_config.json gives module '{module}' rank {want}")));
             }
             // The largest element B·A can reach, times the scaling: finite factors whose product
             // overflows (1e30 · 1e30) would still turn the model into NaN.
@@ -270,8 +268,7 @@ fn check_weight(adapter: &Adapter, weight: f64) -> Result<()> {
 /// Check an adapter against a model without changing it: every pair must name a projection the
 /// model has, with matching in/out features.
 fn plan(model: &mut Model, adapter: &Adapter) -> Result<Vec<(String, Tensor, Tensor, f64)>> {
-    let dims: HashMap<String, (usize, usize)> =
-        model.linears_mut().into_iter().map(|(n, l)| (n, (l.out_dim(), l.in_dim()))).collect();
+    let dims: HashMap<String, (usize, usize)> = model.linears_mut().into_iter().map(|(n, l)| (n, (l.out_dim(), l.in_dim()))).collect();
     let mut out = Vec::new();
     for p in adapter.pairs() {
         let key_a = peft_key(&p.module, Factor::A);
@@ -507,9 +504,19 @@ fn write_safetensors(w: &mut dyn Write, header: &[u8], tensors: &BTreeMap<String
         let flat = t.to_device(&Device::Cpu).and_then(|t| t.flatten_all()).map_err(std::io::Error::other)?;
         buf.clear();
         match t.dtype() {
-            DType::F32 => flat.to_vec1::<f32>().map_err(std::io::Error::other)?.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
-            DType::F16 => flat.to_vec1::<half::f16>().map_err(std::io::Error::other)?.iter().for_each(|x| buf.extend_from_slice(&x.to_bits().to_le_bytes())),
-            _ => flat.to_vec1::<half::bf16>().map_err(std::io::Error::other)?.iter().for_each(|x| buf.extend_from_slice(&x.to_bits().to_le_bytes())),
+            DType::F32 => {
+                flat.to_vec1::<f32>().map_err(std::io::Error::other)?.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes()))
+            }
+            DType::F16 => flat
+                .to_vec1::<half::f16>()
+                .map_err(std::io::Error::other)?
+                .iter()
+                .for_each(|x| buf.extend_from_slice(&x.to_bits().to_le_bytes())),
+            _ => flat
+                .to_vec1::<half::bf16>()
+                .map_err(std::io::Error::other)?
+                .iter()
+                .for_each(|x| buf.extend_from_slice(&x.to_bits().to_le_bytes())),
         }
         w.write_all(&buf)?;
     }

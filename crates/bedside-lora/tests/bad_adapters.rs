@@ -103,12 +103,18 @@ fn unpaired_and_unsupported_keys() {
     };
     assert!(e.contains(QA) && e.contains("no partner"), "{e}");
     let e = tensors_edit(|t| {
-        t.insert("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias".into(), Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias".into(),
+            Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap(),
+        );
     })
     .unwrap();
     assert!(e.contains("lora_B.bias") && e.contains("bias"), "{e}");
     let e = tensors_edit(|t| {
-        t.insert("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector".into(), Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector".into(),
+            Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap(),
+        );
     })
     .unwrap();
     assert!(e.contains("DoRA"), "{e}");
@@ -148,10 +154,8 @@ fn modules_the_model_lacks_and_wrong_features() {
     assert!(e.contains("layers.7.self_attn.q_proj") && e.contains("does not have"), "{e}");
 
     // Wrong in-features: q_proj's A with 32 columns instead of 64.
-    let mut t2: BTreeMap<String, Tensor> = candle_core::safetensors::load(llama.join("lora/adapter_model.safetensors"), &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let mut t2: BTreeMap<String, Tensor> =
+        candle_core::safetensors::load(llama.join("lora/adapter_model.safetensors"), &Device::Cpu).unwrap().into_iter().collect();
     let a = t2[QA].narrow(1, 0, 32).unwrap().contiguous().unwrap();
     t2.insert(QA.into(), a);
     std::fs::write(dir.join("adapter_model.safetensors"), safetensors_bytes(&t2, &BTreeMap::new()).unwrap()).unwrap();

@@ -37,7 +37,9 @@ fn fixture(model: &str) -> Option<PathBuf> {
 
 /// Every fixture adapter (tiny Llama and Mixtral, lora and rslora) with its PEFT reference, on
 /// both bases (the HF checkpoint and the GGUF of the same weights), freshly loaded for each call.
-fn each_adapter_on_both_bases(mut f: impl FnMut(&str, &str, &str, Model, &bedside_lora::Adapter, &std::collections::HashMap<String, Tensor>)) {
+fn each_adapter_on_both_bases(
+    mut f: impl FnMut(&str, &str, &str, Model, &bedside_lora::Adapter, &std::collections::HashMap<String, Tensor>),
+) {
     for m in MODELS {
         let Some(dir) = fixture(m) else { return };
         for kind in KINDS {

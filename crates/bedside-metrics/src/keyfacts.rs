@@ -41,17 +41,145 @@ pub const DEFAULT_THRESHOLD: f64 = 0.753;
 /// English function words (NLTK's list, lightly trimmed of negations, which carry meaning in
 /// medical facts: "do not take ibuprofen").
 pub const STOPWORDS: &[&str] = &[
-    "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "your", "yours", "yourself",
-    "yourselves", "he", "him", "his", "himself", "she", "her", "hers", "herself", "it", "its", "itself",
-    "they", "them", "their", "theirs", "themselves", "what", "which", "who", "whom", "this", "that",
-    "these", "those", "am", "is", "are", "was", "were", "be", "been", "being", "have", "has", "had",
-    "having", "do", "does", "did", "doing", "a", "an", "the", "and", "but", "if", "or", "because", "as",
-    "until", "while", "of", "at", "by", "for", "with", "about", "against", "between", "into", "through",
-    "during", "before", "after", "above", "below", "to", "from", "up", "down", "in", "out", "on", "off",
-    "over", "under", "again", "further", "then", "once", "here", "there", "when", "where", "why", "how",
-    "all", "any", "both", "each", "few", "more", "most", "other", "some", "such", "only", "own", "same",
-    "so", "than", "too", "very", "s", "t", "can", "will", "just", "should", "now", "d", "ll", "m", "o",
-    "re", "ve", "y", "also", "may", "might", "could", "would", "must", "shall", "usually", "often",
+    "i",
+    "me",
+    "my",
+    "myself",
+    "we",
+    "our",
+    "ours",
+    "ourselves",
+    "you",
+    "your",
+    "yours",
+    "yourself",
+    "yourselves",
+    "he",
+    "him",
+    "his",
+    "himself",
+    "she",
+    "her",
+    "hers",
+    "herself",
+    "it",
+    "its",
+    "itself",
+    "they",
+    "them",
+    "their",
+    "theirs",
+    "themselves",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "this",
+    "that",
+    "these",
+    "those",
+    "am",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "being",
+    "have",
+    "has",
+    "had",
+    "having",
+    "do",
+    "does",
+    "did",
+    "doing",
+    "a",
+    "an",
+    "the",
+    "and",
+    "but",
+    "if",
+    "or",
+    "because",
+    "as",
+    "until",
+    "while",
+    "of",
+    "at",
+    "by",
+    "for",
+    "with",
+    "about",
+    "against",
+    "between",
+    "into",
+    "through",
+    "during",
+    "before",
+    "after",
+    "above",
+    "below",
+    "to",
+    "from",
+    "up",
+    "down",
+    "in",
+    "out",
+    "on",
+    "off",
+    "over",
+    "under",
+    "again",
+    "further",
+    "then",
+    "once",
+    "here",
+    "there",
+    "when",
+    "where",
+    "why",
+    "how",
+    "all",
+    "any",
+    "both",
+    "each",
+    "few",
+    "more",
+    "most",
+    "other",
+    "some",
+    "such",
+    "only",
+    "own",
+    "same",
+    "so",
+    "than",
+    "too",
+    "very",
+    "s",
+    "t",
+    "can",
+    "will",
+    "just",
+    "should",
+    "now",
+    "d",
+    "ll",
+    "m",
+    "o",
+    "re",
+    "ve",
+    "y",
+    "also",
+    "may",
+    "might",
+    "could",
+    "would",
+    "must",
+    "shall",
+    "usually",
+    "often",
 ];
 
 fn is_stopword(w: &str) -> bool {
@@ -251,8 +379,7 @@ pub fn key_fact_recall(
     texts.extend(sentences.iter().map(String::as_str));
     let mut embs = embedder.embed(&texts)?;
     let sentence_embs = embs.split_off(facts.len());
-    let sims: Vec<Vec<f64>> =
-        embs.iter().map(|f| sentence_embs.iter().map(|s| bedside_embed::cosine(f, s) as f64).collect()).collect();
+    let sims: Vec<Vec<f64>> = embs.iter().map(|f| sentence_embs.iter().map(|s| bedside_embed::cosine(f, s) as f64).collect()).collect();
     Ok(key_fact_recall_scored(facts, &sentences, &sims, threshold))
 }
 
@@ -305,8 +432,10 @@ pub fn calibrate_threshold_by(
     negatives: &[f64],
     criterion: Criterion,
 ) -> Result<(f64, CalibrationStats), CalibrationError> {
-    let pos: Vec<Vec<Evidence>> = positives.iter().map(|&c| vec![Evidence { cosine: c, lexical: false, polarity: Polarity::Agrees }]).collect();
-    let neg: Vec<Vec<Evidence>> = negatives.iter().map(|&c| vec![Evidence { cosine: c, lexical: false, polarity: Polarity::Agrees }]).collect();
+    let pos: Vec<Vec<Evidence>> =
+        positives.iter().map(|&c| vec![Evidence { cosine: c, lexical: false, polarity: Polarity::Agrees }]).collect();
+    let neg: Vec<Vec<Evidence>> =
+        negatives.iter().map(|&c| vec![Evidence { cosine: c, lexical: false, polarity: Polarity::Agrees }]).collect();
     calibrate_decision(&pos, &neg, criterion)
 }
 
@@ -345,7 +474,8 @@ pub fn calibrate_decision(
             None => true,
             Some(b) => {
                 let (k, kb) = (key(&s), key(b));
-                k.0 > kb.0 + 1e-12 || ((k.0 - kb.0).abs() <= 1e-12 && (k.1 > kb.1 + 1e-12 || ((k.1 - kb.1).abs() <= 1e-12 && s.threshold > b.threshold)))
+                k.0 > kb.0 + 1e-12
+                    || ((k.0 - kb.0).abs() <= 1e-12 && (k.1 > kb.1 + 1e-12 || ((k.1 - kb.1).abs() <= 1e-12 && s.threshold > b.threshold)))
             }
         };
         if better {
@@ -388,7 +518,13 @@ pub fn auc(pos: &[f64], neg: &[f64]) -> f64 {
     let mut wins = 0.0;
     for &p in pos {
         for &n in neg {
-            wins += if p > n { 1.0 } else if p == n { 0.5 } else { 0.0 };
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
         }
     }
     wins / (pos.len() * neg.len()) as f64
@@ -418,14 +554,23 @@ mod tests {
         assert_eq!(lex("Ectopic beats are very common.", "Ectopic beats are not very common.").polarity, Polarity::Disagrees);
         assert_eq!(lex("Ectopic beats are very common.", "Don't worry: ectopic beats are very common.").polarity, Polarity::Agrees);
         assert_eq!(lex("It is not a sign of poor hygiene.", "It is a sign of poor hygiene.").polarity, Polarity::Disagrees);
-        assert_eq!(lex("Prednisolone must never be stopped suddenly.", "You can stop prednisolone suddenly.").polarity, Polarity::Disagrees);
+        assert_eq!(
+            lex("Prednisolone must never be stopped suddenly.", "You can stop prednisolone suddenly.").polarity,
+            Polarity::Disagrees
+        );
         assert_eq!(lex("Prednisolone must never be stopped suddenly.", "Never stop prednisolone suddenly.").polarity, Polarity::Agrees);
         assert_eq!(lex("Ordinary painkillers rarely help.", "Ordinary painkillers often help.").polarity, Polarity::Disagrees);
         // A negative fact's claim is its negated words; the context around them does not outvote it.
         assert_eq!(lex("do not fly until the gas has gone", "You can fly until the gas has gone.").polarity, Polarity::Disagrees);
-        assert_eq!(lex("It cannot be cured, but it can be controlled", "It can be cured, but it can be controlled.").polarity, Polarity::Disagrees);
+        assert_eq!(
+            lex("It cannot be cured, but it can be controlled", "It can be cured, but it can be controlled.").polarity,
+            Polarity::Disagrees
+        );
         // One negated mention among agreeing ones does not make a contradiction.
-        assert_eq!(lex("the next step is usually an ECG", "An ECG is not painful, and it is usually the next step.").polarity, Polarity::Agrees);
+        assert_eq!(
+            lex("the next step is usually an ECG", "An ECG is not painful, and it is usually the next step.").polarity,
+            Polarity::Agrees
+        );
     }
 
     #[test]

@@ -20,9 +20,14 @@ pub mod stats;
 pub mod text;
 
 pub use bleu::{corpus_bleu, sentence_bleu, tokenize_13a, Bleu};
-pub use keyfacts::{calibrate_threshold, calibrate_threshold_by, key_fact_recall_scored, lexical_match, CalibrationStats, Criterion, KeyFactRecall};
 #[cfg(feature = "embed")]
 pub use keyfacts::key_fact_recall;
+pub use keyfacts::{
+    calibrate_threshold, calibrate_threshold_by, key_fact_recall_scored, lexical_match, CalibrationStats, Criterion, KeyFactRecall,
+};
 pub use rouge::{rouge_l, rouge_l_f1, RougeScore};
-pub use stats::{chi2_rates, chi2_yates, clustered_bootstrap, delta_pct, holm, mean, median, paired_bootstrap, permutation_test, sd, sign_test, wilcoxon, BootstrapCi, Chi2, Wilcoxon};
+pub use stats::{
+    chi2_rates, chi2_yates, clustered_bootstrap, delta_pct, holm, mean, median, paired_bootstrap, permutation_test, sd, sign_test,
+    wilcoxon, BootstrapCi, Chi2, Wilcoxon,
+};
 pub use text::{fk_grade, readability, split_sentences, word_count, Readability};

@@ -50,16 +50,36 @@ pub struct Word {
 const CLAUSE_PUNCT: &[char] = &[',', ';', ':', '.', '!', '?', '—', '–'];
 
 const CONNECTIVES: &[&str] = &[
-    "and", "but", "however", "although", "though", "because", "so", "then", "while", "whereas", "if", "unless", "when",
-    "whenever", "until", "which", "who", "otherwise", "instead", "rather", "except", "whether",
+    "and",
+    "but",
+    "however",
+    "although",
+    "though",
+    "because",
+    "so",
+    "then",
+    "while",
+    "whereas",
+    "if",
+    "unless",
+    "when",
+    "whenever",
+    "until",
+    "which",
+    "who",
+    "otherwise",
+    "instead",
+    "rather",
+    "except",
+    "whether",
 ];
 
 const HYPOTHETICAL: &[&str] = &["if", "unless", "whether"];
 
 const CUES: &[&str] = &[
-    "not", "no", "never", "cannot", "none", "nothing", "nobody", "nowhere", "neither", "nor", "without", "rarely", "seldom",
-    "hardly", "barely", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "cant", "couldnt", "shouldnt",
-    "wouldnt", "wont", "mustnt", "neednt", "havent", "hasnt", "hadnt",
+    "not", "no", "never", "cannot", "none", "nothing", "nobody", "nowhere", "neither", "nor", "without", "rarely", "seldom", "hardly",
+    "barely", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "cant", "couldnt", "shouldnt", "wouldnt", "wont", "mustnt",
+    "neednt", "havent", "hasnt", "hadnt",
 ];
 
 /// Verbs that negate their complement, by Porter stem ("avoid", "avoiding", "avoided" → "avoid").
@@ -67,8 +87,21 @@ const CUE_VERB_STEMS: &[&str] = &["avoid", "stop", "quit", "refrain", "hesit", "
 
 /// Words about the reader's feelings: a cue right before one negates only it.
 const EMOTIVE_STEMS: &[&str] = &[
-    "worri", "panic", "fear", "afraid", "blame", "asham", "embarrass", "guilti", "scare", "alarm", "apologis", "apolog",
-    "fret", "stress", "feel",
+    "worri",
+    "panic",
+    "fear",
+    "afraid",
+    "blame",
+    "asham",
+    "embarrass",
+    "guilti",
+    "scare",
+    "alarm",
+    "apologis",
+    "apolog",
+    "fret",
+    "stress",
+    "feel",
 ];
 
 /// Whether `w` (lower case, apostrophes folded) is a negation cue.
@@ -143,7 +176,8 @@ pub fn analyse(text: &str) -> Vec<Word> {
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let example = (w.0 == "such" && ws.get(i + 1).is_some_and(|x| x.0 == "as")) || ["including", "especially"].contains(&w.0.as_str());
+            let example =
+                (w.0 == "such" && ws.get(i + 1).is_some_and(|x| x.0 == "as")) || ["including", "especially"].contains(&w.0.as_str());
             w.3 && w.0 != "or" && w.0 != "nor" && !example
         })
         .collect();

@@ -48,11 +48,7 @@ fn ends_double_consonant(w: &[u8]) -> bool {
 
 fn ends_cvc(w: &[u8]) -> bool {
     let n = w.len();
-    (n >= 3
-        && is_consonant(w, n - 3)
-        && !is_consonant(w, n - 2)
-        && is_consonant(w, n - 1)
-        && !matches!(w[n - 1], b'w' | b'x' | b'y'))
+    (n >= 3 && is_consonant(w, n - 3) && !is_consonant(w, n - 2) && is_consonant(w, n - 1) && !matches!(w[n - 1], b'w' | b'x' | b'y'))
         || (n == 2 && !is_consonant(w, 0) && is_consonant(w, 1))
 }
 
@@ -63,19 +59,11 @@ fn apply_rules(word: &[u8], rules: &[(&str, &str, Cond)]) -> Vec<u8> {
     for (suffix, repl, cond) in rules {
         if *suffix == "*d" && ends_double_consonant(word) {
             let stem = &word[..word.len() - 2];
-            return if cond.is_none_or(|c| c(stem)) {
-                [stem, repl.as_bytes()].concat()
-            } else {
-                word.to_vec()
-            };
+            return if cond.is_none_or(|c| c(stem)) { [stem, repl.as_bytes()].concat() } else { word.to_vec() };
         }
         if *suffix != "*d" && word.ends_with(suffix.as_bytes()) {
             let stem = &word[..word.len() - suffix.len()];
-            return if cond.is_none_or(|c| c(stem)) {
-                [stem, repl.as_bytes()].concat()
-            } else {
-                word.to_vec()
-            };
+            return if cond.is_none_or(|c| c(stem)) { [stem, repl.as_bytes()].concat() } else { word.to_vec() };
         }
     }
     word.to_vec()
@@ -117,13 +105,7 @@ fn step1b(w: &[u8]) -> Vec<u8> {
     let m1_cvc = |s: &[u8]| measure(s) == 1 && ends_cvc(s);
     apply_rules(
         inter,
-        &[
-            ("at", "ate", None),
-            ("bl", "ble", None),
-            ("iz", "ize", None),
-            ("*d", &last_s, Some(&not_lsz)),
-            ("", "e", Some(&m1_cvc)),
-        ],
+        &[("at", "ate", None), ("bl", "ble", None), ("iz", "ize", None), ("*d", &last_s, Some(&not_lsz)), ("", "e", Some(&m1_cvc))],
     )
 }
 

@@ -343,8 +343,22 @@ pub fn wilcoxon_diffs(d: &[f64]) -> Result<Wilcoxon> {
         WilcoxonMethod::Exact => {
             let pmf = wilcoxon_pmf(count);
             let mean = (count * (count + 1)) as f64 / 4.0;
-            let cdf_direct = |k: i64| -> f64 { if k < 0 { 0.0 } else { pmf[..=(k as usize).min(pmf.len() - 1)].iter().sum() } };
-            let sf_direct = |k: i64| -> f64 { if k <= 0 { 1.0 } else if k as usize >= pmf.len() { 0.0 } else { pmf[k as usize..].iter().sum() } };
+            let cdf_direct = |k: i64| -> f64 {
+                if k < 0 {
+                    0.0
+                } else {
+                    pmf[..=(k as usize).min(pmf.len() - 1)].iter().sum()
+                }
+            };
+            let sf_direct = |k: i64| -> f64 {
+                if k <= 0 {
+                    1.0
+                } else if k as usize >= pmf.len() {
+                    0.0
+                } else {
+                    pmf[k as usize..].iter().sum()
+                }
+            };
             let cdf = |k: i64| if k as f64 <= mean { cdf_direct(k) } else { 1.0 - sf_direct(k + 1) };
             let sf = |k: i64| if k as f64 <= mean { sf_direct(k) } else { 1.0 - cdf_direct(k - 1) };
             let p = 2.0 * sf(r_plus.floor() as i64).min(cdf(r_plus.ceil() as i64));
@@ -419,9 +433,7 @@ pub fn chi2_yates(table: [[f64; 2]; 2]) -> Result<Chi2> {
         }
     }
     if expected.iter().flatten().any(|&e| e == 0.0 || !e.is_finite()) {
-        return Err(StatsError::InvalidTable(format!(
-            "a row or column sums to zero (table {table:?}); the test is undefined"
-        )));
+        return Err(StatsError::InvalidTable(format!("a row or column sums to zero (table {table:?}); the test is undefined")));
     }
     let mut stat = 0.0;
     for i in 0..2 {
@@ -440,10 +452,7 @@ pub fn chi2_rates(good_a: usize, n_a: usize, good_b: usize, n_b: usize) -> Resul
     if good_a > n_a || good_b > n_b {
         return Err(StatsError::InvalidTable(format!("successes exceed trials ({good_a}/{n_a}, {good_b}/{n_b})")));
     }
-    chi2_yates([
-        [good_a as f64, (n_a - good_a) as f64],
-        [good_b as f64, (n_b - good_b) as f64],
-    ])
+    chi2_yates([[good_a as f64, (n_a - good_a) as f64], [good_b as f64, (n_b - good_b) as f64]])
 }
 
 /// Two-sample permutation test of a difference in means.

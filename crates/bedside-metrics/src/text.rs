@@ -2,8 +2,8 @@
 
 /// Abbreviations whose trailing period does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
-    "dr", "mr", "mrs", "ms", "prof", "st", "vs", "etc", "e.g", "i.e", "eg", "ie", "approx", "no", "fig",
-    "jr", "sr", "inc", "ltd", "cf", "al", "min", "max", "hr", "hrs", "wk", "wks", "mo", "yr", "yrs",
+    "dr", "mr", "mrs", "ms", "prof", "st", "vs", "etc", "e.g", "i.e", "eg", "ie", "approx", "no", "fig", "jr", "sr", "inc", "ltd", "cf",
+    "al", "min", "max", "hr", "hrs", "wk", "wks", "mo", "yr", "yrs",
 ];
 
 /// Split text into sentences: at `.`, `!`, `?` (runs of them, plus closing quotes/brackets)
@@ -38,14 +38,7 @@ pub fn split_sentences(text: &str) -> Vec<String> {
 }
 
 fn is_abbreviation(before: &[char]) -> bool {
-    let word: String = before
-        .iter()
-        .rev()
-        .take_while(|c| !c.is_whitespace() && **c != '(')
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let word: String = before.iter().rev().take_while(|c| !c.is_whitespace() && **c != '(').collect::<Vec<_>>().into_iter().rev().collect();
     let w = word.to_lowercase();
     (w.chars().count() == 1 && w.chars().all(|c| c.is_alphabetic())) || ABBREVIATIONS.contains(&w.as_str())
 }
@@ -119,11 +112,7 @@ pub fn readability(text: &str) -> Readability {
     let ws = words(text);
     let sentences = split_sentences(text).len().max(usize::from(!ws.is_empty()));
     let syl: usize = ws.iter().map(|w| syllables(w)).sum();
-    let fk_grade = if ws.is_empty() {
-        0.0
-    } else {
-        fk_grade_from_counts(ws.len(), sentences, syl)
-    };
+    let fk_grade = if ws.is_empty() { 0.0 } else { fk_grade_from_counts(ws.len(), sentences, syl) };
     Readability { words: ws.len(), sentences, syllables: syl, fk_grade }
 }
 

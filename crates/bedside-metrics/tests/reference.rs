@@ -114,7 +114,10 @@ fn chi2_yates_matches_scipy() {
     for (case, want) in c["chi2"].as_array().unwrap().iter().zip(r["chi2"].as_array().unwrap()) {
         let name = case["name"].as_str().unwrap();
         let t = case["table"].as_array().unwrap();
-        let row = |i: usize| { let v = floats(&t[i]); [v[0], v[1]] };
+        let row = |i: usize| {
+            let v = floats(&t[i]);
+            [v[0], v[1]]
+        };
         let got = stats::chi2_yates([row(0), row(1)]).unwrap();
         assert!((got.statistic - f(&want["statistic"])).abs() < 1e-9, "{name}: χ² {} vs scipy {}", got.statistic, want["statistic"]);
         assert!((got.pvalue - f(&want["pvalue"])).abs() < 1e-9, "{name}: p {} vs scipy {}", got.pvalue, want["pvalue"]);
@@ -174,9 +177,7 @@ fn bootstrap_agrees_with_scipy_percentile_bootstrap() {
 /// reference.json is what the tools produce from cases.json today.
 #[test]
 fn reference_json_is_current() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import rouge_score, sacrebleu, scipy, nltk"])
-        .output();
+    let probe = std::process::Command::new("python3").args(["-c", "import rouge_score, sacrebleu, scipy, nltk"]).output();
     match probe {
         Ok(o) if o.status.success() => {}
         _ => {
@@ -191,10 +192,5 @@ fn reference_json_is_current() {
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/reference_metrics.py");
     let out = std::process::Command::new("python3").arg(&script).arg("--check").output().expect("run python3");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }

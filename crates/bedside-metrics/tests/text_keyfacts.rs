@@ -5,18 +5,8 @@ use bedside_metrics::{stats, text};
 
 #[test]
 fn sentences_split_at_ends_not_abbreviations_or_decimals() {
-    let s = text::split_sentences(
-        "I'm sorry you're in pain. Take 2.5 mg now, e.g. with food! Dr. Smith will call.\nIs it worse?Call 911",
-    );
-    assert_eq!(
-        s,
-        vec![
-            "I'm sorry you're in pain.",
-            "Take 2.5 mg now, e.g. with food!",
-            "Dr. Smith will call.",
-            "Is it worse?Call 911",
-        ]
-    );
+    let s = text::split_sentences("I'm sorry you're in pain. Take 2.5 mg now, e.g. with food! Dr. Smith will call.\nIs it worse?Call 911");
+    assert_eq!(s, vec!["I'm sorry you're in pain.", "Take 2.5 mg now, e.g. with food!", "Dr. Smith will call.", "Is it worse?Call 911",]);
     assert_eq!(text::split_sentences("  \n ... \n"), Vec::<String>::new());
     assert_eq!(text::split_sentences("Really?! Yes.").len(), 2);
 }
@@ -25,12 +15,41 @@ fn sentences_split_at_ends_not_abbreviations_or_decimals() {
 fn syllables_of_dictionary_words() {
     // Dictionary syllable counts (Merriam-Webster hyphenation).
     let words = [
-        ("the", 1), ("pain", 1), ("care", 1), ("make", 1), ("asked", 1), ("hopes", 1), ("doctor", 2),
-        ("table", 2), ("patient", 2), ("wanted", 2), ("boxes", 2), ("nurses", 2), ("fever", 2),
-        ("medicine", 3), ("hospital", 3), ("important", 3), ("frightening", 3), ("symptoms", 2),
-        ("emergency", 4), ("immediately", 5), ("understanding", 4), ("ibuprofen", 4), ("everything", 3),
-        ("happy", 2), ("worried", 2), ("breathe", 1), ("blood", 1), ("pressure", 2), ("family", 3),
-        ("anxious", 2), ("stomach", 2), ("headache", 2), ("serious", 3), ("infection", 3), ("a", 1),
+        ("the", 1),
+        ("pain", 1),
+        ("care", 1),
+        ("make", 1),
+        ("asked", 1),
+        ("hopes", 1),
+        ("doctor", 2),
+        ("table", 2),
+        ("patient", 2),
+        ("wanted", 2),
+        ("boxes", 2),
+        ("nurses", 2),
+        ("fever", 2),
+        ("medicine", 3),
+        ("hospital", 3),
+        ("important", 3),
+        ("frightening", 3),
+        ("symptoms", 2),
+        ("emergency", 4),
+        ("immediately", 5),
+        ("understanding", 4),
+        ("ibuprofen", 4),
+        ("everything", 3),
+        ("happy", 2),
+        ("worried", 2),
+        ("breathe", 1),
+        ("blood", 1),
+        ("pressure", 2),
+        ("family", 3),
+        ("anxious", 2),
+        ("stomach", 2),
+        ("headache", 2),
+        ("serious", 3),
+        ("infection", 3),
+        ("a", 1),
     ];
     let right = words.iter().filter(|(w, n)| text::syllables(w) == *n).count();
     let wrong: Vec<_> = words.iter().filter(|(w, n)| text::syllables(w) != *n).map(|(w, n)| (w, n, text::syllables(w))).collect();
@@ -143,10 +162,8 @@ fn stats_helpers() {
 fn key_fact_recall_with_minilm() {
     let Some(dir) = bedside_testutil::model_file("all-minilm-l6-v2") else { return };
     let e = bedside_embed::Embedder::load(&dir, &candle_core::Device::Cpu).unwrap();
-    let facts = [
-        "Chest pain spreading to the arm or jaw needs emergency care.",
-        "Metformin is the usual first medicine for type 2 diabetes.",
-    ];
+    let facts =
+        ["Chest pain spreading to the arm or jaw needs emergency care.", "Metformin is the usual first medicine for type 2 diabetes."];
     let response = "I'm sorry, that sounds frightening. Chest pain spreading into the arm or the jaw requires emergency care.";
     let r = keyfacts::key_fact_recall(&e, &facts, response, keyfacts::DEFAULT_THRESHOLD).unwrap();
     assert!(r.facts[0].conveyed && r.facts[0].semantic && !r.facts[0].lexical, "{:?}", r.facts[0]);

@@ -61,8 +61,8 @@ impl ModelConfig {
     /// Parse an HF `config.json` (Llama, Mistral, Mixtral).
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Config { path: path.into(), msg: format!("malformed JSON: {e}") })?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.into(), msg: format!("malformed JSON: {e}") })?;
         Self::from_hf_json(path, &v)
     }
 
@@ -72,11 +72,8 @@ impl ModelConfig {
             return Err(err("expected a JSON object".into()));
         }
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let archs: Vec<&str> = v
-            .get("architectures")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let archs: Vec<&str> =
+            v.get("architectures").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         let arch = match model_type {
             "llama" | "mistral" => Arch::Llama,
             "mixtral" => Arch::Mixtral,
@@ -112,9 +109,7 @@ impl ModelConfig {
         let num_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
         let head_dim = opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
         if num_heads % num_kv_heads != 0 {
-            return Err(err(format!(
-                "num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})"
-            )));
+            return Err(err(format!("num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})")));
         }
         if head_dim % 2 != 0 {
             return Err(err(format!("head_dim {head_dim} must be even for rotary embeddings")));
@@ -165,10 +160,7 @@ impl ModelConfig {
             Some(x) => return Err(err(format!("field 'tie_word_embeddings' must be true or false, found {x}"))),
         };
         let moe = match arch {
-            Arch::Mixtral => Some(MoeConfig {
-                num_experts: usize_field("num_local_experts")?,
-                top_k: usize_field("num_experts_per_tok")?,
-            }),
+            Arch::Mixtral => Some(MoeConfig { num_experts: usize_field("num_local_experts")?, top_k: usize_field("num_experts_per_tok")? }),
             Arch::Llama => None,
         };
         let cfg = ModelConfig {
@@ -308,9 +300,7 @@ impl ModelConfig {
         let hidden_size = need_u("embedding_length")?;
         let num_heads = need_u("attention.head_count")?;
         let num_kv_heads = get_u("attention.head_count_kv")?.unwrap_or(num_heads);
-        let head_dim = get_u("attention.key_length")?
-            .or(get_u("rope.dimension_count")?)
-            .unwrap_or(hidden_size / num_heads);
+        let head_dim = get_u("attention.key_length")?.or(get_u("rope.dimension_count")?).unwrap_or(hidden_size / num_heads);
         if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(err(format!("head_count {num_heads} is not a multiple of head_count_kv {num_kv_heads}")));
         }
@@ -332,11 +322,7 @@ impl ModelConfig {
             _ => None,
         };
         let expert_count = get_u("expert_count")?.unwrap_or(0);
-        let moe = if expert_count > 1 {
-            Some(MoeConfig { num_experts: expert_count, top_k: need_u("expert_used_count")? })
-        } else {
-            None
-        };
+        let moe = if expert_count > 1 { Some(MoeConfig { num_experts: expert_count, top_k: need_u("expert_used_count")? }) } else { None };
         let cfg = ModelConfig {
             arch: if moe.is_some() { Arch::Mixtral } else { Arch::Llama },
             hidden_size,

@@ -12,11 +12,7 @@ use candle_core::{CpuStorage, DType, Layout, Tensor};
 
 /// A new buffer of `n` values filled by `f(element_range, out)` over units of `unit` elements
 /// (a row, or a block of an elementwise op), spread over candle's CPU threads.
-pub(crate) fn par_fill(
-    n: usize,
-    unit: usize,
-    f: impl Fn(Range<usize>, &mut [f32]) + Sync,
-) -> Vec<f32> {
+pub(crate) fn par_fill(n: usize, unit: usize, f: impl Fn(Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0f32; n];
     let unit = unit.max(1);
     let ptr = out.as_mut_ptr() as usize;
@@ -33,17 +29,11 @@ pub(crate) fn par_fill(
 
 /// Run `f` over `0..n_items` split in ranges on candle's CPU threads (see
 /// `BarrierPool::execute_chunked`); returns the first error any call gave.
-pub(crate) fn par_try(
-    n_items: usize,
-    f: impl Fn(Range<usize>) -> candle_core::Result<()> + Sync,
-) -> candle_core::Result<()> {
+pub(crate) fn par_try(n_items: usize, f: impl Fn(Range<usize>) -> candle_core::Result<()> + Sync) -> candle_core::Result<()> {
     let failed = std::sync::Mutex::new(None);
     candle_core::utils::barrier_pool().execute_chunked(n_items, |range| {
         if let Err(e) = f(range) {
-            failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(e);
+            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
         }
     });
     match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -54,10 +44,7 @@ pub(crate) fn par_try(
 
 /// `f(i)` for every `i` in `0..n` on candle's CPU threads, the results in index order whatever
 /// thread ran what; the first error if any.
-pub(crate) fn par_map<T: Send>(
-    n: usize,
-    f: impl Fn(usize) -> candle_core::Result<T> + Sync,
-) -> candle_core::Result<Vec<T>> {
+pub(crate) fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> candle_core::Result<T> + Sync) -> candle_core::Result<Vec<T>> {
     let out = std::sync::Mutex::new(Vec::with_capacity(n));
     par_try(n, |range| {
         for i in range {
@@ -75,13 +62,8 @@ pub(crate) fn par_map<T: Send>(
 /// that folds a group's pieces into one buffer: results merged in group order do not depend on
 /// which thread ran what, so a step repeats bit for bit.
 pub(crate) fn piece_groups(pieces: &[(usize, usize)]) -> Vec<&[(usize, usize)]> {
-    let groups = pieces
-        .len()
-        .min(2 * candle_core::utils::get_num_threads().max(1))
-        .max(1);
-    (0..groups)
-        .map(|g| &pieces[g * pieces.len() / groups..(g + 1) * pieces.len() / groups])
-        .collect()
+    let groups = pieces.len().min(2 * candle_core::utils::get_num_threads().max(1)).max(1);
+    (0..groups).map(|g| &pieces[g * pieces.len() / groups..(g + 1) * pieces.len() / groups]).collect()
 }
 
 /// `dst = (accumulate ? dst : 0) + lhs · rhs` for strided f32 matrices (`m × k` times `k × n`),
@@ -133,11 +115,7 @@ pub(crate) fn row_blocks(n: usize, k: usize, budget: usize) -> Vec<(usize, usize
 
 /// Rows `start..start + len` of a quantized `[n, k]` weight, dequantized to f32 on the CPU (each
 /// row is a whole number of ggml blocks, so a row range is a byte range).
-pub(crate) fn dequantize_rows(
-    q: &QTensor,
-    start: usize,
-    len: usize,
-) -> candle_core::Result<Tensor> {
+pub(crate) fn dequantize_rows(q: &QTensor, start: usize, len: usize) -> candle_core::Result<Tensor> {
     let cpu = candle_core::Device::Cpu;
     let (n, k) = q.shape().dims2()?;
     if start == 0 && len == n {
@@ -148,14 +126,8 @@ pub(crate) fn dequantize_rows(
     let data = q.data()?;
     let bytes = data
         .get(start * row_bytes..(start + len) * row_bytes)
-        .ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "rows {start}..{} of a {n}-row quantized weight",
-                start + len
-            ))
-        })?;
-    let storage =
-        candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &cpu, gd)?;
+        .ok_or_else(|| candle_core::Error::Msg(format!("rows {start}..{} of a {n}-row quantized weight", start + len)))?;
+    let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &cpu, gd)?;
     QTensor::new(storage, (len, k))?.dequantize(&cpu)
 }
 
@@ -195,12 +167,7 @@ impl WeightRows {
     }
 
     /// `f` over rows `start..start + len` as a row-major f32 slice.
-    pub(crate) fn with<R>(
-        &self,
-        start: usize,
-        len: usize,
-        f: impl FnOnce(&[f32]) -> R,
-    ) -> candle_core::Result<R> {
+    pub(crate) fn with<R>(&self, start: usize, len: usize, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
         let (_, k) = self.dims()?;
         let dequantized;
         let (t, first) = match self {
@@ -214,12 +181,9 @@ impl WeightRows {
         match (&*ws, wl.contiguous_offsets()) {
             (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, _))) => {
                 let from = a + first * k;
-                let rows = v.get(from..from + len * k).ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "rows {start}..{} outside the weight",
-                        start + len
-                    ))
-                })?;
+                let rows = v
+                    .get(from..from + len * k)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("rows {start}..{} outside the weight", start + len)))?;
                 Ok(f(rows))
             }
             _ => candle_core::bail!("weight rows are not contiguous f32 on the CPU"),
@@ -231,11 +195,7 @@ impl WeightRows {
 /// (dense f32, or quantized and dequantized piece by piece), as single-thread GEMMs over pieces of
 /// `W`'s rows on candle's CPU threads, each writing its own output columns: a vocabulary-sized
 /// weight is never dense whole. Returns the `(rows, n)` values, row-major.
-pub(crate) fn gemm_by_pieces(
-    w: &WeightRows,
-    x: &CpuStorage,
-    xl: &Layout,
-) -> candle_core::Result<Vec<f32>> {
+pub(crate) fn gemm_by_pieces(w: &WeightRows, x: &CpuStorage, xl: &Layout) -> candle_core::Result<Vec<f32>> {
     let (n, k) = w.dims()?;
     let (rows, xk) = xl.shape().dims2()?;
     if xk != k {
@@ -254,16 +214,7 @@ pub(crate) fn gemm_by_pieces(
                 // SAFETY: y[:, start..start + len] (row stride n) is this piece's alone; x is
                 // rows × k and wp is len × k, both contiguous.
                 unsafe {
-                    gemm_f32(
-                        (rows, len, k),
-                        (y_ptr as *mut f32).add(start),
-                        (n, 1),
-                        false,
-                        xs.as_ptr(),
-                        (k, 1),
-                        wp.as_ptr(),
-                        (1, k),
-                    );
+                    gemm_f32((rows, len, k), (y_ptr as *mut f32).add(start), (n, 1), false, xs.as_ptr(), (k, 1), wp.as_ptr(), (1, k));
                 }
             })?;
         }
@@ -301,25 +252,14 @@ pub(crate) fn input_grad_by_pieces(w: &WeightRows, g: &Tensor) -> candle_core::R
                 // SAFETY: acc is rows × k and ours; dy[:, start..start + len] has row stride n;
                 // wp is len × k, contiguous.
                 unsafe {
-                    gemm_f32(
-                        (rows, k, len),
-                        acc.as_mut_ptr(),
-                        (k, 1),
-                        j > 0,
-                        gv[start..].as_ptr(),
-                        (n, 1),
-                        wp.as_ptr(),
-                        (k, 1),
-                    );
+                    gemm_f32((rows, k, len), acc.as_mut_ptr(), (k, 1), j > 0, gv[start..].as_ptr(), (n, 1), wp.as_ptr(), (k, 1));
                 }
             })?;
         }
         Ok(acc)
     })?;
     let mut parts = parts.into_iter();
-    let mut dx = parts
-        .next()
-        .ok_or_else(|| candle_core::Error::Msg("a weight with no rows".into()))?;
+    let mut dx = parts.next().ok_or_else(|| candle_core::Error::Msg("a weight with no rows".into()))?;
     for p in parts {
         dx.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
     }

@@ -118,13 +118,7 @@ fn proj_src<'t>(l: &'t Linear, held: &mut Held<'t>, batch: usize) -> Option<Proj
         let rows = match &br.rows {
             None => None,
             Some(t) => {
-                let rows: Vec<u32> = t
-                    .flatten_all()
-                    .ok()?
-                    .to_dtype(DType::U32)
-                    .ok()?
-                    .to_vec1()
-                    .ok()?;
+                let rows: Vec<u32> = t.flatten_all().ok()?.to_dtype(DType::U32).ok()?.to_vec1().ok()?;
                 if rows.iter().any(|&r| r as usize >= batch) {
                     return None;
                 }
@@ -132,13 +126,7 @@ fn proj_src<'t>(l: &'t Linear, held: &mut Held<'t>, batch: usize) -> Option<Proj
             }
         };
         let (a, b) = (held.hold(&br.a)?, held.hold(&br.b)?);
-        lora.push(LoraSrc {
-            a,
-            b,
-            rank: br.rank(),
-            scale: br.scale as f32,
-            rows,
-        });
+        lora.push(LoraSrc { a, b, rank: br.rank(), scale: br.scale as f32, rows });
     }
     match &l.base {
         BaseWeight::Quantized(q, _) => Some(ProjSrc::Quantized(qmatrix(q)?, lora)),
@@ -146,18 +134,10 @@ fn proj_src<'t>(l: &'t Linear, held: &mut Held<'t>, batch: usize) -> Option<Proj
     }
 }
 
-fn proj<'a>(
-    src: &ProjSrc<'a>,
-    held: &'a Held<'_>,
-    out_dim: usize,
-    in_dim: usize,
-) -> Option<Proj<'a>> {
+fn proj<'a>(src: &ProjSrc<'a>, held: &'a Held<'_>, out_dim: usize, in_dim: usize) -> Option<Proj<'a>> {
     let (weight, lora) = match src {
         ProjSrc::Quantized(q, lora) => (bk::Weight::Quantized(*q), lora),
-        ProjSrc::Dense(i, lora) => (
-            bk::Weight::Dense(bk::DenseMatrix::new(held.slice(*i)?, out_dim, in_dim).ok()?),
-            lora,
-        ),
+        ProjSrc::Dense(i, lora) => (bk::Weight::Dense(bk::DenseMatrix::new(held.slice(*i)?, out_dim, in_dim).ok()?), lora),
     };
     if weight.rows() != out_dim || weight.cols() != in_dim {
         return None;
@@ -172,10 +152,7 @@ fn proj<'a>(
             rows: l.rows.clone(),
         });
     }
-    Some(Proj {
-        weight,
-        lora: branches,
-    })
+    Some(Proj { weight, lora: branches })
 }
 
 /// Decode one position for every row of `ids` `(b, 1)`, appending to `cache`; the logits
@@ -184,57 +161,32 @@ fn proj<'a>(
 pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Option<Tensor>> {
     let (b, t) = ids.dims2()?;
     let cfg = &model.cfg;
-    if !model.fused_decode()
-        || t != 1
-        || b == 0
-        || !model.device().is_cpu()
-        || model.dtype() != DType::F32
-        || cfg.moe.is_some()
-    {
+    if !model.fused_decode() || t != 1 || b == 0 || !model.device().is_cpu() || model.dtype() != DType::F32 || cfg.moe.is_some() {
         return Ok(None);
     }
     if cache.batch_size() != b {
         return Ok(None);
     }
-    let (h, nh, nkv, d, f) = (
-        cfg.hidden_size,
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-        cfg.intermediate_size,
-    );
+    let (h, nh, nkv, d, f) = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size);
     let (qd, kvd) = (nh * d, nkv * d);
     let offset = cache.len();
     if offset + 1 > cfg.max_position_embeddings {
-        return Err(ModelError::ContextOverflow {
-            needed: offset + 1,
-            limit: cfg.max_position_embeddings,
-        });
+        return Err(ModelError::ContextOverflow { needed: offset + 1, limit: cfg.max_position_embeddings });
     }
 
     // Hold every f32 tensor the step reads, then build the kernels' views of them.
     let mut held = Held::new();
     let mut srcs = Vec::with_capacity(model.layers.len());
     for layer in &model.layers {
-        let FeedForward::Dense {
-            gate_proj,
-            up_proj,
-            down_proj,
-        } = &layer.ffn
-        else {
+        let FeedForward::Dense { gate_proj, up_proj, down_proj } = &layer.ffn else {
             return Ok(None);
         };
         let a = &layer.self_attn;
-        let (Some(n1), Some(n2)) = (
-            held.hold(&layer.input_layernorm.weight),
-            held.hold(&layer.post_attention_layernorm.weight),
-        ) else {
+        let (Some(n1), Some(n2)) = (held.hold(&layer.input_layernorm.weight), held.hold(&layer.post_attention_layernorm.weight)) else {
             return Ok(None);
         };
         let mut p = Vec::with_capacity(7);
-        for l in [
-            &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, gate_proj, up_proj, down_proj,
-        ] {
+        for l in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, gate_proj, up_proj, down_proj] {
             let Some(s) = proj_src(l, &mut held, b) else {
                 return Ok(None);
             };
@@ -248,10 +200,7 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
     let Some(final_norm) = held.hold(&model.norm.weight) else {
         return Ok(None);
     };
-    let (Some(cos_i), Some(sin_i)) = (
-        held.hold(model.rope_tables().0),
-        held.hold(model.rope_tables().1),
-    ) else {
+    let (Some(cos_i), Some(sin_i)) = (held.hold(model.rope_tables().0), held.hold(model.rope_tables().1)) else {
         return Ok(None);
     };
     let dense_embed = match &model.embed_tokens {
@@ -284,25 +233,13 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
         if attn_norm.len() != h || ffn_norm.len() != h {
             return Ok(None);
         }
-        layers.push(Layer {
-            attn_norm,
-            ffn_norm,
-            q,
-            k,
-            v,
-            o,
-            gate,
-            up,
-            down,
-        });
+        layers.push(Layer { attn_norm, ffn_norm, q, k, v, o, gate, up, down });
     }
     let vocab = cfg.vocab_size;
     let Some(head) = proj(&head_src, &held, vocab, h) else {
         return Ok(None);
     };
-    let (Some(final_norm), Some(cos), Some(sin)) =
-        (held.slice(final_norm), held.slice(cos_i), held.slice(sin_i))
-    else {
+    let (Some(final_norm), Some(cos), Some(sin)) = (held.slice(final_norm), held.slice(cos_i), held.slice(sin_i)) else {
         return Ok(None);
     };
     let ids: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
@@ -326,18 +263,13 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
         for (r, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= vocab {
-                return Err(candle_core::Error::Msg(format!(
-                    "token id {id} is outside the vocabulary ({vocab})"
-                ))
-                .into());
+                return Err(candle_core::Error::Msg(format!("token id {id} is outside the vocabulary ({vocab})")).into());
             }
             let row = &mut s.x[r * h..(r + 1) * h];
             match (quant_embed, dense_embed) {
                 (Some(q), _) => bk::dequantize_row(q.ty(), q.row(id), row),
                 (None, Some(i)) => {
-                    let table = held.slice(i).ok_or_else(|| {
-                        candle_core::Error::Msg("embedding table unreadable".into())
-                    })?;
+                    let table = held.slice(i).ok_or_else(|| candle_core::Error::Msg("embedding table unreadable".into()))?;
                     row.copy_from_slice(&table[id * h..(id + 1) * h]);
                 }
                 (None, None) => unreachable!("one of the embedding forms is set"),
@@ -345,53 +277,23 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
         }
         for (li, layer) in layers.iter().enumerate() {
             // Attention: norm, q/k/v in one matmul, rotary, this position into the cache.
-            normed_input(
-                s,
-                b,
-                h,
-                Some(layer.attn_norm),
-                eps,
-                &[&layer.q, &layer.k, &layer.v],
-            );
+            normed_input(s, b, h, Some(layer.attn_norm), eps, &[&layer.q, &layer.k, &layer.v]);
             s.q.resize(b * qd, 0.0);
             s.k.resize(b * kvd, 0.0);
             s.v.resize(b * kvd, 0.0);
             {
-                let Scratch {
-                    xn,
-                    q,
-                    k,
-                    v,
-                    acts32,
-                    acts256,
-                    lora,
-                    ..
-                } = s;
+                let Scratch { xn, q, k, v, acts32, acts256, lora, .. } = s;
                 let input = bk_input(b, h, xn, acts32, acts256);
-                let mut jobs = [
-                    job(&layer.q, q, false),
-                    job(&layer.k, k, false),
-                    job(&layer.v, v, false),
-                ];
+                let mut jobs = [job(&layer.q, q, false), job(&layer.k, k, false), job(&layer.v, v, false)];
                 bk::matmul(backend, &Pool, input, &mut jobs).map_err(candle_core::Error::Msg)?;
-                for (p, out) in [
-                    (&layer.q, &mut *q),
-                    (&layer.k, &mut *k),
-                    (&layer.v, &mut *v),
-                ] {
+                for (p, out) in [(&layer.q, &mut *q), (&layer.k, &mut *k), (&layer.v, &mut *v)] {
                     add_lora(backend, p, b, h, xn, out, lora)?;
                 }
             }
             for (r, &pad) in pads.iter().enumerate() {
                 let pos = offset.saturating_sub(pad);
-                let (c, sn) = (
-                    &cos[pos * half..(pos + 1) * half],
-                    &sin[pos * half..(pos + 1) * half],
-                );
-                for hd in s.q[r * qd..(r + 1) * qd]
-                    .chunks_exact_mut(d)
-                    .chain(s.k[r * kvd..(r + 1) * kvd].chunks_exact_mut(d))
-                {
+                let (c, sn) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
+                for hd in s.q[r * qd..(r + 1) * qd].chunks_exact_mut(d).chain(s.k[r * kvd..(r + 1) * kvd].chunks_exact_mut(d)) {
                     rotate_half(hd, c, sn);
                 }
             }
@@ -414,58 +316,24 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
                     let n = offset + 1 - first;
                     let base = ((r * nkv + g) * cap + first) * d;
                     // SAFETY: task (r, hd) writes only att[r][hd·d..(hd + 1)·d].
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut({ att_ptr }.0.add(r * qd + hd * d), d)
-                    };
-                    bk::attend(
-                        backend,
-                        &q[r * qd + hd * d..r * qd + (hd + 1) * d],
-                        &kc[base..],
-                        &vc[base..],
-                        n,
-                        d,
-                        scale,
-                        out,
-                    );
+                    let out = unsafe { std::slice::from_raw_parts_mut({ att_ptr }.0.add(r * qd + hd * d), d) };
+                    bk::attend(backend, &q[r * qd + hd * d..r * qd + (hd + 1) * d], &kc[base..], &vc[base..], n, d, scale, out);
                 });
             }
             // Output projection added onto the residual.
             quantize_plain(s, b, qd, false, &[&layer.o]);
             {
-                let Scratch {
-                    att,
-                    x,
-                    acts32,
-                    acts256,
-                    lora,
-                    ..
-                } = s;
+                let Scratch { att, x, acts32, acts256, lora, .. } = s;
                 let input = bk_input(b, qd, att, acts32, acts256);
-                bk::matmul(backend, &Pool, input, &mut [job(&layer.o, x, true)])
-                    .map_err(candle_core::Error::Msg)?;
+                bk::matmul(backend, &Pool, input, &mut [job(&layer.o, x, true)]).map_err(candle_core::Error::Msg)?;
                 add_lora(backend, &layer.o, b, qd, att, x, lora)?;
             }
             // MLP: norm, gate/up in one matmul, silu(gate)·up, down added onto the residual.
-            normed_input(
-                s,
-                b,
-                h,
-                Some(layer.ffn_norm),
-                eps,
-                &[&layer.gate, &layer.up],
-            );
+            normed_input(s, b, h, Some(layer.ffn_norm), eps, &[&layer.gate, &layer.up]);
             s.gate.resize(b * f, 0.0);
             s.up.resize(b * f, 0.0);
             {
-                let Scratch {
-                    xn,
-                    gate,
-                    up,
-                    acts32,
-                    acts256,
-                    lora,
-                    ..
-                } = s;
+                let Scratch { xn, gate, up, acts32, acts256, lora, .. } = s;
                 let input = bk_input(b, h, xn, acts32, acts256);
                 let mut jobs = [job(&layer.gate, gate, false), job(&layer.up, up, false)];
                 bk::matmul(backend, &Pool, input, &mut jobs).map_err(candle_core::Error::Msg)?;
@@ -477,32 +345,17 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
             }
             quantize_plain(s, b, f, true, &[&layer.down]);
             {
-                let Scratch {
-                    gate,
-                    x,
-                    acts32,
-                    acts256,
-                    lora,
-                    ..
-                } = s;
+                let Scratch { gate, x, acts32, acts256, lora, .. } = s;
                 let input = bk_input(b, f, gate, acts32, acts256);
-                bk::matmul(backend, &Pool, input, &mut [job(&layer.down, x, true)])
-                    .map_err(candle_core::Error::Msg)?;
+                bk::matmul(backend, &Pool, input, &mut [job(&layer.down, x, true)]).map_err(candle_core::Error::Msg)?;
                 add_lora(backend, &layer.down, b, f, gate, x, lora)?;
             }
         }
         normed_input(s, b, h, Some(final_norm), eps, &[&head]);
         let mut logits = vec![0f32; b * vocab];
-        let Scratch {
-            xn,
-            acts32,
-            acts256,
-            lora,
-            ..
-        } = s;
+        let Scratch { xn, acts32, acts256, lora, .. } = s;
         let input = bk_input(b, h, xn, acts32, acts256);
-        bk::matmul(backend, &Pool, input, &mut [job(&head, &mut logits, false)])
-            .map_err(candle_core::Error::Msg)?;
+        bk::matmul(backend, &Pool, input, &mut [job(&head, &mut logits, false)]).map_err(candle_core::Error::Msg)?;
         add_lora(backend, &head, b, h, xn, &mut logits, lora)?;
         Ok(logits)
     })?;
@@ -526,11 +379,7 @@ fn cpu_f32(s: &candle_core::Storage) -> Result<&[f32]> {
 }
 
 fn job<'a>(p: &Proj<'a>, out: &'a mut [f32], accumulate: bool) -> bk::Job<'a> {
-    bk::Job {
-        weight: p.weight,
-        out,
-        accumulate,
-    }
+    bk::Job { weight: p.weight, out, accumulate }
 }
 
 fn bk_input<'a>(
@@ -544,65 +393,36 @@ fn bk_input<'a>(
         rows,
         cols,
         f32: Some(&x[..rows * cols]),
-        blocks32: a32
-            .as_ref()
-            .filter(|a| a.rows() == rows && a.cols() == cols),
-        blocks256: a256
-            .as_ref()
-            .filter(|a| a.rows() == rows && a.cols() == cols),
+        blocks32: a32.as_ref().filter(|a| a.rows() == rows && a.cols() == cols),
+        blocks256: a256.as_ref().filter(|a| a.rows() == rows && a.cols() == cols),
     }
 }
 
 /// The layouts `projs` need their input in.
 fn layouts(projs: &[&Proj]) -> (bool, bool) {
     let need = |l| projs.iter().any(|p| p.weight.act_layout() == Some(l));
-    (
-        need(bk::ActLayout::Blocks32),
-        need(bk::ActLayout::Blocks256),
-    )
+    (need(bk::ActLayout::Blocks32), need(bk::ActLayout::Blocks256))
 }
 
 /// `xn = rms_norm(x) · weight` for `b` rows of `h`, quantized as `projs` need it.
-fn normed_input(
-    s: &mut Scratch,
-    b: usize,
-    h: usize,
-    weight: Option<&[f32]>,
-    eps: f32,
-    projs: &[&Proj],
-) {
+fn normed_input(s: &mut Scratch, b: usize, h: usize, weight: Option<&[f32]>, eps: f32, projs: &[&Proj]) {
     s.xn.resize(b * h, 0.0);
     for r in 0..b {
         let (x, y) = (&s.x[r * h..(r + 1) * h], &mut s.xn[r * h..(r + 1) * h]);
         let ss: f32 = x.iter().map(|v| v * v).sum();
         let inv = 1.0 / (ss / h as f32 + eps).sqrt();
         match weight {
-            Some(w) => y
-                .iter_mut()
-                .zip(x)
-                .zip(w)
-                .for_each(|((y, x), w)| *y = x * inv * w),
+            Some(w) => y.iter_mut().zip(x).zip(w).for_each(|((y, x), w)| *y = x * inv * w),
             None => y.iter_mut().zip(x).for_each(|(y, x)| *y = x * inv),
         }
     }
-    let Scratch {
-        xn,
-        acts32,
-        acts256,
-        ..
-    } = s;
+    let Scratch { xn, acts32, acts256, .. } = s;
     quantize_for(xn, b, h, acts32, acts256, projs);
 }
 
 /// Quantize the attention output (`gated == false`) or the gated MLP activations for `projs`.
 fn quantize_plain(s: &mut Scratch, b: usize, cols: usize, gated: bool, projs: &[&Proj]) {
-    let Scratch {
-        att,
-        gate,
-        acts32,
-        acts256,
-        ..
-    } = s;
+    let Scratch { att, gate, acts32, acts256, .. } = s;
     let x = if gated { gate } else { att };
     quantize_for(x, b, cols, acts32, acts256, projs);
 }
@@ -617,26 +437,16 @@ fn quantize_for(
 ) {
     let (n32, n256) = layouts(projs);
     if n32 {
-        a32.get_or_insert_with(|| bk::Activations::new(bk::ActLayout::Blocks32))
-            .quantize_on(&Pool, &x[..rows * cols], rows, cols);
+        a32.get_or_insert_with(|| bk::Activations::new(bk::ActLayout::Blocks32)).quantize_on(&Pool, &x[..rows * cols], rows, cols);
     }
     if n256 {
-        a256.get_or_insert_with(|| bk::Activations::new(bk::ActLayout::Blocks256))
-            .quantize_on(&Pool, &x[..rows * cols], rows, cols);
+        a256.get_or_insert_with(|| bk::Activations::new(bk::ActLayout::Blocks256)).quantize_on(&Pool, &x[..rows * cols], rows, cols);
     }
 }
 
 /// `out += Σ scale · (x · Aᵀ) · Bᵀ` over `p`'s LoRA branches, in f32; a branch limited to some
 /// batch rows reads and adds only those rows.
-fn add_lora(
-    backend: bk::Backend,
-    p: &Proj,
-    rows: usize,
-    cols: usize,
-    x: &[f32],
-    out: &mut [f32],
-    tmp: &mut Vec<f32>,
-) -> Result<()> {
+fn add_lora(backend: bk::Backend, p: &Proj, rows: usize, cols: usize, x: &[f32], out: &mut [f32], tmp: &mut Vec<f32>) -> Result<()> {
     for l in &p.lora {
         match &l.rows {
             None => {
@@ -657,9 +467,7 @@ fn add_lora(
                 lora_rows(backend, l, n, cols, xg, t, yg)?;
                 for (j, &r) in sel.iter().enumerate() {
                     let dst = &mut out[r * od..(r + 1) * od];
-                    dst.iter_mut()
-                        .zip(&yg[j * od..(j + 1) * od])
-                        .for_each(|(o, y)| *o += y);
+                    dst.iter_mut().zip(&yg[j * od..(j + 1) * od]).for_each(|(o, y)| *o += y);
                 }
             }
         }
@@ -668,52 +476,12 @@ fn add_lora(
 }
 
 /// `out += scale · (x · Aᵀ) · Bᵀ` for `rows` contiguous rows of `x`; `t` holds `rows × rank`.
-fn lora_rows(
-    backend: bk::Backend,
-    l: &Lora,
-    rows: usize,
-    cols: usize,
-    x: &[f32],
-    t: &mut [f32],
-    out: &mut [f32],
-) -> Result<()> {
-    let x_in = bk::Input {
-        rows,
-        cols,
-        f32: Some(x),
-        blocks32: None,
-        blocks256: None,
-    };
-    bk::matmul(
-        backend,
-        &bk::Serial,
-        x_in,
-        &mut [bk::Job {
-            weight: l.a,
-            out: t,
-            accumulate: false,
-        }],
-    )
-    .map_err(candle_core::Error::Msg)?;
+fn lora_rows(backend: bk::Backend, l: &Lora, rows: usize, cols: usize, x: &[f32], t: &mut [f32], out: &mut [f32]) -> Result<()> {
+    let x_in = bk::Input { rows, cols, f32: Some(x), blocks32: None, blocks256: None };
+    bk::matmul(backend, &bk::Serial, x_in, &mut [bk::Job { weight: l.a, out: t, accumulate: false }]).map_err(candle_core::Error::Msg)?;
     t.iter_mut().for_each(|v| *v *= l.scale);
-    let t_in = bk::Input {
-        rows,
-        cols: l.rank,
-        f32: Some(t),
-        blocks32: None,
-        blocks256: None,
-    };
-    bk::matmul(
-        backend,
-        &Pool,
-        t_in,
-        &mut [bk::Job {
-            weight: l.b,
-            out,
-            accumulate: true,
-        }],
-    )
-    .map_err(candle_core::Error::Msg)?;
+    let t_in = bk::Input { rows, cols: l.rank, f32: Some(t), blocks32: None, blocks256: None };
+    bk::matmul(backend, &Pool, t_in, &mut [bk::Job { weight: l.b, out, accumulate: true }]).map_err(candle_core::Error::Msg)?;
     Ok(())
 }
 
@@ -741,18 +509,10 @@ impl KvBuf {
     fn write_position(&self, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
         let (b, nkv, cap, d) = self.k.dims4()?;
         if pos >= cap || k.len() != b * nkv * d || v.len() != k.len() {
-            return Err(candle_core::Error::Msg(format!(
-                "key/value write at {pos} of {cap} with {} values",
-                k.len()
-            ))
-            .into());
+            return Err(candle_core::Error::Msg(format!("key/value write at {pos} of {cap} with {} values", k.len())).into());
         }
         for (buf, src) in [(&self.k, k), (&self.v, v)] {
-            buf.inplace_op1(&WritePosition {
-                pos,
-                src,
-                dims: (b, nkv, cap, d),
-            })?;
+            buf.inplace_op1(&WritePosition { pos, src, dims: (b, nkv, cap, d) })?;
         }
         Ok(())
     }
@@ -771,15 +531,13 @@ impl candle_core::InplaceOp1 for WritePosition<'_> {
     }
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
         let (b, nkv, cap, d) = self.dims;
-        let (CpuStorage::F32(buf), Some((start, _))) = (storage, layout.contiguous_offsets())
-        else {
+        let (CpuStorage::F32(buf), Some((start, _))) = (storage, layout.contiguous_offsets()) else {
             candle_core::bail!("key/value cache is not a contiguous f32 CPU buffer");
         };
         for r in 0..b {
             for g in 0..nkv {
                 let dst = start + ((r * nkv + g) * cap + self.pos) * d;
-                buf[dst..dst + d]
-                    .copy_from_slice(&self.src[(r * nkv + g) * d..(r * nkv + g + 1) * d]);
+                buf[dst..dst + d].copy_from_slice(&self.src[(r * nkv + g) * d..(r * nkv + g + 1) * d]);
             }
         }
         Ok(())

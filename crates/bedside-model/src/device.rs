@@ -24,7 +24,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         }
         "metal" => {
             if !candle_core::utils::metal_is_available() {
-                return Err(ModelError::Device("metal requested but this build has no Metal support (build with --features metal on macOS)".into()));
+                return Err(ModelError::Device(
+                    "metal requested but this build has no Metal support (build with --features metal on macOS)".into(),
+                ));
             }
             Device::new_metal(0).map_err(|e| ModelError::Device(format!("metal: {e}")))
         }

@@ -39,11 +39,7 @@ impl Embedding {
                     }
                     buf.extend_from_slice(&data[id * row_bytes..(id + 1) * row_bytes]);
                 }
-                let storage = candle_core::quantized::QStorage::from_data(
-                    std::borrow::Cow::Owned(buf),
-                    &Device::Cpu,
-                    gd,
-                )?;
+                let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(buf), &Device::Cpu, gd)?;
                 let rows = QTensor::new(storage, (ids.len(), hidden))?;
                 Ok(rows.dequantize(&Device::Cpu)?.to_dtype(dtype)?)
             }
@@ -73,35 +69,20 @@ mod tests {
 
     #[test]
     fn quantized_embedding_rows_equal_the_dequantized_table() {
-        let vals: Vec<f32> = (0..40 * 64)
-            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-            .collect();
+        let vals: Vec<f32> = (0..40 * 64).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
         let table = Tensor::from_vec(vals, (40, 64), &Device::Cpu).unwrap();
         for dt in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
             let cols = if dt == GgmlDType::Q4K { 256 } else { 64 };
-            let t = if cols == 64 {
-                table.clone()
-            } else {
-                Tensor::cat(&[&table; 4], 1).unwrap()
-            };
+            let t = if cols == 64 { table.clone() } else { Tensor::cat(&[&table; 4], 1).unwrap() };
             let q = Arc::new(QTensor::quantize(&t, dt).unwrap());
             let dense = q.dequantize(&Device::Cpu).unwrap();
             let emb = Embedding::Quantized(q);
             let ids = Tensor::new(&[[3u32, 39, 0], [3, 17, 22]], &Device::Cpu).unwrap();
             let got = emb.rows(&ids, DType::F32).unwrap();
             let want = dense.index_select(&ids.flatten_all().unwrap(), 0).unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert_eq!(diff, 0.0, "{dt:?}");
-            let err = emb
-                .rows(&Tensor::new(&[40u32], &Device::Cpu).unwrap(), DType::F32)
-                .unwrap_err();
+            let err = emb.rows(&Tensor::new(&[40u32], &Device::Cpu).unwrap(), DType::F32).unwrap_err();
             assert!(err.to_string().contains("outside the vocabulary"), "{err}");
         }
     }

@@ -68,10 +68,7 @@ pub fn resolve_adapter(spec: &Path, offline: bool) -> Result<PathBuf> {
 }
 
 /// [`resolve_adapter`], with what the hub fetch did.
-pub fn fetch_adapter(
-    spec: &Path,
-    offline: bool,
-) -> Result<(PathBuf, Option<bedside_hub::Fetched>)> {
+pub fn fetch_adapter(spec: &Path, offline: bool) -> Result<(PathBuf, Option<bedside_hub::Fetched>)> {
     if spec.exists() {
         return Ok((spec.to_path_buf(), None));
     }
@@ -116,10 +113,7 @@ fn local(p: &Path) -> Result<ModelLocation> {
             path: p.join("config.json"),
             msg: "missing: a model directory needs config.json (HF) or a single .gguf file".into(),
         }),
-        _ => Err(ModelError::Config {
-            path: p.into(),
-            msg: format!("{} .gguf files here; name the one to use", ggufs.len()),
-        }),
+        _ => Err(ModelError::Config { path: p.into(), msg: format!("{} .gguf files here; name the one to use", ggufs.len()) }),
     }
 }
 
@@ -132,32 +126,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::env::set_var("HF_HUB_CACHE", dir.path());
         let err = resolve("nobody/not-cached", true).unwrap_err().to_string();
-        assert!(
-            err.contains("offline")
-                && err.contains("not in the hub cache")
-                && err.contains("bedside pull nobody/not-cached"),
-            "{err}"
-        );
+        assert!(err.contains("offline") && err.contains("not in the hub cache") && err.contains("bedside pull nobody/not-cached"), "{err}");
         // A snapshot with only config.json: the error lists the rest.
         let commit = "0123456789abcdef0123456789abcdef01234567";
         let repo = dir.path().join("models--nobody--partial");
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
         std::fs::write(repo.join("refs/main"), commit).unwrap();
-        std::fs::write(
-            repo.join("snapshots").join(commit).join("config.json"),
-            "{}",
-        )
-        .unwrap();
+        std::fs::write(repo.join("snapshots").join(commit).join("config.json"), "{}").unwrap();
         let err = resolve("nobody/partial", true).unwrap_err().to_string();
-        assert!(
-            err.contains("missing: tokenizer.json, model.safetensors"),
-            "{err}"
-        );
+        assert!(err.contains("missing: tokenizer.json, model.safetensors"), "{err}");
         // A local path is never a hub id, even offline with nothing cached.
-        assert!(resolve(dir.path().to_str().unwrap(), true)
-            .unwrap_err()
-            .to_string()
-            .contains("config.json"));
+        assert!(resolve(dir.path().to_str().unwrap(), true).unwrap_err().to_string().contains("config.json"));
     }
 }

@@ -101,8 +101,7 @@ fn inspect_hf(dir: &Path) -> Result<ModelInfo> {
     for f in files {
         bytes += std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
         // Safety: read-only mapping of a file bedside does not modify.
-        let st = unsafe { MmapedSafetensors::new(&f) }
-            .map_err(|e| ModelError::Safetensors { path: f.clone(), msg: e.to_string() })?;
+        let st = unsafe { MmapedSafetensors::new(&f) }.map_err(|e| ModelError::Safetensors { path: f.clone(), msg: e.to_string() })?;
         for (name, view) in st.tensors() {
             params += view.shape().iter().product::<usize>();
             names.push(name);

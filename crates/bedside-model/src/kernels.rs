@@ -53,29 +53,19 @@ pub(crate) fn qmatrix(q: &QTensor) -> Option<bk::QMatrix<'_>> {
 /// Whether [`quantized_matmul`] takes this input and weight: f32 on the CPU and a type the
 /// kernels multiply.
 pub(crate) fn applies(x: &Tensor, q: &QTensor) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && qtype(q.dtype()).is_some()
-        && q.device().is_cpu()
+    x.device().is_cpu() && x.dtype() == DType::F32 && qtype(q.dtype()).is_some() && q.device().is_cpu()
 }
 
 /// `x @ Wᵀ` for f32 `x` of any rank on the CPU: the rows quantized to 8 bits once, then every
 /// weight row's integer dot products (llama.cpp's scheme) on the pool.
 pub(crate) fn quantized_matmul(x: &Tensor, q: &QTensor) -> candle_core::Result<Tensor> {
     let w = qmatrix(q).ok_or_else(|| {
-        candle_core::Error::Msg(format!(
-            "quantized matmul: {:?} weights on {:?} are not supported",
-            q.dtype(),
-            q.device()
-        ))
+        candle_core::Error::Msg(format!("quantized matmul: {:?} weights on {:?} are not supported", q.dtype(), q.device()))
     })?;
     let dims = x.dims();
     let k = dims.last().copied().unwrap_or(0);
     if k != w.cols() {
-        candle_core::bail!(
-            "quantized matmul: input has {k} features, weight expects {}",
-            w.cols()
-        );
+        candle_core::bail!("quantized matmul: input has {k} features, weight expects {}", w.cols());
     }
     let rows = x.elem_count() / k.max(1);
     let x = x.contiguous()?;
@@ -98,11 +88,7 @@ pub(crate) fn quantized_matmul(x: &Tensor, q: &QTensor) -> candle_core::Result<T
         bk::Backend::detected(),
         &Pool,
         input,
-        &mut [bk::Job {
-            weight: bk::Weight::Quantized(w),
-            out: &mut out,
-            accumulate: false,
-        }],
+        &mut [bk::Job { weight: bk::Weight::Quantized(w), out: &mut out, accumulate: false }],
     )
     .map_err(candle_core::Error::Msg)?;
     drop(s);
@@ -123,25 +109,14 @@ mod tests {
     use candle_core::{Device, Module, Tensor};
 
     fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -153,10 +128,7 @@ mod tests {
         let dev = Device::Cpu;
         let (_, k) = q.shape().dims2().unwrap();
         let x = Tensor::from_vec(values(rows * k, 3), (rows, k), &dev).unwrap();
-        let base = BaseWeight::quantized(
-            QTensor::quantize(&q.dequantize(&dev).unwrap(), q.dtype()).unwrap(),
-        )
-        .unwrap();
+        let base = BaseWeight::quantized(QTensor::quantize(&q.dequantize(&dev).unwrap(), q.dtype()).unwrap()).unwrap();
         let _ = base;
         let w = BaseWeight::Quantized(q.clone(), QMatMul::from_arc(q.clone()).unwrap());
         let got = w.forward(&x, false).unwrap();
@@ -166,7 +138,10 @@ mod tests {
         let vs_dense = max_abs(&(&got - &dense).unwrap()) / scale;
         let vs_candle = max_abs(&(&got - &candle).unwrap()) / scale;
         let candle_vs_dense = max_abs(&(&candle - &dense).unwrap()) / scale;
-        eprintln!("{name} {:?}: kernels vs dense {vs_dense:.2e}, vs candle {vs_candle:.2e}; candle vs dense {candle_vs_dense:.2e}", q.dtype());
+        eprintln!(
+            "{name} {:?}: kernels vs dense {vs_dense:.2e}, vs candle {vs_candle:.2e}; candle vs dense {candle_vs_dense:.2e}",
+            q.dtype()
+        );
         (vs_dense, candle_vs_dense, vs_candle)
     }
 
@@ -182,11 +157,7 @@ mod tests {
             let lin = match l {
                 "q" => &layer.self_attn.q_proj,
                 _ => match &layer.ffn {
-                    crate::model::FeedForward::Dense {
-                        gate_proj,
-                        down_proj,
-                        ..
-                    } => {
+                    crate::model::FeedForward::Dense { gate_proj, down_proj, .. } => {
                         if l == "down" {
                             down_proj
                         } else {
@@ -196,13 +167,10 @@ mod tests {
                     _ => unreachable!(),
                 },
             };
-            let BaseWeight::Quantized(q, _) = &lin.base else {
-                panic!("{l} is not quantized")
-            };
+            let BaseWeight::Quantized(q, _) = &lin.base else { panic!("{l} is not quantized") };
             seen.push(q.dtype());
             for rows in [1, 3, 7] {
-                let (vs_dense, candle_vs_dense, _) =
-                    check(&format!("layer {i} {l} ({rows} rows)"), q, rows);
+                let (vs_dense, candle_vs_dense, _) = check(&format!("layer {i} {l} ({rows} rows)"), q, rows);
                 // Rounding the activations to 8 bits costs about what it costs candle and llama.cpp.
                 assert!(
                     vs_dense < 0.02 && vs_dense < 2.0 * candle_vs_dense + 1e-3,
@@ -210,9 +178,7 @@ mod tests {
                 );
             }
         }
-        let BaseWeight::Quantized(head, _) = &model.lm_head.base else {
-            panic!("head is not quantized")
-        };
+        let BaseWeight::Quantized(head, _) = &model.lm_head.base else { panic!("head is not quantized") };
         assert_eq!(head.dtype(), GgmlDType::Q8_0);
         let (vs_dense, candle_vs_dense, _) = check("tied head", head, 2);
         assert!(vs_dense < 0.02 && vs_dense < 2.0 * candle_vs_dense + 1e-3);
@@ -226,22 +192,13 @@ mod tests {
     #[test]
     fn every_kernel_type_matches_candle_s_quantization() {
         let dev = Device::Cpu;
-        for dt in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q8_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q5K,
-            GgmlDType::Q6K,
-        ] {
+        for dt in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
             for cols in [256, 512, 768] {
                 let rows = 37;
-                let w =
-                    Tensor::from_vec(values(rows * cols, cols as u64), (rows, cols), &dev).unwrap();
+                let w = Tensor::from_vec(values(rows * cols, cols as u64), (rows, cols), &dev).unwrap();
                 let q = std::sync::Arc::new(QTensor::quantize(&w, dt).unwrap());
                 for x_rows in [1, 2, 5] {
-                    let (vs_dense, candle_vs_dense, vs_candle) =
-                        check(&format!("{dt:?} {rows}x{cols} ({x_rows} rows)"), &q, x_rows);
+                    let (vs_dense, candle_vs_dense, vs_candle) = check(&format!("{dt:?} {rows}x{cols} ({x_rows} rows)"), &q, x_rows);
                     assert!(
                         vs_dense < 0.02 && vs_dense < 2.0 * candle_vs_dense + 1e-3,
                         "{dt:?} {cols}: {vs_dense} (candle: {candle_vs_dense})"

@@ -48,10 +48,7 @@ pub use hub::{offline_from_env, resolve, resolve_adapter, ModelLocation};
 pub use inspect::{inspect, ModelInfo};
 pub use linear::{BaseWeight, Linear, LoraBranch};
 pub use mode::Mode;
-pub use model::{
-    Attention, Block, Cache, Expert, FeedForward, LayerKv, Logits, Model, ModelSource, Positions,
-    RmsNorm,
-};
+pub use model::{Attention, Block, Cache, Expert, FeedForward, LayerKv, Logits, Model, ModelSource, Positions, RmsNorm};
 pub use ops::dropout::DropoutRng;
 pub use ops::frozen_matmul::DENSE_ROWS;
 pub use ops::head_loss::{cross_entropy_sum, NO_TARGET};

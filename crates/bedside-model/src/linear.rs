@@ -91,9 +91,7 @@ impl BaseWeight {
     pub(crate) fn forward(&self, x: &Tensor, dense_prefill: bool) -> Result<Tensor> {
         Ok(match self {
             BaseWeight::Dense(w) => matmul_wt(x, w)?,
-            BaseWeight::Quantized(q, _) if x.device().is_cpu() && dense_prefill && rows_of(x) >= DENSE_ROWS => {
-                qmatmul_train(x, q)?
-            }
+            BaseWeight::Quantized(q, _) if x.device().is_cpu() && dense_prefill && rows_of(x) >= DENSE_ROWS => qmatmul_train(x, q)?,
             // Otherwise bedside-kernels' 8-bit-activation kernels (llama.cpp's scheme, SIMD for
             // every type), where they apply.
             BaseWeight::Quantized(q, _) if crate::kernels::applies(x, q) => crate::kernels::quantized_matmul(x, q)?,
@@ -184,11 +182,7 @@ impl LoraBranch {
         let x = x.to_dtype(self.a.dtype())?;
         // Scaling B (`out × r`) rather than the output (`rows × out`) saves a pass over the
         // output and, in training, another in the backward.
-        let b = if self.scale == 1.0 {
-            self.b.clone()
-        } else {
-            (&self.b * self.scale)?
-        };
+        let b = if self.scale == 1.0 { self.b.clone() } else { (&self.b * self.scale)? };
         Ok(matmul_wt(&matmul_wt(&x, &self.a)?, &b)?)
     }
 }
@@ -203,10 +197,7 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(base: BaseWeight) -> Self {
-        Self {
-            base,
-            lora: Vec::new(),
-        }
+        Self { base, lora: Vec::new() }
     }
     pub fn in_dim(&self) -> usize {
         self.base.dims().1
@@ -218,20 +209,11 @@ impl Linear {
     /// The projection of `x` in `mode` (`dense_prefill`: see [`BaseWeight::forward`]). In
     /// training, one LoRA branch over a base read by rows is one fused op ([`lora::lora_train`]);
     /// otherwise the base's matmul of the mode plus each branch composed.
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        mode: &mut Mode,
-        dense_prefill: bool,
-    ) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, mode: &mut Mode, dense_prefill: bool) -> Result<Tensor> {
         if mode.is_train() && self.fuses_in_training(x) {
             return lora::lora_train(x, self.fused_branch(mode.dropout()), None);
         }
-        let mut y = if mode.is_train() {
-            self.base.forward_train(x)?
-        } else {
-            self.base.forward(x, dense_prefill)?
-        };
+        let mut y = if mode.is_train() { self.base.forward_train(x)? } else { self.base.forward(x, dense_prefill)? };
         for l in &self.lora {
             match &l.rows {
                 None => {
@@ -249,9 +231,7 @@ impl Linear {
                         .into());
                     }
                     if rows.elem_count() > 0 {
-                        let d = l
-                            .forward(&x.index_select(rows, 0)?, None)?
-                            .to_dtype(y.dtype())?;
+                        let d = l.forward(&x.index_select(rows, 0)?, None)?.to_dtype(y.dtype())?;
                         y = y.index_add(rows, &d, 0)?;
                     }
                 }
@@ -264,11 +244,7 @@ impl Linear {
     /// branch over a base it reads by rows, f32 tensors on the CPU.
     pub(crate) fn fuses_in_training(&self, x: &Tensor) -> bool {
         match self.lora.as_slice() {
-            [l] => {
-                l.rows.is_none()
-                    && self.base.readable_by_rows()
-                    && [x, &l.a, &l.b].iter().all(|t| applies(t))
-            }
+            [l] => l.rows.is_none() && self.base.readable_by_rows() && [x, &l.a, &l.b].iter().all(|t| applies(t)),
             _ => false,
         }
     }
@@ -278,13 +254,7 @@ impl Linear {
     fn fused_branch<'a>(&'a self, rng: Option<&'a mut DropoutRng>) -> lora::Branch<'a> {
         let l = &self.lora[0];
         let dropout = rng.filter(|_| l.dropout > 0.0).map(|rng| (l.dropout, rng));
-        lora::Branch {
-            w: self.base.rows(),
-            a: &l.a,
-            b: &l.b,
-            scale: l.scale,
-            dropout,
-        }
+        lora::Branch { w: self.base.rows(), a: &l.a, b: &l.b, scale: l.scale, dropout }
     }
 
     /// Training forward of `rms_norm(x, norm_weight, eps)`, with the norm inside the fused op when
@@ -300,39 +270,21 @@ impl Linear {
         if self.fuses_in_training(x) && applies(norm_weight) {
             return lora::lora_train(x, self.fused_branch(dropout), Some((norm_weight, eps)));
         }
-        self.forward(
-            &crate::ops::rms_norm::rms_norm(x, norm_weight, eps)?,
-            &mut Mode::Train { dropout },
-            true,
-        )
+        self.forward(&crate::ops::rms_norm::rms_norm(x, norm_weight, eps)?, &mut Mode::Train { dropout }, true)
     }
 
     /// Training forward of `silu(g) ⊙ u`, formed inside the fused op when it applies (so the
     /// gated activations are not kept for the backward), else composed.
-    pub(crate) fn forward_train_gated(
-        &self,
-        g: &Tensor,
-        u: &Tensor,
-        dropout: Option<&mut DropoutRng>,
-    ) -> Result<Tensor> {
+    pub(crate) fn forward_train_gated(&self, g: &Tensor, u: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         if self.fuses_in_training(g) && applies(u) {
             return lora::lora_train_gated(g, u, self.fused_branch(dropout));
         }
-        self.forward(
-            &crate::ops::swiglu::swiglu(g, u)?,
-            &mut Mode::Train { dropout },
-            true,
-        )
+        self.forward(&crate::ops::swiglu::swiglu(g, u)?, &mut Mode::Train { dropout }, true)
     }
 
     /// Training forward of `residual + self(x)`, the residual added inside the fused op when it
     /// applies (so the projection's own output is not kept for the backward), else composed.
-    pub(crate) fn forward_train_residual(
-        &self,
-        x: &Tensor,
-        residual: &Tensor,
-        dropout: Option<&mut DropoutRng>,
-    ) -> Result<Tensor> {
+    pub(crate) fn forward_train_residual(&self, x: &Tensor, residual: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         if self.fuses_in_training(x) && applies(residual) {
             return lora::lora_train_residual(x, residual, self.fused_branch(dropout));
         }
@@ -360,10 +312,7 @@ impl Linear {
     pub fn merged_weight(&self, dtype: DType) -> Result<Tensor> {
         let mut w = self.base.to_dense(DType::F32)?;
         for l in &self.lora {
-            let delta =
-                (l.b.to_dtype(DType::F32)?
-                    .matmul(&l.a.to_dtype(DType::F32)?)?
-                    * l.scale)?;
+            let delta = (l.b.to_dtype(DType::F32)?.matmul(&l.a.to_dtype(DType::F32)?)? * l.scale)?;
             w = (w + delta)?;
         }
         Ok(w.to_dtype(dtype)?)

@@ -128,11 +128,16 @@ impl LayerKv {
 
     /// Make `slot` hold buffers of `(b, kv_heads, ≥ len + t, head_dim)` that no clone shares, the
     /// first `len` positions kept (grown with headroom, or copied on write).
-    fn reserve<'a>(slot: &'a mut Option<LayerKv>, len: usize, t: usize, (b, h, d): (usize, usize, usize), dtype: DType, device: &Device) -> Result<&'a LayerKv> {
+    fn reserve<'a>(
+        slot: &'a mut Option<LayerKv>,
+        len: usize,
+        t: usize,
+        (b, h, d): (usize, usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<&'a LayerKv> {
         let needed = len + t;
-        let reuse = slot
-            .as_ref()
-            .is_some_and(|s| s.capacity() >= needed && !s.shared.load(std::sync::atomic::Ordering::Relaxed));
+        let reuse = slot.as_ref().is_some_and(|s| s.capacity() >= needed && !s.shared.load(std::sync::atomic::Ordering::Relaxed));
         if !reuse {
             let cap = (needed + KV_HEADROOM).next_multiple_of(KV_ROUND);
             let nk = Tensor::zeros((b, h, cap, d), dtype, device)?;
@@ -182,7 +187,14 @@ impl Cache {
     /// Layer `i`'s key and value buffers `(b, kv_heads, capacity, head_dim)`, ready for `t` more
     /// positions after those stored (see [`LayerKv::reserve`]); the CPU decode step writes them
     /// in place.
-    pub(crate) fn reserve_layer(&mut self, i: usize, t: usize, dims: (usize, usize, usize), dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn reserve_layer(
+        &mut self,
+        i: usize,
+        t: usize,
+        dims: (usize, usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let len = self.len;
         let slot = self.kv.get_mut(i).ok_or_else(|| ModelError::Candle(candle_core::Error::Msg(format!("the cache has no layer {i}"))))?;
         let s = LayerKv::reserve(slot, len, t, dims, dtype, device)?;
@@ -240,7 +252,8 @@ impl Cache {
                 }
                 return Err(cache_err("cannot join a cache that holds no keys for a layer".into()));
             };
-            let placed = |t: &Tensor, n: usize, shift: usize| -> Result<Tensor> { Ok(t.narrow(2, 0, n)?.pad_with_zeros(2, shift, cap - len)?) };
+            let placed =
+                |t: &Tensor, n: usize, shift: usize| -> Result<Tensor> { Ok(t.narrow(2, 0, n)?.pad_with_zeros(2, shift, cap - len)?) };
             let k = Tensor::cat(&[placed(&a.k, self.len, shift_self)?, placed(&b.k, other.len, shift_other)?], 0)?;
             let v = Tensor::cat(&[placed(&a.v, self.len, shift_self)?, placed(&b.v, other.len, shift_other)?], 0)?;
             *mine = Some(LayerKv { k, v, shared: std::sync::atomic::AtomicBool::new(false) });
@@ -339,10 +352,7 @@ fn rope_tables(cfg: &ModelConfig, freqs: Option<&[f32]>, max_pos: usize, device:
             sin.push(a.sin() as f32);
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (max_pos, d / 2), device)?,
-        Tensor::from_vec(sin, (max_pos, d / 2), device)?,
-    ))
+    Ok((Tensor::from_vec(cos, (max_pos, d / 2), device)?, Tensor::from_vec(sin, (max_pos, d / 2), device)?))
 }
 
 /// One decoded position's attention on the CPU, `q` `(b, heads, 1, d)` over cached `k`/`v`
@@ -635,14 +645,10 @@ impl Model {
     pub fn positions(&self, b: usize, t: usize, offset: usize, pads: &[usize]) -> Result<Positions> {
         let padded = pads.iter().any(|&p| p > 0);
         let (cos, sin) = if padded {
-            let pos: Vec<u32> =
-                pads.iter().flat_map(|&p| (0..t).map(move |i| (offset + i).saturating_sub(p) as u32)).collect();
+            let pos: Vec<u32> = pads.iter().flat_map(|&p| (0..t).map(move |i| (offset + i).saturating_sub(p) as u32)).collect();
             let pos = Tensor::from_vec(pos, b * t, &self.device)?;
             let half = self.cfg.head_dim / 2;
-            (
-                self.cos.index_select(&pos, 0)?.reshape((b, t, half))?,
-                self.sin.index_select(&pos, 0)?.reshape((b, t, half))?,
-            )
+            (self.cos.index_select(&pos, 0)?.reshape((b, t, half))?, self.sin.index_select(&pos, 0)?.reshape((b, t, half))?)
         } else {
             (self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?)
         };
@@ -659,7 +665,14 @@ impl Model {
     /// Decoder layer `i` over hidden states `x` `(b, t, hidden)` in `mode`; with `kv`, keys and
     /// values are appended to that layer's cache slot. Training code that recomputes activations
     /// layer by layer (activation checkpointing) calls this directly.
-    pub fn block_forward(&self, i: usize, x: &Tensor, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>, mut mode: Mode) -> Result<Tensor> {
+    pub fn block_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        pos: &Positions,
+        kv: Option<(&mut Option<LayerKv>, usize)>,
+        mut mode: Mode,
+    ) -> Result<Tensor> {
         self.block(i, x, pos, kv, &mut mode)
     }
 
@@ -730,7 +743,14 @@ impl Model {
     }
 
     /// Self-attention's heads `(b, t, nh · d)`, before the output projection.
-    fn attention(&self, a: &Attention, x: &Input, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>, mode: &mut Mode) -> Result<Tensor> {
+    fn attention(
+        &self,
+        a: &Attention,
+        x: &Input,
+        pos: &Positions,
+        kv: Option<(&mut Option<LayerKv>, usize)>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         let (cos, sin, mask) = (&pos.cos, &pos.sin, pos.mask.as_ref());
         let (b, t, _) = x.tensor().dims3()?;
         let (nh, nkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);

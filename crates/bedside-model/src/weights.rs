@@ -14,9 +14,9 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::ModelConfig;
+use crate::embedding::Embedding;
 use crate::error::{io_err, ModelError, Result};
 use crate::linear::BaseWeight;
-use crate::embedding::Embedding;
 
 /// What the architecture needs from a checkpoint.
 pub(crate) trait WeightSource {
@@ -41,12 +41,7 @@ pub(crate) fn unpermute_rows_gguf_to_hf(raw: &[u8], rows: usize, n_head: usize) 
     permute_rows(raw, rows, n_head, |h, d, t, j| (h * d + t * (d / 2) + j, h * d + 2 * j + t))
 }
 
-fn permute_rows(
-    raw: &[u8],
-    rows: usize,
-    n_head: usize,
-    map: impl Fn(usize, usize, usize, usize) -> (usize, usize),
-) -> Vec<u8> {
+fn permute_rows(raw: &[u8], rows: usize, n_head: usize, map: impl Fn(usize, usize, usize, usize) -> (usize, usize)) -> Vec<u8> {
     let row_bytes = raw.len() / rows;
     let d = rows / n_head;
     let mut out = vec![0u8; raw.len()];
@@ -65,11 +60,8 @@ fn permute_rows(
 pub fn permute_tensor_rows(w: &Tensor, n_head: usize, to_hf: bool) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let d = rows / n_head;
-    let t = if to_hf {
-        w.reshape((n_head, d / 2, 2, cols))?.transpose(1, 2)?
-    } else {
-        w.reshape((n_head, 2, d / 2, cols))?.transpose(1, 2)?
-    };
+    let t =
+        if to_hf { w.reshape((n_head, d / 2, 2, cols))?.transpose(1, 2)? } else { w.reshape((n_head, 2, d / 2, cols))?.transpose(1, 2)? };
     Ok(t.contiguous()?.reshape((rows, cols))?)
 }
 
@@ -110,10 +102,7 @@ impl GgufSource {
     }
 
     fn info(&self, name: &str) -> Result<&gguf_file::TensorInfo> {
-        self.content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: name.into() })
+        self.content.tensor_infos.get(name).ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: name.into() })
     }
 
     fn read_raw(&mut self, name: &str, byte_range: Option<(usize, usize)>) -> Result<(GgmlDType, Vec<u8>)> {
@@ -153,16 +142,19 @@ impl GgufSource {
         let raw = match unpermute {
             Some(n) => {
                 if !out.is_multiple_of(n) || !(out / n).is_multiple_of(2) {
-                    return Err(ModelError::Shape { path: self.path.clone(), tensor: gname.into(), expected: vec![out, inp], got: vec![out, inp] });
+                    return Err(ModelError::Shape {
+                        path: self.path.clone(),
+                        tensor: gname.into(),
+                        expected: vec![out, inp],
+                        got: vec![out, inp],
+                    });
                 }
                 unpermute_rows_gguf_to_hf(&raw, out, n)
             }
             None => raw,
         };
-        qtensor_from_ggml(dtype, &raw, vec![out, inp], &self.device).map_err(|e| ModelError::Gguf {
-            path: self.path.clone(),
-            msg: format!("tensor '{gname}': {e}"),
-        })
+        qtensor_from_ggml(dtype, &raw, vec![out, inp], &self.device)
+            .map_err(|e| ModelError::Gguf { path: self.path.clone(), msg: format!("tensor '{gname}': {e}") })
     }
 
     fn to_weight(&self, q: QTensor) -> Result<BaseWeight> {
@@ -303,10 +295,8 @@ pub(crate) fn read_gguf_content(path: &Path, file: &mut File) -> Result<gguf_fil
     }
     file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
     let mut reader = std::io::BufReader::new(file);
-    gguf_file::Content::read(&mut reader).map_err(|e| ModelError::Gguf {
-        path: path.into(),
-        msg: format!("header is truncated or corrupt: {e}"),
-    })
+    gguf_file::Content::read(&mut reader)
+        .map_err(|e| ModelError::Gguf { path: path.into(), msg: format!("header is truncated or corrupt: {e}") })
 }
 
 /// HF module name → GGUF tensor name, expert index and whether it holds permuted q/k rows.
@@ -359,7 +349,8 @@ impl WeightSource for GgufSource {
     }
 
     fn linear(&mut self, name: &str, out: usize, inp: usize) -> Result<BaseWeight> {
-        let (gname, expert, perm) = gguf_name(name).ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
+        let (gname, expert, perm) =
+            gguf_name(name).ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
         let unpermute = match perm {
             Some("q") => Some(self.n_head),
             Some(_) => Some(self.n_kv_head),
@@ -434,10 +425,8 @@ impl SafetensorsSource {
         let index_path = dir.join("model.safetensors.index.json");
         let paths: Vec<PathBuf> = if index_path.exists() {
             let text = std::fs::read_to_string(&index_path).map_err(io_err(&index_path))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-                path: index_path.clone(),
-                msg: format!("malformed JSON: {e}"),
-            })?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::Config { path: index_path.clone(), msg: format!("malformed JSON: {e}") })?;
             let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Config {
                 path: index_path.clone(),
                 msg: "field 'weight_map' is missing or not an object".into(),
@@ -464,11 +453,13 @@ impl SafetensorsSource {
         let mut index = HashMap::new();
         for (i, p) in paths.into_iter().enumerate() {
             if !p.exists() {
-                return Err(ModelError::Io { path: p, err: std::io::Error::new(std::io::ErrorKind::NotFound, "shard listed in the index is missing") });
+                return Err(ModelError::Io {
+                    path: p,
+                    err: std::io::Error::new(std::io::ErrorKind::NotFound, "shard listed in the index is missing"),
+                });
             }
             // Safety: the file is only read; bedside never writes checkpoints it has mapped.
-            let st = unsafe { MmapedSafetensors::new(&p) }
-                .map_err(|e| ModelError::Safetensors { path: p.clone(), msg: e.to_string() })?;
+            let st = unsafe { MmapedSafetensors::new(&p) }.map_err(|e| ModelError::Safetensors { path: p.clone(), msg: e.to_string() })?;
             for (name, _) in st.tensors() {
                 index.insert(name, i);
             }
@@ -487,7 +478,12 @@ impl SafetensorsSource {
         let (path, st) = &self.files[i];
         let view = st.get(name).map_err(|e| ModelError::Safetensors { path: path.clone(), msg: e.to_string() })?;
         if view.shape() != expected {
-            return Err(ModelError::Shape { path: path.clone(), tensor: name.into(), expected: expected.to_vec(), got: view.shape().to_vec() });
+            return Err(ModelError::Shape {
+                path: path.clone(),
+                tensor: name.into(),
+                expected: expected.to_vec(),
+                got: view.shape().to_vec(),
+            });
         }
         let t = st
             .load(name, &self.device)

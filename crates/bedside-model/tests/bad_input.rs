@@ -57,7 +57,9 @@ fn unknown_gguf_architecture_is_refused() {
     use candle_core::quantized::{gguf_file, QTensor};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("gpt2.gguf");
-    let t = QTensor::quantize(&Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(), candle_core::quantized::GgmlDType::F32).unwrap();
+    let t =
+        QTensor::quantize(&Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(), candle_core::quantized::GgmlDType::F32)
+            .unwrap();
     let arch = gguf_file::Value::String("gpt2".into());
     let mut f = std::fs::File::create(&p).unwrap();
     gguf_file::write(&mut f, &[("general.architecture", &arch)], &[("token_embd.weight", &t)]).unwrap();
@@ -126,7 +128,10 @@ fn prompt_longer_than_context_is_an_error() {
     // With a cache, the overflow comes at the step that crosses the limit.
     let mut cache = Cache::new(&model);
     model.forward(&Tensor::zeros((1, ctx), candle_core::DType::U32, &Device::Cpu).unwrap(), Some(&mut cache), Logits::Last).unwrap();
-    let e = model.forward(&Tensor::zeros((1, 1), candle_core::DType::U32, &Device::Cpu).unwrap(), Some(&mut cache), Logits::Last).err().unwrap();
+    let e = model
+        .forward(&Tensor::zeros((1, 1), candle_core::DType::U32, &Device::Cpu).unwrap(), Some(&mut cache), Logits::Last)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("context is 128 tokens"), "{e}");
 }
 
@@ -137,7 +142,9 @@ fn gguf_and_hf_layouts_agree_after_unpermuting() {
     let Some(src) = tiny("tiny-llama") else { return };
     let hf = load_hf_dir(&src, &LoadOptions::default()).unwrap();
     let (gg, _) = load_gguf(&src.join("model-f32.gguf"), &LoadOptions::default()).unwrap();
-    for (a, b) in [(&hf.layers[1].self_attn.q_proj, &gg.layers[1].self_attn.q_proj), (&hf.layers[1].self_attn.k_proj, &gg.layers[1].self_attn.k_proj)] {
+    for (a, b) in
+        [(&hf.layers[1].self_attn.q_proj, &gg.layers[1].self_attn.q_proj), (&hf.layers[1].self_attn.k_proj, &gg.layers[1].self_attn.k_proj)]
+    {
         let (wa, wb) = (a.base.to_dense(candle_core::DType::F32).unwrap(), b.base.to_dense(candle_core::DType::F32).unwrap());
         let d = (wa - wb).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-6, "q/k rows differ after un-permuting: {d}");

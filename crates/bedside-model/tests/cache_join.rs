@@ -5,16 +5,7 @@ use bedside_model::{load_hf_dir, Cache, LoadOptions, Logits, Model};
 use candle_core::{Device, IndexOp, Tensor};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 /// A sequence decoded alone, as the reference.
@@ -26,32 +17,13 @@ struct Single {
 impl Single {
     fn new(model: &Model, prompt: &[u32]) -> Self {
         let mut cache = Cache::new(model);
-        let logits = model
-            .forward(
-                &Tensor::new(prompt, &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-                Some(&mut cache),
-                Logits::Last,
-            )
-            .unwrap();
-        Self {
-            cache,
-            logits: logits.squeeze(0).unwrap(),
-        }
+        let logits =
+            model.forward(&Tensor::new(prompt, &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut cache), Logits::Last).unwrap();
+        Self { cache, logits: logits.squeeze(0).unwrap() }
     }
     fn step(&mut self, model: &Model, tok: u32) {
-        let l = model
-            .forward(
-                &Tensor::new(&[tok], &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-                Some(&mut self.cache),
-                Logits::Last,
-            )
-            .unwrap();
+        let l =
+            model.forward(&Tensor::new(&[tok], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut self.cache), Logits::Last).unwrap();
         self.logits = l.squeeze(0).unwrap();
     }
 }
@@ -70,61 +42,36 @@ fn rows_join_and_leave_a_running_batch() {
         let mut batch = Cache::with_padding(&model, Vec::new());
         let mut batch_logits: Option<Tensor> = None;
         let mut step = 0u32;
-        let mut decode = |model: &Model,
-                          batch: &mut Cache,
-                          rows: &[usize],
-                          singles: &mut [Single],
-                          logits: &mut Option<Tensor>,
-                          n: usize| {
-            for _ in 0..n {
-                let toks: Vec<u32> = rows.iter().map(|&r| 200 + 7 * r as u32 + step).collect();
-                step += 1;
-                let l = model
-                    .forward(
-                        &Tensor::from_vec(toks.clone(), (rows.len(), 1), &Device::Cpu).unwrap(),
-                        Some(batch),
-                        Logits::Last,
-                    )
-                    .unwrap();
-                for (slot, &r) in rows.iter().enumerate() {
-                    singles[r].step(model, toks[slot]);
-                    let d = max_abs_diff(&l.i(slot).unwrap(), &singles[r].logits);
-                    assert!(
-                        d < 1e-4,
-                        "{name}: step {step}, sequence {r} in the batch differs from alone by {d}"
-                    );
+        let mut decode =
+            |model: &Model, batch: &mut Cache, rows: &[usize], singles: &mut [Single], logits: &mut Option<Tensor>, n: usize| {
+                for _ in 0..n {
+                    let toks: Vec<u32> = rows.iter().map(|&r| 200 + 7 * r as u32 + step).collect();
+                    step += 1;
+                    let l = model
+                        .forward(&Tensor::from_vec(toks.clone(), (rows.len(), 1), &Device::Cpu).unwrap(), Some(batch), Logits::Last)
+                        .unwrap();
+                    for (slot, &r) in rows.iter().enumerate() {
+                        singles[r].step(model, toks[slot]);
+                        let d = max_abs_diff(&l.i(slot).unwrap(), &singles[r].logits);
+                        assert!(d < 1e-4, "{name}: step {step}, sequence {r} in the batch differs from alone by {d}");
+                    }
+                    *logits = Some(l);
                 }
-                *logits = Some(l);
-            }
-        };
+            };
         for (i, p) in prompts.iter().enumerate() {
             // Prefill alone, then join: the first row starts the batch, the second is shorter
             // than the batch (padded), the third longer (the batch is padded).
             let s = Single::new(&model, p);
             let mut own = Cache::new(&model);
             let l = model
-                .forward(
-                    &Tensor::new(p.as_slice(), &Device::Cpu)
-                        .unwrap()
-                        .unsqueeze(0)
-                        .unwrap(),
-                    Some(&mut own),
-                    Logits::Last,
-                )
+                .forward(&Tensor::new(p.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut own), Logits::Last)
                 .unwrap();
             assert!(max_abs_diff(&l.squeeze(0).unwrap(), &s.logits) < 1e-6);
             singles.push(s);
             batch.join(own).unwrap();
             rows.push(i);
             assert_eq!(batch.batch_size(), rows.len());
-            decode(
-                &model,
-                &mut batch,
-                &rows,
-                &mut singles,
-                &mut batch_logits,
-                2,
-            );
+            decode(&model, &mut batch, &rows, &mut singles, &mut batch_logits, 2);
         }
         assert_eq!(batch.pads().iter().copied().min(), Some(0));
         // The longest row leaves: every remaining row's padding goes.
@@ -132,20 +79,9 @@ fn rows_join_and_leave_a_running_batch() {
         batch.retain_rows(&[0, 1]).unwrap();
         rows.truncate(2);
         batch.trim_padding().unwrap();
-        assert!(
-            batch.len() < len_before,
-            "{name}: trimming kept {} of {len_before} positions",
-            batch.len()
-        );
+        assert!(batch.len() < len_before, "{name}: trimming kept {} of {len_before} positions", batch.len());
         assert_eq!(batch.pads().iter().copied().min(), Some(0));
-        decode(
-            &model,
-            &mut batch,
-            &rows,
-            &mut singles,
-            &mut batch_logits,
-            3,
-        );
+        decode(&model, &mut batch, &rows, &mut singles, &mut batch_logits, 3);
         // Joining into an empty batch is the same as starting one.
         let mut empty = Cache::with_padding(&model, Vec::new());
         empty.join(batch).unwrap();

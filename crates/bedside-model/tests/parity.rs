@@ -100,12 +100,15 @@ fn batched_left_padding_matches_single_rows() {
         let pads: Vec<usize> = prompts.iter().map(|p| max - p.len()).collect();
         let flat: Vec<u32> = prompts.iter().flat_map(|p| std::iter::repeat_n(0, max - p.len()).chain(p.iter().copied())).collect();
         let mut cache = Cache::with_padding(&model, pads);
-        let mut batch_logits = model.forward(&Tensor::from_vec(flat, (3, max), &Device::Cpu).unwrap(), Some(&mut cache), Logits::Last).unwrap();
+        let mut batch_logits =
+            model.forward(&Tensor::from_vec(flat, (3, max), &Device::Cpu).unwrap(), Some(&mut cache), Logits::Last).unwrap();
         let mut singles: Vec<(Cache, Tensor)> = prompts
             .iter()
             .map(|p| {
                 let mut c = Cache::new(&model);
-                let l = model.forward(&Tensor::new(p.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut c), Logits::Last).unwrap();
+                let l = model
+                    .forward(&Tensor::new(p.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut c), Logits::Last)
+                    .unwrap();
                 (c, l)
             })
             .collect();
@@ -115,7 +118,8 @@ fn batched_left_padding_matches_single_rows() {
                 assert!(d < 1e-4, "{name}: step {step} row {r}: batched vs single differ by {d}");
             }
             let next: Vec<u32> = (0..3).map(|r| (100 + 37 * r + step) as u32).collect();
-            batch_logits = model.forward(&Tensor::from_vec(next.clone(), (3, 1), &Device::Cpu).unwrap(), Some(&mut cache), Logits::Last).unwrap();
+            batch_logits =
+                model.forward(&Tensor::from_vec(next.clone(), (3, 1), &Device::Cpu).unwrap(), Some(&mut cache), Logits::Last).unwrap();
             for (r, (c, l)) in singles.iter_mut().enumerate() {
                 *l = model.forward(&Tensor::new(&[next[r]], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(c), Logits::Last).unwrap();
             }
@@ -204,7 +208,8 @@ fn smollm2_quantized_matches_llamacpp() {
     assert!(matches!(model.layers[0].self_attn.q_proj.base, bedside_model::BaseWeight::Quantized(..)));
     let f32r = refs(&dir.join("logits_f32.safetensors"));
     let cpp = refs(&dir.join("logits_llamacpp_q4_1.safetensors"));
-    let greedy_cpp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("greedy_llamacpp_q4_1.json")).unwrap()).unwrap();
+    let greedy_cpp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("greedy_llamacpp_q4_1.json")).unwrap()).unwrap();
     for p in 0..3 {
         let ids = ids_u32(&f32r[&format!("prompt{p}.input_ids")]);
         let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
@@ -214,8 +219,16 @@ fn smollm2_quantized_matches_llamacpp() {
         let d_f32 = max_abs_diff(&last, &f32r[&format!("prompt{p}.last_logits")]);
         let d_refs = max_abs_diff(&f32r[&format!("prompt{p}.last_logits")], &cpp[&format!("prompt{p}.last_logits")]);
         eprintln!("prompt {p}: quantized vs llama.cpp {d_cpp:.4}, vs f32 {d_f32:.4}; llama.cpp vs f32 {d_refs:.4}");
-        let mean_cpp = (&last - &cpp[&format!("prompt{p}.last_logits")]).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-        let mean_refs = (&f32r[&format!("prompt{p}.last_logits")] - &cpp[&format!("prompt{p}.last_logits")]).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        let mean_cpp =
+            (&last - &cpp[&format!("prompt{p}.last_logits")]).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        let mean_refs = (&f32r[&format!("prompt{p}.last_logits")] - &cpp[&format!("prompt{p}.last_logits")])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         eprintln!("prompt {p}: mean |Δ| vs llama.cpp {mean_cpp:.4}; llama.cpp vs f32 {mean_refs:.4}");
         // Quantized-matmul rounding differs between implementations (the two references differ
         // by up to ~1 logit); bound both the worst and the typical logit.
@@ -242,7 +255,9 @@ fn smollm2_quantized_matches_llamacpp() {
         let worst = steps.iter().enumerate().map(|(i, l)| l[argmax(l)] - l[want[i] as usize]).fold(0f32, f32::max);
         let agree = steps.iter().enumerate().filter(|(i, l)| argmax(l) == want[*i] as usize).count();
         let control = steps.iter().enumerate().skip(1).map(|(i, l)| l[argmax(l)] - l[want[i - 1] as usize]).fold(0f32, f32::max);
-        eprintln!("prompt {p}: llama.cpp's greedy token at most {worst:.3} below our best; our best on {agree}/24 steps; control {control:.2}");
+        eprintln!(
+            "prompt {p}: llama.cpp's greedy token at most {worst:.3} below our best; our best on {agree}/24 steps; control {control:.2}"
+        );
         assert!(worst < TIE, "prompt {p}: llama.cpp's greedy token is {worst} logits below our best at some step");
         assert!(agree >= 22, "prompt {p}: our greedy token is llama.cpp's on only {agree} of 24 steps");
         assert!(control > 4.0 * TIE, "prompt {p}: the control gap is only {control}");

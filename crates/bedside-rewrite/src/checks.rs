@@ -59,12 +59,69 @@ impl std::fmt::Display for Reason {
 
 /// Words too common in clinical prose to identify a fact.
 pub const GENERIC_WORDS: &[&str] = &[
-    "usually", "often", "sometimes", "people", "person", "important", "really", "common", "commonly", "things",
-    "something", "however", "although", "because", "which", "there", "other", "others", "another", "might",
-    "could", "would", "should", "these", "those", "their", "about", "doctor", "doctors", "worth", "helpful", "help",
-    "likely", "unlikely", "possible", "possibly", "times", "while", "where", "whether", "including", "include",
-    "includes", "check", "checked", "checks", "first", "next", "several", "certain", "generally", "especially",
-    "usual", "reason", "reasons", "simple", "different", "mostly", "still", "today", "always", "rather", "quite",
+    "usually",
+    "often",
+    "sometimes",
+    "people",
+    "person",
+    "important",
+    "really",
+    "common",
+    "commonly",
+    "things",
+    "something",
+    "however",
+    "although",
+    "because",
+    "which",
+    "there",
+    "other",
+    "others",
+    "another",
+    "might",
+    "could",
+    "would",
+    "should",
+    "these",
+    "those",
+    "their",
+    "about",
+    "doctor",
+    "doctors",
+    "worth",
+    "helpful",
+    "help",
+    "likely",
+    "unlikely",
+    "possible",
+    "possibly",
+    "times",
+    "while",
+    "where",
+    "whether",
+    "including",
+    "include",
+    "includes",
+    "check",
+    "checked",
+    "checks",
+    "first",
+    "next",
+    "several",
+    "certain",
+    "generally",
+    "especially",
+    "usual",
+    "reason",
+    "reasons",
+    "simple",
+    "different",
+    "mostly",
+    "still",
+    "today",
+    "always",
+    "rather",
+    "quite",
 ];
 
 /// A fact to check in the rewritten answer.
@@ -151,20 +208,96 @@ pub trait ComfortScorer {
 /// Phrases that validate or acknowledge a feeling (matched on lower-cased text with straight
 /// apostrophes).
 pub const VALIDATION_PHRASES: &[&str] = &[
-    "i understand", "understandable", "it makes sense", "makes sense that", "that sounds", "sounds really",
-    "sounds very", "sounds so", "i'm sorry", "i am sorry", "sorry to hear", "you're not alone", "you are not alone",
-    "it's natural", "it is natural", "completely natural", "normal to feel", "many people feel", "i can hear",
-    "i can see why", "i can imagine", "must be", "must feel", "thank you for telling", "thank you for sharing",
-    "glad you asked", "glad you reached out", "okay to feel", "ok to feel", "that's a lot", "takes courage",
-    "you did the right thing", "right to ask", "right to get", "here to help", "i hear you", "of course you",
-    "no wonder", "so hard", "really hard", "very hard", "difficult for you", "hard for you", "together",
-    "reassur", "you're doing", "you are doing", "go easy on yourself", "very human", "far from alone", "not alone",
-    "good that you", "good you're", "right step", "sound so", "sounds painful", "it's hard", "it is hard", "is hard",
-    "so common", "common to feel", "fair to feel", "it's fair", "it is fair", "easy for your mind", "don't blame",
-    "not your fault", "nothing you did", "not something you", "please don't", "completely normal",
-    "entirely normal", "understand why", "that must", "a lot to take in", "a lot to carry", "you're right",
-    "you are right", "well done", "brave", "care about", "loving", "sorry", "take this one step", "step by step",
-    "not a failure", "not weak", "nothing to be ashamed", "nothing to be embarrassed", "no need to feel",
+    "i understand",
+    "understandable",
+    "it makes sense",
+    "makes sense that",
+    "that sounds",
+    "sounds really",
+    "sounds very",
+    "sounds so",
+    "i'm sorry",
+    "i am sorry",
+    "sorry to hear",
+    "you're not alone",
+    "you are not alone",
+    "it's natural",
+    "it is natural",
+    "completely natural",
+    "normal to feel",
+    "many people feel",
+    "i can hear",
+    "i can see why",
+    "i can imagine",
+    "must be",
+    "must feel",
+    "thank you for telling",
+    "thank you for sharing",
+    "glad you asked",
+    "glad you reached out",
+    "okay to feel",
+    "ok to feel",
+    "that's a lot",
+    "takes courage",
+    "you did the right thing",
+    "right to ask",
+    "right to get",
+    "here to help",
+    "i hear you",
+    "of course you",
+    "no wonder",
+    "so hard",
+    "really hard",
+    "very hard",
+    "difficult for you",
+    "hard for you",
+    "together",
+    "reassur",
+    "you're doing",
+    "you are doing",
+    "go easy on yourself",
+    "very human",
+    "far from alone",
+    "not alone",
+    "good that you",
+    "good you're",
+    "right step",
+    "sound so",
+    "sounds painful",
+    "it's hard",
+    "it is hard",
+    "is hard",
+    "so common",
+    "common to feel",
+    "fair to feel",
+    "it's fair",
+    "it is fair",
+    "easy for your mind",
+    "don't blame",
+    "not your fault",
+    "nothing you did",
+    "not something you",
+    "please don't",
+    "completely normal",
+    "entirely normal",
+    "understand why",
+    "that must",
+    "a lot to take in",
+    "a lot to carry",
+    "you're right",
+    "you are right",
+    "well done",
+    "brave",
+    "care about",
+    "loving",
+    "sorry",
+    "take this one step",
+    "step by step",
+    "not a failure",
+    "not weak",
+    "nothing to be ashamed",
+    "nothing to be embarrassed",
+    "no need to feel",
 ];
 
 /// The documented heuristic comfort score of an answer:
@@ -271,10 +404,7 @@ impl Checker {
         }
         let missing: Vec<&String> = pn.difference(&pr).collect();
         if !missing.is_empty() {
-            r.push(Reason::new(
-                "patient-number-missing",
-                format!("numbers of the neutral patient turn missing: {}", join(&missing)),
-            ));
+            r.push(Reason::new("patient-number-missing", format!("numbers of the neutral patient turn missing: {}", join(&missing))));
         }
         let added: Vec<&String> = pr.difference(&pn).collect();
         if !added.is_empty() {
@@ -318,12 +448,7 @@ impl Checker {
                 let kept = f.words.len() - miss.len();
                 (
                     kept as f64 >= o.derived_word_share * f.words.len() as f64,
-                    format!(
-                        "derived fact {} ({kept} of {} salient words kept; missing: {})",
-                        i + 1,
-                        f.words.len(),
-                        join(&miss)
-                    ),
+                    format!("derived fact {} ({kept} of {} salient words kept; missing: {})", i + 1, f.words.len(), join(&miss)),
                 )
             };
             if ok {
@@ -349,10 +474,7 @@ impl Checker {
         // Emotion.
         if !emotions::expresses(emotion, patient) {
             let examples: Vec<&str> = emotions::lexicon(emotion).unwrap_or(&[]).iter().take(4).copied().collect();
-            r.push(Reason::new(
-                "emotion-missing",
-                format!("no word expressing `{emotion}` (e.g. {})", examples.join(", ")),
-            ));
+            r.push(Reason::new("emotion-missing", format!("no word expressing `{emotion}` (e.g. {})", examples.join(", "))));
         }
 
         // Comfort.
@@ -367,16 +489,11 @@ impl Checker {
         }
 
         // Lengths.
-        for (code, new, old) in
-            [("patient-length", patient, &d.patient_neutral), ("answer-length", answer, &d.answer_neutral)]
-        {
+        for (code, new, old) in [("patient-length", patient, &d.patient_neutral), ("answer-length", answer, &d.answer_neutral)] {
             let (n, m) = (word_count(new), word_count(old));
             let ratio = n as f64 / m.max(1) as f64;
             if ratio < o.min_ratio || ratio > o.max_ratio {
-                r.push(Reason::new(
-                    code,
-                    format!("{n} words is {ratio:.2}× the neutral {m}, outside {}–{}×", o.min_ratio, o.max_ratio),
-                ));
+                r.push(Reason::new(code, format!("{n} words is {ratio:.2}× the neutral {m}, outside {}–{}×", o.min_ratio, o.max_ratio)));
             }
         }
         Ok(r)
@@ -406,10 +523,7 @@ mod tests {
                              and a heart monitor worn for several days. Call emergency services if you have chest pain \
                              or fainting. A heart rate of 140 at rest needs a prompt review."
                 .into(),
-            key_facts: vec![
-                "a fast irregular heartbeat can be caused by atrial fibrillation".into(),
-                "an ECG is the next step".into(),
-            ],
+            key_facts: vec!["a fast irregular heartbeat can be caused by atrial fibrillation".into(), "an ECG is the next step".into()],
             red_flags: vec!["chest pain".into(), "fainting".into()],
             ..Dialogue::default()
         }
@@ -441,11 +555,7 @@ mod tests {
         let c = Checker::lexical(AcceptOptions::default());
         let answer = ANSWER.replace("140", "150").replace("atrial fibrillation", "a rhythm problem").replace(" or fainting", "");
         let r = c.check(&neutral(), "afraid", PATIENT, &answer).unwrap();
-        assert_eq!(
-            codes(&r),
-            ["answer-number-missing", "answer-number-added", "key-fact-missing", "red-flag-missing"],
-            "{r:?}"
-        );
+        assert_eq!(codes(&r), ["answer-number-missing", "answer-number-added", "key-fact-missing", "red-flag-missing"], "{r:?}");
         assert!(r[0].detail.contains("140") && r[1].detail.contains("150"));
         assert!(r[2].detail.contains("key fact 1") && r[2].detail.contains("atrial") && r[2].detail.contains("fibrillation"));
         assert!(r[3].detail.contains("red flag 2") && r[3].detail.contains("fainting"));
@@ -457,11 +567,7 @@ mod tests {
         let patient = "I am 58 and my heart rate was 104 during an episode of palpitations lasting an hour. It happens \
                        a lot and I would like to understand it better because it keeps coming back to me.";
         let r = c.check(&neutral(), "afraid", patient, ANSWER).unwrap();
-        assert_eq!(
-            codes(&r),
-            ["patient-number-missing", "patient-number-added", "patient-question-missing", "emotion-missing"],
-            "{r:?}"
-        );
+        assert_eq!(codes(&r), ["patient-number-missing", "patient-number-added", "patient-question-missing", "emotion-missing"], "{r:?}");
         // The right emotion word for another target is still missing.
         let r = c.check(&neutral(), "lonely", PATIENT, ANSWER).unwrap();
         assert_eq!(codes(&r), ["emotion-missing"]);

@@ -74,8 +74,8 @@ pub fn clean(text: &str) -> String {
     let mut t = text.trim();
     if let Some((first, rest)) = t.split_once('\n') {
         let f = first.trim().to_lowercase();
-        let announces = f.ends_with(':')
-            && (f.starts_with("here") || f.starts_with("sure") || f.starts_with("rewritten") || f.starts_with("rewrite"));
+        let announces =
+            f.ends_with(':') && (f.starts_with("here") || f.starts_with("sure") || f.starts_with("rewritten") || f.starts_with("rewrite"));
         if announces {
             t = rest.trim();
         }

@@ -28,5 +28,5 @@ pub use emotions::EmotionPlan;
 pub use empathy::EmpathyComfort;
 pub use generator::{EngineGenerator, GenRequest, Generated, Generator, Turn};
 pub use pipeline::{dry_run, read_input, run, RejectLine, RewriteConfig, Summary};
-pub use semantic::MiniLmSimilarity;
 pub use prompts::{Prompt, PromptContext, PromptSet};
+pub use semantic::MiniLmSimilarity;

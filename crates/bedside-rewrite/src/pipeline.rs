@@ -207,7 +207,8 @@ fn read_appendable(path: &Path) -> Result<Vec<(usize, Value, u64)>> {
             Ok(v) if complete => out.push((line_no, v, next as u64)),
             Ok(v) => {
                 // A whole record missing only its newline: keep it and add the newline.
-                let mut f = std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+                let mut f =
+                    std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("{}: cannot open", path.display()))?;
                 f.write_all(b"\n").and_then(|_| f.sync_data()).with_context(|| format!("{}: cannot write", path.display()))?;
                 out.push((line_no, v, next as u64 + 1));
             }
@@ -238,8 +239,7 @@ pub fn resume(output: &Path, rejects: &Path) -> Result<HashSet<String>> {
     let lines = read_appendable(rejects)?;
     let mut parsed = Vec::with_capacity(lines.len());
     for (line, v, end) in lines {
-        let r: RejectLine =
-            serde_json::from_value(v).with_context(|| format!("{}:{line}: not a reject line", rejects.display()))?;
+        let r: RejectLine = serde_json::from_value(v).with_context(|| format!("{}:{line}: not a reject line", rejects.display()))?;
         if r.is_final {
             done.insert(r.id.clone());
         }
@@ -342,7 +342,8 @@ pub fn run(
     let mut rej = open_append(rejects)?;
     let by = gen.spec();
 
-    let bar = if cfg.progress { ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
+    let bar =
+        if cfg.progress { ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} rewrite [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ({per_sec}, ETA {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -84,8 +84,7 @@ impl PromptSet {
             bail!("{}: not a prompt directory (expected meta.toml, patient.jinja and answer.jinja)", dir.display());
         }
         let meta_path = dir.join("meta.toml");
-        let meta_text =
-            std::fs::read_to_string(&meta_path).with_context(|| format!("{}: cannot read", meta_path.display()))?;
+        let meta_text = std::fs::read_to_string(&meta_path).with_context(|| format!("{}: cannot read", meta_path.display()))?;
         let meta: Meta = toml::from_str(&meta_text).with_context(|| format!("{}: invalid", meta_path.display()))?;
         if meta.version.trim().is_empty() {
             bail!("{}: field `version` is empty", meta_path.display());
@@ -96,8 +95,7 @@ impl PromptSet {
         for name in ["patient.jinja", "answer.jinja"] {
             let p = dir.join(name);
             let src = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-            env.add_template_owned(name.to_string(), src)
-                .map_err(|e| anyhow::anyhow!("{}: template error: {e:#}", p.display()))?;
+            env.add_template_owned(name.to_string(), src).map_err(|e| anyhow::anyhow!("{}: template error: {e:#}", p.display()))?;
         }
         let set = PromptSet {
             dir: dir.to_path_buf(),
@@ -122,9 +120,8 @@ impl PromptSet {
 
     fn render(&self, name: &str, ctx: &PromptContext) -> Result<String> {
         let t = self.env.get_template(name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        let text = t
-            .render(Value::from_serialize(ctx))
-            .map_err(|e| anyhow::anyhow!("{}: cannot render: {e:#}", self.dir.join(name).display()))?;
+        let text =
+            t.render(Value::from_serialize(ctx)).map_err(|e| anyhow::anyhow!("{}: cannot render: {e:#}", self.dir.join(name).display()))?;
         Ok(text.trim().to_string())
     }
 

@@ -199,17 +199,15 @@ fn resume_after_a_crash_gives_the_same_files() {
     let cfg = config(prompts, 3, None);
 
     // Run 1: --limit 1 finishes r-00 only.
-    let s = pipeline::run(&recs, &mut Scripted::new(), &checker, &config(simple_prompts(dir.path()), 3, Some(1)), &out, &rej)
-        .unwrap();
+    let s = pipeline::run(&recs, &mut Scripted::new(), &checker, &config(simple_prompts(dir.path()), 3, Some(1)), &out, &rej).unwrap();
     assert_eq!((s.accepted, s.remaining), (1, 7));
 
     // Run 2 crashes inside r-02 after its first rejected attempt was written: calls are r-01 (4:
     // two attempts), r-02 attempt 1 (2), then the crash on r-02's second patient turn.
     let mut crashing = Scripted::new();
     crashing.panic_at = Some(7);
-    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        pipeline::run(&recs, &mut crashing, &checker, &cfg, &out, &rej)
-    }));
+    let crashed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline::run(&recs, &mut crashing, &checker, &cfg, &out, &rej)));
     assert!(crashed.is_err());
     assert!(std::fs::read_to_string(&rej).unwrap().contains("\"id\":\"r-02\""), "a reject of the record in progress");
     // And a torn write at the end of the output, as a kill mid-write leaves.
@@ -236,8 +234,7 @@ fn a_corrupt_middle_line_is_an_error_naming_the_line() {
     let (out, rej) = (dir.path().join("out.jsonl"), dir.path().join("rej.jsonl"));
     std::fs::write(&out, "{\"id\":\"r-00\"}\nnot json\n{\"id\":\"r-01\"}\n").unwrap();
     let cfg = config(simple_prompts(dir.path()), 1, None);
-    let err = pipeline::run(&recs, &mut Scripted::new(), &Checker::lexical(AcceptOptions::default()), &cfg, &out, &rej)
-        .unwrap_err();
+    let err = pipeline::run(&recs, &mut Scripted::new(), &Checker::lexical(AcceptOptions::default()), &cfg, &out, &rej).unwrap_err();
     assert!(format!("{err:#}").contains("out.jsonl:2"), "{err:#}");
 }
 

@@ -22,11 +22,7 @@ impl ModelIds {
         if id == self.base {
             return Ok(None);
         }
-        self.adapters
-            .iter()
-            .position(|a| a == id)
-            .map(Some)
-            .ok_or_else(|| ApiError::model_not_found(id))
+        self.adapters.iter().position(|a| a == id).map(Some).ok_or_else(|| ApiError::model_not_found(id))
     }
 }
 
@@ -141,19 +137,12 @@ struct CompletionBody {
 /// The body as a JSON object.
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     if std::str::from_utf8(body).is_err() {
-        return Err(ApiError::invalid(
-            None,
-            "The request body is not valid UTF-8.",
-        ));
+        return Err(ApiError::invalid(None, "The request body is not valid UTF-8."));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(None, format!("The request body is not valid JSON ({e})."))
-    })?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid(None, format!("The request body is not valid JSON ({e}).")))?;
     if !v.is_object() {
-        return Err(ApiError::invalid(
-            None,
-            "The request body must be a JSON object.",
-        ));
+        return Err(ApiError::invalid(None, "The request body must be a JSON object."));
     }
     Ok(v)
 }
@@ -164,10 +153,7 @@ fn fields<T: DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
-            ApiError::invalid(
-                None,
-                format!("The request body does not have the expected shape: {inner}."),
-            )
+            ApiError::invalid(None, format!("The request body does not have the expected shape: {inner}."))
         } else {
             ApiError::invalid(Some(&path), format!("{path}: {inner}"))
         }
@@ -175,26 +161,14 @@ fn fields<T: DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
 }
 
 fn unsupported(param: &str, what: &str) -> ApiError {
-    ApiError::invalid(
-        Some(param),
-        format!("{param}: {what} is not supported by this server."),
-    )
+    ApiError::invalid(Some(param), format!("{param}: {what} is not supported by this server."))
 }
 
-fn range_f64(
-    param: &str,
-    v: Option<f64>,
-    default: f64,
-    ok: impl Fn(f64) -> bool,
-    want: &str,
-) -> Result<f64, ApiError> {
+fn range_f64(param: &str, v: Option<f64>, default: f64, ok: impl Fn(f64) -> bool, want: &str) -> Result<f64, ApiError> {
     match v {
         None => Ok(default),
         Some(x) if x.is_finite() && ok(x) => Ok(x),
-        Some(x) => Err(ApiError::invalid(
-            Some(param),
-            format!("{param} must be {want}, got {x}."),
-        )),
+        Some(x) => Err(ApiError::invalid(Some(param), format!("{param} must be {want}, got {x}."))),
     }
 }
 
@@ -202,10 +176,7 @@ fn count(param: &str, v: Option<i64>, lo: i64, hi: i64) -> Result<Option<usize>,
     match v {
         None => Ok(None),
         Some(x) if (lo..=hi).contains(&x) => Ok(Some(x as usize)),
-        Some(x) => Err(ApiError::invalid(
-            Some(param),
-            format!("{param} must be between {lo} and {hi}, got {x}."),
-        )),
+        Some(x) => Err(ApiError::invalid(Some(param), format!("{param} must be between {lo} and {hi}, got {x}."))),
     }
 }
 
@@ -222,10 +193,7 @@ impl Common {
         if !matches!(self.n, None | Some(1)) {
             return Err(unsupported("n", "more than one choice per request"));
         }
-        for (param, v) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
-        ] {
+        for (param, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
             if matches!(v, Some(x) if x != 0.0) {
                 return Err(unsupported(param, "a non-zero value (use repeat_penalty)"));
             }
@@ -239,10 +207,7 @@ impl Common {
             Some(m) => {
                 return Err(ApiError::invalid(
                     Some("max_tokens"),
-                    format!(
-                        "max_tokens must be between 1 and {} on this server, got {m}.",
-                        limits.max_tokens
-                    ),
+                    format!("max_tokens must be between 1 and {} on this server, got {m}.", limits.max_tokens),
                 ));
             }
         };
@@ -251,55 +216,25 @@ impl Common {
             Some(OneOrMany::One(s)) => vec![s],
             Some(OneOrMany::Many(v)) if v.len() <= 4 => v,
             Some(OneOrMany::Many(v)) => {
-                return Err(ApiError::invalid(
-                    Some("stop"),
-                    format!("stop takes at most 4 sequences, got {}.", v.len()),
-                ))
+                return Err(ApiError::invalid(Some("stop"), format!("stop takes at most 4 sequences, got {}.", v.len())))
             }
         };
         if stop.iter().any(|s| s.len() > 1024) {
-            return Err(ApiError::invalid(
-                Some("stop"),
-                "a stop sequence is longer than 1024 bytes.",
-            ));
+            return Err(ApiError::invalid(Some("stop"), "a stop sequence is longer than 1024 bytes."));
         }
         let stream = self.stream.unwrap_or(false);
         if self.stream_options.is_some() && !stream {
-            return Err(ApiError::invalid(
-                Some("stream_options"),
-                "stream_options is only allowed when stream is true.",
-            ));
+            return Err(ApiError::invalid(Some("stream_options"), "stream_options is only allowed when stream is true."));
         }
         if self.repeat_penalty.is_some() && self.repetition_penalty.is_some() {
-            return Err(ApiError::invalid(
-                Some("repeat_penalty"),
-                "give repeat_penalty or repetition_penalty, not both.",
-            ));
+            return Err(ApiError::invalid(Some("repeat_penalty"), "give repeat_penalty or repetition_penalty, not both."));
         }
         let params = SamplingParams {
             // OpenAI's defaults: temperature 1, top_p 1, nothing else.
-            temperature: range_f64(
-                "temperature",
-                self.temperature,
-                1.0,
-                |t| (0.0..=2.0).contains(&t),
-                "between 0 and 2",
-            )?,
-            top_p: range_f64(
-                "top_p",
-                self.top_p,
-                1.0,
-                |p| p > 0.0 && p <= 1.0,
-                "in (0, 1]",
-            )?,
+            temperature: range_f64("temperature", self.temperature, 1.0, |t| (0.0..=2.0).contains(&t), "between 0 and 2")?,
+            top_p: range_f64("top_p", self.top_p, 1.0, |p| p > 0.0 && p <= 1.0, "in (0, 1]")?,
             top_k: count("top_k", self.top_k, 0, 1 << 20)?.unwrap_or(0),
-            min_p: range_f64(
-                "min_p",
-                self.min_p,
-                0.0,
-                |p| (0.0..=1.0).contains(&p),
-                "between 0 and 1",
-            )?,
+            min_p: range_f64("min_p", self.min_p, 0.0, |p| (0.0..=1.0).contains(&p), "between 0 and 1")?,
             repeat_penalty: range_f64(
                 "repeat_penalty",
                 self.repeat_penalty.or(self.repetition_penalty),
@@ -318,11 +253,7 @@ impl Common {
             prompt,
             params,
             stream,
-            include_usage: stream
-                && self
-                    .stream_options
-                    .and_then(|o| o.include_usage)
-                    .unwrap_or(false),
+            include_usage: stream && self.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
             logprobs,
         })
     }
@@ -333,38 +264,25 @@ pub fn parse_chat(body: &[u8], ids: &ModelIds, limits: &Limits) -> Result<Genera
     let v = parse_body(body)?;
     let common: Common = fields(&v)?;
     let b: ChatBody = fields(&v)?;
-    for (param, v) in [
-        ("tools", &b.tools),
-        ("tool_choice", &b.tool_choice),
-        ("functions", &b.functions),
-        ("function_call", &b.function_call),
-    ] {
+    for (param, v) in
+        [("tools", &b.tools), ("tool_choice", &b.tool_choice), ("functions", &b.functions), ("function_call", &b.function_call)]
+    {
         if v.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(unsupported(param, "tool and function calling"));
         }
     }
     if let Some(f) = &b.response_format {
         if f.get("type").and_then(Value::as_str) != Some("text") && !f.is_null() {
-            return Err(unsupported(
-                "response_format",
-                "a response format other than text",
-            ));
+            return Err(unsupported("response_format", "a response format other than text"));
         }
     }
     if b.messages.is_empty() {
-        return Err(ApiError::invalid(
-            Some("messages"),
-            "messages must hold at least one message.",
-        ));
+        return Err(ApiError::invalid(Some("messages"), "messages must hold at least one message."));
     }
     if b.messages.len() > limits.max_messages {
         return Err(ApiError::invalid(
             Some("messages"),
-            format!(
-                "messages holds {} messages; this server takes at most {}.",
-                b.messages.len(),
-                limits.max_messages
-            ),
+            format!("messages holds {} messages; this server takes at most {}.", b.messages.len(), limits.max_messages),
         ));
     }
     let mut msgs = Vec::with_capacity(b.messages.len());
@@ -374,19 +292,12 @@ pub fn parse_chat(body: &[u8], ids: &ModelIds, limits: &Limits) -> Result<Genera
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
-            "tool" | "function" => {
-                return Err(unsupported(
-                    &format!("{param}.role"),
-                    "tool and function messages",
-                ))
-            }
+            "tool" | "function" => return Err(unsupported(&format!("{param}.role"), "tool and function messages")),
             other => {
                 let shown: String = other.chars().take(32).collect();
                 return Err(ApiError::invalid(
                     Some(&format!("{param}.role")),
-                    format!(
-                        "{param}.role: `{shown}` is not one of system, developer, user, assistant."
-                    ),
+                    format!("{param}.role: `{shown}` is not one of system, developer, user, assistant."),
                 ));
             }
         };
@@ -406,70 +317,35 @@ pub fn parse_chat(body: &[u8], ids: &ModelIds, limits: &Limits) -> Result<Genera
                                 format!("{param}.content[{j}]: a text part needs `text`."),
                             ))
                         }
-                        _ => {
-                            return Err(unsupported(
-                                &format!("{param}.content[{j}].type"),
-                                "content other than text",
-                            ))
-                        }
+                        _ => return Err(unsupported(&format!("{param}.content[{j}].type"), "content other than text")),
                     }
                 }
                 text
             }
             None if role == "assistant" => String::new(),
-            None => {
-                return Err(ApiError::invalid(
-                    Some(&format!("{param}.content")),
-                    format!("{param}.content is missing."),
-                ))
-            }
+            None => return Err(ApiError::invalid(Some(&format!("{param}.content")), format!("{param}.content is missing."))),
         };
-        msgs.push(ChatMessage {
-            role: role.into(),
-            content,
-        });
+        msgs.push(ChatMessage { role: role.into(), content });
     }
-    let logprobs = match (
-        b.logprobs.unwrap_or(false),
-        count("top_logprobs", b.top_logprobs, 0, 20)?,
-    ) {
+    let logprobs = match (b.logprobs.unwrap_or(false), count("top_logprobs", b.top_logprobs, 0, 20)?) {
         (true, top) => Some(top.unwrap_or(0)),
         (false, None) => None,
-        (false, Some(_)) => {
-            return Err(ApiError::invalid(
-                Some("top_logprobs"),
-                "top_logprobs needs logprobs set to true.",
-            ))
-        }
+        (false, Some(_)) => return Err(ApiError::invalid(Some("top_logprobs"), "top_logprobs needs logprobs set to true.")),
     };
     let max_tokens = b.max_completion_tokens.or(common.max_tokens);
     common.into_generation(ids, limits, max_tokens, Prompt::Chat(msgs), logprobs)
 }
 
 /// Check a `POST /v1/completions` body.
-pub fn parse_completion(
-    body: &[u8],
-    ids: &ModelIds,
-    limits: &Limits,
-) -> Result<Generation, ApiError> {
+pub fn parse_completion(body: &[u8], ids: &ModelIds, limits: &Limits) -> Result<Generation, ApiError> {
     let v = parse_body(body)?;
     let common: Common = fields(&v)?;
     let b: CompletionBody = fields(&v)?;
-    let not_string = || {
-        ApiError::invalid(
-            Some("prompt"),
-            "prompt must be a string (token id arrays are not supported).",
-        )
-    };
+    let not_string = || ApiError::invalid(Some("prompt"), "prompt must be a string (token id arrays are not supported).");
     let prompt = match b.prompt {
         None => return Err(ApiError::invalid(Some("prompt"), "prompt is missing.")),
         Some(Value::String(s)) => s,
-        Some(Value::Array(v)) if v.len() > 1 => {
-            return Err(unsupported(
-                "prompt",
-                "a batch of several prompts in one request",
-            ))
-        }
+        Some(Value::Array(v)) if v.len() > 1 => return Err(unsupported("prompt", "a batch of several prompts in one request")),
         Some(Value::Array(v)) => match v.into_iter().next() {
             Some(Value::String(s)) => s,
             _ => return Err(not_string()),
@@ -540,15 +416,9 @@ mod tests {
     use super::*;
 
     fn ids() -> ModelIds {
-        ModelIds {
-            base: "base".into(),
-            adapters: vec!["tuned".into()],
-        }
+        ModelIds { base: "base".into(), adapters: vec!["tuned".into()] }
     }
-    const LIMITS: Limits = Limits {
-        max_messages: 4,
-        max_tokens: 100,
-    };
+    const LIMITS: Limits = Limits { max_messages: 4, max_tokens: 100 };
 
     fn chat(body: &str) -> Result<Generation, ApiError> {
         parse_chat(body.as_bytes(), &ids(), &LIMITS)
@@ -559,99 +429,42 @@ mod tests {
         let g = chat(r#"{"model":"tuned","messages":[{"role":"developer","content":"Be kind."},{"role":"user","content":[{"type":"text","text":"Hi"}]}]}"#).unwrap();
         assert_eq!(g.adapter, Some(0));
         assert_eq!(
-            (
-                g.params.temperature,
-                g.params.top_p,
-                g.params.top_k,
-                g.params.repeat_penalty,
-                g.params.max_tokens
-            ),
+            (g.params.temperature, g.params.top_p, g.params.top_k, g.params.repeat_penalty, g.params.max_tokens),
             (1.0, 1.0, 0, 1.0, 0)
         );
         let Prompt::Chat(m) = g.prompt else { panic!() };
-        assert_eq!(
-            (m[0].role.as_str(), m[1].content.as_str()),
-            ("system", "Hi")
-        );
+        assert_eq!((m[0].role.as_str(), m[1].content.as_str()), ("system", "Hi"));
     }
 
     #[test]
     fn bad_fields_get_400_naming_the_field() {
         for (body, param) in [
-            (
-                r#"{"model":"base","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#,
-                "max_tokens",
-            ),
-            (
-                r#"{"model":"base","messages":[{"role":"user","content":"x"}],"max_tokens":101}"#,
-                "max_tokens",
-            ),
-            (
-                r#"{"model":"base","messages":[{"role":"user","content":"x"}],"max_tokens":"ten"}"#,
-                "max_tokens",
-            ),
-            (
-                r#"{"model":"base","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
-                "temperature",
-            ),
-            (
-                r#"{"model":"base","messages":[{"role":"user","content":5}]}"#,
-                "messages[0].content",
-            ),
-            (
-                r#"{"model":"base","messages":[{"role":"robot","content":"x"}]}"#,
-                "messages[0].role",
-            ),
+            (r#"{"model":"base","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, "max_tokens"),
+            (r#"{"model":"base","messages":[{"role":"user","content":"x"}],"max_tokens":101}"#, "max_tokens"),
+            (r#"{"model":"base","messages":[{"role":"user","content":"x"}],"max_tokens":"ten"}"#, "max_tokens"),
+            (r#"{"model":"base","messages":[{"role":"user","content":"x"}],"temperature":3}"#, "temperature"),
+            (r#"{"model":"base","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
+            (r#"{"model":"base","messages":[{"role":"robot","content":"x"}]}"#, "messages[0].role"),
             (r#"{"model":"base","messages":[]}"#, "messages"),
-            (
-                r#"{"model":"base","messages":[{"role":"user","content":"x"}],"n":2}"#,
-                "n",
-            ),
-            (
-                r#"{"model":"base","messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#,
-                "top_logprobs",
-            ),
-            (
-                r#"{"model":"base","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#,
-                "stream_options",
-            ),
-            (
-                r#"{"model":"base","messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#,
-                "stop",
-            ),
+            (r#"{"model":"base","messages":[{"role":"user","content":"x"}],"n":2}"#, "n"),
+            (r#"{"model":"base","messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#, "top_logprobs"),
+            (r#"{"model":"base","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#, "stream_options"),
+            (r#"{"model":"base","messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#, "stop"),
         ] {
             let e = chat(body).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
         }
-        let many = format!(
-            r#"{{"model":"base","messages":[{}]}}"#,
-            [r#"{"role":"user","content":"x"}"#; 5].join(",")
-        );
+        let many = format!(r#"{{"model":"base","messages":[{}]}}"#, [r#"{"role":"user","content":"x"}"#; 5].join(","));
         assert!(chat(&many).unwrap_err().message.contains("at most 4"));
-        assert_eq!(
-            chat(r#"{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}"#)
-                .unwrap_err()
-                .status,
-            404
-        );
+        assert_eq!(chat(r#"{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}"#).unwrap_err().status, 404);
         assert_eq!(chat("{\"model\":").unwrap_err().status, 400);
-        assert_eq!(
-            parse_chat(b"{\"model\":\"base\xff\"}", &ids(), &LIMITS)
-                .unwrap_err()
-                .status,
-            400
-        );
+        assert_eq!(parse_chat(b"{\"model\":\"base\xff\"}", &ids(), &LIMITS).unwrap_err().status, 400);
     }
 
     #[test]
     fn completions_take_one_string_prompt() {
-        let g = parse_completion(
-            br#"{"model":"base","prompt":["Fever is"],"logprobs":2,"max_tokens":5}"#,
-            &ids(),
-            &LIMITS,
-        )
-        .unwrap();
+        let g = parse_completion(br#"{"model":"base","prompt":["Fever is"],"logprobs":2,"max_tokens":5}"#, &ids(), &LIMITS).unwrap();
         assert!(matches!(g.prompt, Prompt::Text(ref p) if p == "Fever is"));
         assert_eq!((g.logprobs, g.params.max_tokens), (Some(2), 5));
         for body in [
@@ -660,13 +473,7 @@ mod tests {
             r#"{"model":"base"}"#,
             r#"{"model":"base","prompt":"x","echo":true}"#,
         ] {
-            assert_eq!(
-                parse_completion(body.as_bytes(), &ids(), &LIMITS)
-                    .unwrap_err()
-                    .status,
-                400,
-                "{body}"
-            );
+            assert_eq!(parse_completion(body.as_bytes(), &ids(), &LIMITS).unwrap_err().status, 400, "{body}");
         }
     }
 }

@@ -18,8 +18,7 @@ impl KeyRing {
     /// Read `label:key` lines; blank lines and lines starting with `#` are skipped. Errors name
     /// the line, never the key.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read the API key file", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the API key file", path.display()))?;
         warn_if_readable_by_others(path);
         let ring = Self::parse(&text).with_context(|| format!("{}", path.display()))?;
         if ring.keys.is_empty() {
@@ -40,11 +39,7 @@ impl KeyRing {
                 bail!("line {lineno}: expected `label:key`");
             };
             let (label, key) = (label.trim(), key.trim());
-            if label.is_empty()
-                || !label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
+            if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
                 bail!("line {lineno}: the label must be letters, digits, '.', '_' or '-'");
             }
             if key.len() < MIN_KEY_LEN || !key.chars().all(|c| c.is_ascii_graphic()) {
@@ -98,10 +93,7 @@ mod tests {
 
     #[test]
     fn keys_verify_by_label() {
-        let r = KeyRing::parse(
-            "# comment\nward-7:0123456789abcdefXYZ\n\nehr:sk-bedside-00000000000000\n",
-        )
-        .unwrap();
+        let r = KeyRing::parse("# comment\nward-7:0123456789abcdefXYZ\n\nehr:sk-bedside-00000000000000\n").unwrap();
         assert_eq!(r.verify("0123456789abcdefXYZ"), Some("ward-7"));
         assert_eq!(r.verify("sk-bedside-00000000000000"), Some("ehr"));
         assert_eq!(r.verify("0123456789abcdefXY"), None);
@@ -117,15 +109,9 @@ mod tests {
             ("a:0123456789abcdef\nb:0123456789abcdef", "another label"),
             ("bad label:0123456789abcdef", "label must be"),
         ] {
-            let e = KeyRing::parse(text)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let e = KeyRing::parse(text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(want), "{text:?}: {e}");
-            assert!(
-                !e.contains("0123456789abcdef"),
-                "the error shows the key: {e}"
-            );
+            assert!(!e.contains("0123456789abcdef"), "the error shows the key: {e}");
         }
     }
 }

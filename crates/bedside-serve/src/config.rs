@@ -112,21 +112,16 @@ impl Default for ServeConfig {
 impl ServeConfig {
     /// Read a TOML file (every key optional).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("{}: not a valid serve config", path.display()))
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}: not a valid serve config", path.display()))
     }
 
     /// Check everything that can be checked before loading the model; returns the address to
     /// listen on.
     pub fn validate(&self) -> Result<SocketAddr> {
-        for (what, v) in [
-            ("parallel", self.parallel),
-            ("queue", self.queue),
-            ("prefill_chunk", self.prefill_chunk),
-            ("max_messages", self.max_messages),
-        ] {
+        for (what, v) in
+            [("parallel", self.parallel), ("queue", self.queue), ("prefill_chunk", self.prefill_chunk), ("max_messages", self.max_messages)]
+        {
             if v == 0 {
                 bail!("{what} must be at least 1");
             }
@@ -157,11 +152,7 @@ impl ServeConfig {
         for (name, dir) in &self.adapters {
             check_adapter_name(name)?;
             if !dir.join(bedside_lora::CONFIG_FILE).is_file() {
-                bail!(
-                    "adapter `{name}`: {} has no {}",
-                    dir.display(),
-                    bedside_lora::CONFIG_FILE
-                );
+                bail!("adapter `{name}`: {} has no {}", dir.display(), bedside_lora::CONFIG_FILE);
             }
         }
         if let Some(root) = &self.adapter_root {
@@ -171,12 +162,7 @@ impl ServeConfig {
         }
         let addr = (self.host.as_str(), self.port)
             .to_socket_addrs()
-            .with_context(|| {
-                format!(
-                    "cannot resolve the listening address {}:{}",
-                    self.host, self.port
-                )
-            })?
+            .with_context(|| format!("cannot resolve the listening address {}:{}", self.host, self.port))?
             .next()
             .with_context(|| format!("{} resolves to no address", self.host))?;
         if !is_loopback(addr.ip()) && self.api_key_file.is_none() && !self.no_auth {
@@ -191,18 +177,11 @@ impl ServeConfig {
 
     /// Every adapter to load: the named ones, then those found under `adapter_root`.
     pub fn adapter_dirs(&self) -> Result<Vec<(String, PathBuf)>> {
-        let mut out: Vec<(String, PathBuf)> = self
-            .adapters
-            .iter()
-            .map(|(n, d)| (n.clone(), d.clone()))
-            .collect();
+        let mut out: Vec<(String, PathBuf)> = self.adapters.iter().map(|(n, d)| (n.clone(), d.clone())).collect();
         if let Some(root) = &self.adapter_root {
             for (name, dir) in scan_adapter_root(root)? {
                 if out.iter().any(|(n, _)| *n == name) {
-                    bail!(
-                        "adapter `{name}` is named in the config and also found under {}",
-                        root.display()
-                    );
+                    bail!("adapter `{name}` is named in the config and also found under {}", root.display());
                 }
                 out.push((name, dir));
             }
@@ -214,9 +193,7 @@ impl ServeConfig {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
     }
 }
 
@@ -225,9 +202,7 @@ pub fn check_adapter_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
     if !ok {
         bail!("adapter name `{name}`: use 1-128 letters, digits, '.', '_', '-' or ':', not starting with '.'");
     }
@@ -237,23 +212,15 @@ pub fn check_adapter_name(name: &str) -> Result<()> {
 /// Subdirectories of `root` with an adapter config, resolved inside `root` (a symlink that
 /// leads out of it is refused).
 pub fn scan_adapter_root(root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let real_root = root
-        .canonicalize()
-        .with_context(|| format!("adapter_root {}: cannot resolve", root.display()))?;
+    let real_root = root.canonicalize().with_context(|| format!("adapter_root {}: cannot resolve", root.display()))?;
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&real_root)
-        .with_context(|| format!("adapter_root {}: cannot list", root.display()))?
-    {
-        let entry =
-            entry.with_context(|| format!("adapter_root {}: cannot list", root.display()))?;
+    for entry in std::fs::read_dir(&real_root).with_context(|| format!("adapter_root {}: cannot list", root.display()))? {
+        let entry = entry.with_context(|| format!("adapter_root {}: cannot list", root.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') || !entry.path().join(bedside_lora::CONFIG_FILE).is_file() {
             continue;
         }
-        let real = entry
-            .path()
-            .canonicalize()
-            .with_context(|| format!("{}: cannot resolve", entry.path().display()))?;
+        let real = entry.path().canonicalize().with_context(|| format!("{}: cannot resolve", entry.path().display()))?;
         if !real.starts_with(&real_root) || real.parent() != Some(real_root.as_path()) {
             bail!("adapter_root {}: `{name}` leads outside the folder ({}); adapters must live inside it", root.display(), real.display());
         }
@@ -290,53 +257,30 @@ mod tests {
         let c: ServeConfig = toml::from_str("tls_cert = \"c.pem\"").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("tls-key"));
         let c: ServeConfig = toml::from_str("[adapters]\n\"../x\" = \"/tmp\"").unwrap();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("adapter name"));
+        assert!(c.validate().unwrap_err().to_string().contains("adapter name"));
     }
 
     /// The shipped example states the defaults it claims.
     #[test]
     fn the_example_config_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/serve.toml");
-        assert_eq!(
-            ServeConfig::from_file(&path).unwrap(),
-            ServeConfig::default()
-        );
+        assert_eq!(ServeConfig::from_file(&path).unwrap(), ServeConfig::default());
     }
 
     #[test]
     fn adapter_root_lists_only_adapters_inside_it() {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        for d in [
-            root.path().join("tuned"),
-            root.path().join("notes"),
-            outside.path().join("evil"),
-        ] {
+        for d in [root.path().join("tuned"), root.path().join("notes"), outside.path().join("evil")] {
             std::fs::create_dir_all(&d).unwrap();
         }
-        std::fs::write(
-            root.path().join("tuned").join(bedside_lora::CONFIG_FILE),
-            "{}",
-        )
-        .unwrap();
+        std::fs::write(root.path().join("tuned").join(bedside_lora::CONFIG_FILE), "{}").unwrap();
         let found = scan_adapter_root(root.path()).unwrap();
-        assert_eq!(
-            found.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-            ["tuned"]
-        );
+        assert_eq!(found.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["tuned"]);
         #[cfg(unix)]
         {
-            std::fs::write(
-                outside.path().join("evil").join(bedside_lora::CONFIG_FILE),
-                "{}",
-            )
-            .unwrap();
-            std::os::unix::fs::symlink(outside.path().join("evil"), root.path().join("evil"))
-                .unwrap();
+            std::fs::write(outside.path().join("evil").join(bedside_lora::CONFIG_FILE), "{}").unwrap();
+            std::os::unix::fs::symlink(outside.path().join("evil"), root.path().join("evil")).unwrap();
             let e = scan_adapter_root(root.path()).unwrap_err().to_string();
             assert!(e.contains("outside"), "{e}");
         }

@@ -17,29 +17,16 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            kind,
-            param: None,
-            code: None,
-            retry_after: None,
-        }
+        Self { status, message: message.into(), kind, param: None, code: None, retry_after: None }
     }
 
     /// 400: the request is wrong; `param` names the field.
     pub fn invalid(param: Option<&str>, message: impl Into<String>) -> Self {
-        Self {
-            param: param.map(String::from),
-            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
-        }
+        Self { param: param.map(String::from), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self {
-            code: Some("invalid_api_key"),
-            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
-        }
+        Self { code: Some("invalid_api_key"), ..Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message) }
     }
 
     pub fn model_not_found(model: &str) -> Self {
@@ -47,7 +34,11 @@ impl ApiError {
         Self {
             param: Some("model".into()),
             code: Some("model_not_found"),
-            ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("The model `{shown}` does not exist; GET /v1/models lists the models served here."))
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("The model `{shown}` does not exist; GET /v1/models lists the models served here."),
+            )
         }
     }
 
@@ -64,22 +55,11 @@ impl ApiError {
     }
 
     pub fn loading() -> Self {
-        Self {
-            retry_after: Some(5),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "The model is still loading.",
-            )
-        }
+        Self { retry_after: Some(5), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "The model is still loading.") }
     }
 
     pub fn timeout(secs: u64) -> Self {
-        Self::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "server_error",
-            format!("The request did not finish within the server's limit of {secs} s."),
-        )
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", format!("The request did not finish within the server's limit of {secs} s."))
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -90,7 +70,10 @@ impl ApiError {
     /// too large, body too slow).
     pub fn from_status(status: StatusCode) -> Self {
         let (kind, msg) = match status {
-            StatusCode::NOT_FOUND => ("invalid_request_error", "Unknown URL; the API lives under /v1 (GET /v1/models, POST /v1/chat/completions, POST /v1/completions)."),
+            StatusCode::NOT_FOUND => (
+                "invalid_request_error",
+                "Unknown URL; the API lives under /v1 (GET /v1/models, POST /v1/chat/completions, POST /v1/completions).",
+            ),
             StatusCode::METHOD_NOT_ALLOWED => ("invalid_request_error", "This URL does not take that method."),
             StatusCode::PAYLOAD_TOO_LARGE => ("invalid_request_error", "The request body is larger than the server accepts."),
             StatusCode::REQUEST_TIMEOUT => ("invalid_request_error", "The request body did not arrive in time."),
@@ -110,12 +93,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

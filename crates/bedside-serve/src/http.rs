@@ -87,15 +87,10 @@ pub fn router(app: Arc<App>) -> Router {
                 .layer(middleware::from_fn(drop_malformed_request_id))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(SetSensitiveRequestHeadersLayer::new([
-                    header::AUTHORIZATION,
-                ]))
+                .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
                 .layer(middleware::from_fn_with_state(app.clone(), access_log))
                 .layer(middleware::map_response(openai_error_bodies))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    timeout,
-                ))
+                .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, timeout))
                 // The limit and body-timeout layers wrap bodies in their own types; axum's inside
                 // and outside them.
                 .layer(MapResponseBodyLayer::new(Body::new))
@@ -109,12 +104,7 @@ pub fn router(app: Arc<App>) -> Router {
 /// A client's own `x-request-id` (a proxy's, for correlation) is kept only if it is a UUID: the
 /// logs print it, and free text there could carry a patient's words.
 async fn drop_malformed_request_id(mut req: Request, next: Next) -> Response {
-    let is_uuid = req.headers().get("x-request-id").map(|v| {
-        v.to_str()
-            .ok()
-            .and_then(|s| uuid::Uuid::try_parse(s).ok())
-            .is_some()
-    });
+    let is_uuid = req.headers().get("x-request-id").map(|v| v.to_str().ok().and_then(|s| uuid::Uuid::try_parse(s).ok()).is_some());
     if is_uuid == Some(false) {
         req.headers_mut().remove("x-request-id");
     }
@@ -125,10 +115,7 @@ async fn drop_malformed_request_id(mut req: Request, next: Next) -> Response {
 /// get OpenAI's JSON body too.
 async fn openai_error_bodies(resp: Response) -> Response {
     let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if (status.is_client_error() || status.is_server_error()) && !is_json {
         return ApiError::from_status(status).into_response();
     }
@@ -137,39 +124,16 @@ async fn openai_error_bodies(resp: Response) -> Response {
 
 async fn access_log(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
     let method = req.method().to_string();
     let rec: Record = Arc::default();
     req.extensions_mut().insert(rec.clone());
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
-    let done = LogOnDrop {
-        app,
-        rec,
-        start,
-        route,
-        request_id,
-        method,
-        status,
-    };
-    Response::from_parts(
-        parts,
-        Body::new(LoggedBody {
-            inner: body,
-            _done: done,
-        }),
-    )
+    let done = LogOnDrop { app, rec, start, route, request_id, method, status };
+    Response::from_parts(parts, Body::new(LoggedBody { inner: body, _done: done }))
 }
 
 /// Writes the access-log line and the request metrics when the response body is dropped:
@@ -190,11 +154,7 @@ impl Drop for LogOnDrop {
         let m = &self.app.shared.metrics;
         m.count_request(&self.route, self.status);
         m.request_duration.observe(secs);
-        let r = self
-            .rec
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default();
+        let r = self.rec.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
         tracing::info!(
             target: "bedside_serve::access",
             request_id = %self.request_id,
@@ -223,10 +183,7 @@ impl http_body::Body for LoggedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -239,12 +196,7 @@ impl http_body::Body for LoggedBody {
     }
 }
 
-async fn authenticate(
-    State(app): State<Arc<App>>,
-    Extension(rec): Extension<Record>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn authenticate(State(app): State<Arc<App>>, Extension(rec): Extension<Record>, req: Request, next: Next) -> Response {
     let Some(keys) = &app.keys else {
         return next.run(req).await;
     };
@@ -273,43 +225,27 @@ async fn authenticate(
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
     if crate::scheduler::model_ready(&app.shared) {
         Json(json!({"status": "ok"})).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading"})),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading"}))).into_response()
     }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let mut resp = app.shared.metrics.render().into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
     resp
 }
 
 fn model_entries(app: &App) -> Result<Vec<Value>, ApiError> {
-    let loaded = app
-        .shared
-        .loaded
-        .get()
-        .filter(|_| crate::scheduler::model_ready(&app.shared))
-        .ok_or_else(ApiError::loading)?;
+    let loaded = app.shared.loaded.get().filter(|_| crate::scheduler::model_ready(&app.shared)).ok_or_else(ApiError::loading)?;
     let base = &loaded.ids.base;
-    let mut out = vec![
-        json!({"id": base, "object": "model", "created": loaded.created, "owned_by": "bedside"}),
-    ];
+    let mut out = vec![json!({"id": base, "object": "model", "created": loaded.created, "owned_by": "bedside"})];
     for a in &loaded.ids.adapters {
         out.push(json!({"id": a, "object": "model", "created": loaded.created, "owned_by": "bedside", "root": base, "parent": base}));
     }
@@ -339,19 +275,11 @@ enum Kind {
     Completion,
 }
 
-async fn chat(
-    State(app): State<Arc<App>>,
-    Extension(rec): Extension<Record>,
-    req: Request,
-) -> Response {
+async fn chat(State(app): State<Arc<App>>, Extension(rec): Extension<Record>, req: Request) -> Response {
     generate(app, rec, req, Kind::Chat).await
 }
 
-async fn completions(
-    State(app): State<Arc<App>>,
-    Extension(rec): Extension<Record>,
-    req: Request,
-) -> Response {
+async fn completions(State(app): State<Arc<App>>, Extension(rec): Extension<Record>, req: Request) -> Response {
     generate(app, rec, req, Kind::Completion).await
 }
 
@@ -371,10 +299,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         }
         cause = c.source();
     }
-    Err(ApiError::invalid(
-        None,
-        "The request body could not be read.",
-    ))
+    Err(ApiError::invalid(None, "The request body could not be read."))
 }
 
 fn fail(rec: &Record, e: ApiError) -> Response {
@@ -384,12 +309,7 @@ fn fail(rec: &Record, e: ApiError) -> Response {
 
 async fn generate(app: Arc<App>, rec: Record, req: Request, kind: Kind) -> Response {
     let received = Instant::now();
-    let Some(loaded) = app
-        .shared
-        .loaded
-        .get()
-        .filter(|_| crate::scheduler::model_ready(&app.shared))
-    else {
+    let Some(loaded) = app.shared.loaded.get().filter(|_| crate::scheduler::model_ready(&app.shared)) else {
         return fail(&rec, ApiError::loading());
     };
     let body = match read_body(req.into_body(), app.max_body_bytes).await {
@@ -412,25 +332,13 @@ async fn generate(app: Arc<App>, rec: Record, req: Request, kind: Kind) -> Respo
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let id = app.shared.next_id();
     let meta = ResponseMeta::new(kind, &generation);
-    let job = Job {
-        id,
-        generation,
-        received,
-        deadline: received + app.timeout,
-        events: tx,
-    };
+    let job = Job { id, generation, received, deadline: received + app.timeout, events: tx };
     if app.jobs.send(job).is_err() {
-        return fail(
-            &rec,
-            ApiError::internal("The generation thread has stopped."),
-        );
+        return fail(&rec, ApiError::internal("The generation thread has stopped."));
     }
     ticket.hand_over();
     let prompt_tokens = match rx.recv().await {
-        Some(Event::Started {
-            prompt_tokens,
-            time_to_first_token,
-        }) => {
+        Some(Event::Started { prompt_tokens, time_to_first_token }) => {
             with_record(&rec, |r| {
                 r.prompt_tokens = prompt_tokens;
                 r.time_to_first_token = Some(time_to_first_token);
@@ -438,22 +346,10 @@ async fn generate(app: Arc<App>, rec: Record, req: Request, kind: Kind) -> Respo
             prompt_tokens
         }
         Some(Event::Rejected(e) | Event::Failed(e)) => return fail(&rec, e),
-        _ => {
-            return fail(
-                &rec,
-                ApiError::internal("The generation thread dropped the request."),
-            )
-        }
+        _ => return fail(&rec, ApiError::internal("The generation thread dropped the request.")),
     };
     if meta.stream {
-        let state = StreamState {
-            rx,
-            pending: VecDeque::new(),
-            finished: false,
-            meta,
-            rec,
-            text_len: 0,
-        };
+        let state = StreamState { rx, pending: VecDeque::new(), finished: false, meta, rec, text_len: 0 };
         let mut st = state;
         st.opening();
         let stream = futures_util::stream::unfold(st, |mut st| async move {
@@ -474,39 +370,20 @@ async fn generate(app: Arc<App>, rec: Record, req: Request, kind: Kind) -> Respo
     let mut logprobs = Vec::new();
     loop {
         match rx.recv().await {
-            Some(Event::Text {
-                text: t,
-                logprobs: l,
-            }) => {
+            Some(Event::Text { text: t, logprobs: l }) => {
                 text.push_str(&t);
                 logprobs.extend(l);
             }
-            Some(Event::Finished {
-                reason,
-                completion_tokens,
-                ..
-            }) => {
+            Some(Event::Finished { reason, completion_tokens, .. }) => {
                 let finish = api::finish_reason(reason);
                 with_record(&rec, |r| {
                     r.completion_tokens = completion_tokens;
                     r.finish = Some(finish);
                 });
-                return Json(meta.full_response(
-                    &text,
-                    &logprobs,
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                ))
-                .into_response();
+                return Json(meta.full_response(&text, &logprobs, finish, prompt_tokens, completion_tokens)).into_response();
             }
             Some(Event::Rejected(e) | Event::Failed(e)) => return fail(&rec, e),
-            Some(Event::Started { .. }) | None => {
-                return fail(
-                    &rec,
-                    ApiError::internal("The generation thread dropped the request."),
-                )
-            }
+            Some(Event::Started { .. }) | None => return fail(&rec, ApiError::internal("The generation thread dropped the request.")),
         }
     }
 }
@@ -524,11 +401,7 @@ struct ResponseMeta {
 
 impl ResponseMeta {
     fn new(kind: Kind, g: &Generation) -> Self {
-        let prefix = if kind == Kind::Chat {
-            "chatcmpl-"
-        } else {
-            "cmpl-"
-        };
+        let prefix = if kind == Kind::Chat { "chatcmpl-" } else { "cmpl-" };
         Self {
             kind,
             id: format!("{prefix}{}", uuid::Uuid::new_v4().simple()),
@@ -615,16 +488,8 @@ impl StreamState {
     /// Chat streams open with the assistant role and empty content, as OpenAI's do.
     fn opening(&mut self) {
         if self.meta.kind == Kind::Chat {
-            let lp = if self.meta.logprobs {
-                json!({"content": [], "refusal": null})
-            } else {
-                Value::Null
-            };
-            self.pending.push_back(self.meta.chunk(
-                Some(json!({"role": "assistant", "content": "", "refusal": null})),
-                lp,
-                None,
-            ));
+            let lp = if self.meta.logprobs { json!({"content": [], "refusal": null}) } else { Value::Null };
+            self.pending.push_back(self.meta.chunk(Some(json!({"role": "assistant", "content": "", "refusal": null})), lp, None));
         }
     }
 
@@ -637,43 +502,34 @@ impl StreamState {
                     Kind::Chat => json!({"content": text}),
                     Kind::Completion => json!(text),
                 };
-                self.pending
-                    .push_back(self.meta.chunk(Some(content), lp, None));
+                self.pending.push_back(self.meta.chunk(Some(content), lp, None));
             }
-            Some(Event::Finished {
-                reason,
-                prompt_tokens,
-                completion_tokens,
-            }) => {
+            Some(Event::Finished { reason, prompt_tokens, completion_tokens }) => {
                 let finish = api::finish_reason(reason);
                 with_record(&self.rec, |r| {
                     r.completion_tokens = completion_tokens;
                     r.finish = Some(finish);
                 });
-                self.pending
-                    .push_back(self.meta.chunk(None, Value::Null, Some(finish)));
+                self.pending.push_back(self.meta.chunk(None, Value::Null, Some(finish)));
                 if self.meta.include_usage {
                     let v = json!({
                         "id": self.meta.id, "object": self.meta.object(true), "created": self.meta.created, "model": self.meta.model,
                         "system_fingerprint": FINGERPRINT, "choices": [], "usage": api::usage(prompt_tokens, completion_tokens),
                     });
-                    self.pending
-                        .push_back(SseEvent::default().data(v.to_string()));
+                    self.pending.push_back(SseEvent::default().data(v.to_string()));
                 }
                 self.close();
             }
             Some(Event::Rejected(e) | Event::Failed(e)) => {
                 with_record(&self.rec, |r| r.error = Some(e.code.unwrap_or(e.kind)));
-                self.pending
-                    .push_back(SseEvent::default().data(e.body().to_string()));
+                self.pending.push_back(SseEvent::default().data(e.body().to_string()));
                 self.close();
             }
             Some(Event::Started { .. }) => {}
             None => {
                 let e = ApiError::internal("The generation thread dropped the request.");
                 with_record(&self.rec, |r| r.error = Some(e.kind));
-                self.pending
-                    .push_back(SseEvent::default().data(e.body().to_string()));
+                self.pending.push_back(SseEvent::default().data(e.body().to_string()));
                 self.close();
             }
         }

@@ -36,26 +36,16 @@ use crate::scheduler::{Loaded, Settings, Shared};
 /// directory's name.
 pub fn default_model_id(model: &str) -> String {
     let p = Path::new(model);
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| model.to_string());
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string());
     name.strip_suffix(".gguf").map(String::from).unwrap_or(name)
 }
 
 /// Run the server until Ctrl-C or SIGTERM (then it finishes what is in flight, up to 30 s).
 pub fn serve(cfg: ServeConfig) -> Result<()> {
     let addr = cfg.validate()?;
-    let keys = cfg
-        .api_key_file
-        .as_deref()
-        .map(auth::KeyRing::from_file)
-        .transpose()?;
+    let keys = cfg.api_key_file.as_deref().map(auth::KeyRing::from_file).transpose()?;
     let adapters = cfg.adapter_dirs()?;
-    let base_id = cfg
-        .name
-        .clone()
-        .unwrap_or_else(|| default_model_id(&cfg.model));
+    let base_id = cfg.name.clone().unwrap_or_else(|| default_model_id(&cfg.model));
     config::check_adapter_name(&base_id).context("the base model's id (set `name`)")?;
     if adapters.iter().any(|(n, _)| *n == base_id) {
         anyhow::bail!("adapter `{base_id}` has the base model's id; rename one of them");
@@ -75,12 +65,7 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         dequantize: cfg.dequantize,
     };
     // Never the network: hub ids resolve from the local cache only.
-    let engine_opts = EngineOptions {
-        load,
-        offline: true,
-        chat_template: cfg.chat_template.clone(),
-        adapters: Vec::new(),
-    };
+    let engine_opts = EngineOptions { load, offline: true, chat_template: cfg.chat_template.clone(), adapters: Vec::new() };
 
     let shared = Arc::new(Shared::new(cfg.queue));
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
@@ -101,46 +86,39 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         timeout: Duration::from_secs(cfg.timeout_secs),
     };
 
-    let listener =
-        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bedside-http")
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("bedside-http").enable_all().build()?;
     let (load_tx, load_rx) = tokio::sync::oneshot::channel::<Result<()>>();
     let model_spec = cfg.model.clone();
-    let model_thread = std::thread::Builder::new()
-        .name("bedside-model".into())
-        .spawn({
-            let shared = shared.clone();
-            move || {
-                let started = std::time::Instant::now();
-                let loaded = load_model(&model_spec, &engine_opts, &adapters, &base_id, &settings);
-                match loaded {
-                    Ok((engine, row_adapters, facts)) => {
-                        tracing::info!(
-                            model = %engine.location.path().display(),
-                            id = %facts.ids.base,
-                            adapters = ?facts.ids.adapters,
-                            context = facts.context,
-                            parallel = settings.parallel,
-                            secs = started.elapsed().as_secs_f64(),
-                            "model loaded; ready"
-                        );
-                        let _ = shared.loaded.set(facts);
-                        shared.ready.store(true, Ordering::Release);
-                        let _ = load_tx.send(Ok(()));
-                        scheduler::run(engine, row_adapters, jobs_rx, shared, settings);
-                    }
-                    Err(e) => {
-                        let _ = load_tx.send(Err(e));
-                    }
+    let model_thread = std::thread::Builder::new().name("bedside-model".into()).spawn({
+        let shared = shared.clone();
+        move || {
+            let started = std::time::Instant::now();
+            let loaded = load_model(&model_spec, &engine_opts, &adapters, &base_id, &settings);
+            match loaded {
+                Ok((engine, row_adapters, facts)) => {
+                    tracing::info!(
+                        model = %engine.location.path().display(),
+                        id = %facts.ids.base,
+                        adapters = ?facts.ids.adapters,
+                        context = facts.context,
+                        parallel = settings.parallel,
+                        secs = started.elapsed().as_secs_f64(),
+                        "model loaded; ready"
+                    );
+                    let _ = shared.loaded.set(facts);
+                    shared.ready.store(true, Ordering::Release);
+                    let _ = load_tx.send(Ok(()));
+                    scheduler::run(engine, row_adapters, jobs_rx, shared, settings);
+                }
+                Err(e) => {
+                    let _ = load_tx.send(Err(e));
                 }
             }
-        })?;
+        }
+    })?;
 
     let result = runtime.block_on(async move {
         let handle = axum_server::Handle::new();
@@ -189,11 +167,7 @@ fn configure<Acc>(
     handle: &axum_server::Handle<SocketAddr>,
 ) -> axum_server::Server<SocketAddr, Acc> {
     // Slow-loris protection: headers must arrive promptly.
-    server
-        .http_builder()
-        .http1()
-        .header_read_timeout(Duration::from_secs(10))
-        .timer(hyper_util::rt::TokioTimer::new());
+    server.http_builder().http1().header_read_timeout(Duration::from_secs(10)).timer(hyper_util::rt::TokioTimer::new());
     server.handle(handle.clone())
 }
 
@@ -204,31 +178,21 @@ fn load_model(
     base_id: &str,
     settings: &Settings,
 ) -> Result<(Engine, RowAdapters, Loaded)> {
-    let mut engine =
-        Engine::load(spec, opts).with_context(|| format!("loading the model `{spec}`"))?;
+    let mut engine = Engine::load(spec, opts).with_context(|| format!("loading the model `{spec}`"))?;
     let device = engine.model.device().clone();
     let mut loaded = Vec::with_capacity(adapters.len());
     for (name, dir) in adapters {
-        let a = bedside_lora::load_peft(dir, &device)
-            .with_context(|| format!("adapter `{name}` ({})", dir.display()))?;
+        let a = bedside_lora::load_peft(dir, &device).with_context(|| format!("adapter `{name}` ({})", dir.display()))?;
         loaded.push((name.clone(), a, 1.0));
     }
     let row_adapters = RowAdapters::attach(&mut engine.model, loaded)?;
     let model_ctx = engine.model.context_length();
     let context = settings.context.map_or(model_ctx, |c| c.min(model_ctx));
     let facts = Loaded {
-        ids: ModelIds {
-            base: base_id.to_string(),
-            adapters: row_adapters.names().to_vec(),
-        },
-        limits: Limits {
-            max_messages: settings.max_messages,
-            max_tokens: settings.max_tokens.map_or(context, |m| m.min(context)),
-        },
+        ids: ModelIds { base: base_id.to_string(), adapters: row_adapters.names().to_vec() },
+        limits: Limits { max_messages: settings.max_messages, max_tokens: settings.max_tokens.map_or(context, |m| m.min(context)) },
         context,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
     Ok((engine, row_adapters, facts))
 }
@@ -243,8 +207,7 @@ fn tls_config(cert: &Path, key: &Path) -> Result<axum_server::tls_rustls::Rustls
     if certs.is_empty() {
         anyhow::bail!("{}: no certificate in the file", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("{}: cannot read a PEM private key", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("{}: cannot read a PEM private key", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -252,9 +215,7 @@ fn tls_config(cert: &Path, key: &Path) -> Result<axum_server::tls_rustls::Rustls
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not fit together")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(axum_server::tls_rustls::RustlsConfig::from_config(
-        Arc::new(config),
-    ))
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)))
 }
 
 async fn shutdown_signal() -> Result<()> {

@@ -32,35 +32,15 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("bedside");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "HTTP requests by route and response status",
-            requests.clone(),
-        );
+        registry.register("requests", "HTTP requests by route and response status", requests.clone());
         let prompt_tokens = Counter::default();
-        registry.register(
-            "prompt_tokens",
-            "Prompt tokens processed",
-            prompt_tokens.clone(),
-        );
+        registry.register("prompt_tokens", "Prompt tokens processed", prompt_tokens.clone());
         let completion_tokens = Counter::default();
-        registry.register(
-            "completion_tokens",
-            "Tokens generated",
-            completion_tokens.clone(),
-        );
+        registry.register("completion_tokens", "Tokens generated", completion_tokens.clone());
         let queue_depth = Gauge::default();
-        registry.register(
-            "queue_depth",
-            "Requests waiting for a free row",
-            queue_depth.clone(),
-        );
+        registry.register("queue_depth", "Requests waiting for a free row", queue_depth.clone());
         let active = Gauge::default();
-        registry.register(
-            "active_requests",
-            "Requests being generated",
-            active.clone(),
-        );
+        registry.register("active_requests", "Requests being generated", active.clone());
         // 5 ms to about 80 s.
         let time_to_first_token = Histogram::new(exponential_buckets(0.005, 2.0, 15));
         registry.register(
@@ -76,11 +56,7 @@ impl Metrics {
             time_per_output_token.clone(),
         );
         let request_duration = Histogram::new(exponential_buckets(0.005, 2.0, 18));
-        registry.register(
-            "request_duration_seconds",
-            "From receiving a request to its last byte",
-            request_duration.clone(),
-        );
+        registry.register("request_duration_seconds", "From receiving a request to its last byte", request_duration.clone());
         Self {
             registry,
             requests,
@@ -95,12 +71,7 @@ impl Metrics {
     }
 
     pub fn count_request(&self, route: &str, status: u16) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.into(),
-                status: status.to_string(),
-            })
-            .inc();
+        self.requests.get_or_create(&RequestLabels { route: route.into(), status: status.to_string() }).inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -8,9 +8,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bedside_generate::{
-    ChosenLogprob, ContinuousBatch, Engine, FinishReason, Request, RowAdapters, Update,
-};
+use bedside_generate::{ChosenLogprob, ContinuousBatch, Engine, FinishReason, Request, RowAdapters, Update};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::{Generation, Limits, ModelIds, Prompt};
@@ -59,16 +57,10 @@ impl Shared {
             if cur >= self.queue_limit {
                 return None;
             }
-            match self
-                .queued
-                .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.queued.compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     self.metrics.queue_depth.set((cur + 1) as i64);
-                    return Some(QueueTicket {
-                        shared: self,
-                        armed: true,
-                    });
+                    return Some(QueueTicket { shared: self, armed: true });
                 }
                 Err(now) => cur = now,
             }
@@ -160,13 +152,7 @@ struct Live {
 }
 
 /// Run until every sender of `jobs` is gone. `engine` already has `adapters` attached.
-pub fn run(
-    mut engine: Engine,
-    mut adapters: RowAdapters,
-    jobs: Receiver<Job>,
-    shared: Arc<Shared>,
-    settings: Settings,
-) {
+pub fn run(mut engine: Engine, mut adapters: RowAdapters, jobs: Receiver<Job>, shared: Arc<Shared>, settings: Settings) {
     let model_ctx = engine.model.context_length();
     let context = settings.context.map_or(model_ctx, |c| c.min(model_ctx));
     let cap = settings.max_tokens.map_or(context, |m| m.min(context));
@@ -186,21 +172,10 @@ pub fn run(
         } else {
             None
         };
-        for job in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
-        {
+        for job in first.into_iter().chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
             match prepare(&engine, &job, context, cap) {
                 Ok(req) => {
-                    live.insert(
-                        job.id,
-                        Live {
-                            events: job.events,
-                            received: job.received,
-                            deadline: job.deadline,
-                            first_token: None,
-                        },
-                    );
+                    live.insert(job.id, Live { events: job.events, received: job.received, deadline: job.deadline, first_token: None });
                     pending.push_back(req);
                 }
                 Err(e) => {
@@ -242,9 +217,7 @@ pub fn run(
             let id = req.id;
             if let Err(e) = batch.admit(req) {
                 if let Some(l) = live.remove(&id) {
-                    let _ = l
-                        .events
-                        .send(Event::Rejected(ApiError::invalid(None, e.to_string())));
+                    let _ = l.events.send(Event::Rejected(ApiError::invalid(None, e.to_string())));
                 }
             }
         }
@@ -271,30 +244,23 @@ fn prepare(engine: &Engine, job: &Job, context: usize, cap: usize) -> Result<Req
     let g = &job.generation;
     let ids = match &g.prompt {
         Prompt::Chat(m) => engine.encode_chat(m).map_err(|e| {
-            ApiError::invalid(
-                Some("messages"),
-                format!("The messages cannot be rendered with the model's chat template: {e}"),
-            )
+            ApiError::invalid(Some("messages"), format!("The messages cannot be rendered with the model's chat template: {e}"))
         })?,
-        Prompt::Text(t) => engine.encode_prompt(t).map_err(|e| {
-            ApiError::invalid(
-                Some("prompt"),
-                format!("The prompt cannot be tokenized: {e}"),
-            )
-        })?,
+        Prompt::Text(t) => {
+            engine.encode_prompt(t).map_err(|e| ApiError::invalid(Some("prompt"), format!("The prompt cannot be tokenized: {e}")))?
+        }
     };
-    let param = if matches!(g.prompt, Prompt::Chat(_)) {
-        "messages"
-    } else {
-        "prompt"
-    };
+    let param = if matches!(g.prompt, Prompt::Chat(_)) { "messages" } else { "prompt" };
     if ids.is_empty() {
         return Err(ApiError::invalid(Some(param), "The prompt is empty."));
     }
     if ids.len() >= context {
         return Err(ApiError::invalid(
             Some(param),
-            format!("This model's maximum context length is {context} tokens, and the prompt alone is {} tokens. Shorten the messages.", ids.len()),
+            format!(
+                "This model's maximum context length is {context} tokens, and the prompt alone is {} tokens. Shorten the messages.",
+                ids.len()
+            ),
         ));
     }
     let mut params = g.params.clone();
@@ -311,13 +277,7 @@ fn prepare(engine: &Engine, job: &Job, context: usize, cap: usize) -> Result<Req
             ),
         ));
     }
-    Ok(Request {
-        id: job.id,
-        prompt: ids,
-        params,
-        adapter: g.adapter,
-        logprobs: g.logprobs,
-    })
+    Ok(Request { id: job.id, prompt: ids, params, adapter: g.adapter, logprobs: g.logprobs })
 }
 
 fn dispatch(u: Update, live: &mut HashMap<u64, Live>, shared: &Shared) {
@@ -330,50 +290,30 @@ fn dispatch(u: Update, live: &mut HashMap<u64, Live>, shared: &Shared) {
             let ttft = now - l.received;
             m.time_to_first_token.observe(ttft.as_secs_f64());
             m.prompt_tokens.inc_by(prompt_tokens as u64);
-            let _ = l.events.send(Event::Started {
-                prompt_tokens,
-                time_to_first_token: ttft,
-            });
+            let _ = l.events.send(Event::Started { prompt_tokens, time_to_first_token: ttft });
         }
         Update::Text { id, text, logprobs } => {
             if let Some(l) = live.get(&id) {
                 let _ = l.events.send(Event::Text { text, logprobs });
             }
         }
-        Update::Finished {
-            id,
-            reason,
-            prompt_tokens,
-            completion_tokens,
-        } => {
+        Update::Finished { id, reason, prompt_tokens, completion_tokens } => {
             let Some(l) = live.remove(&id) else { return };
             m.completion_tokens.inc_by(completion_tokens as u64);
             if let (Some(first), true) = (l.first_token, completion_tokens > 1) {
-                m.time_per_output_token
-                    .observe(first.elapsed().as_secs_f64() / (completion_tokens - 1) as f64);
+                m.time_per_output_token.observe(first.elapsed().as_secs_f64() / (completion_tokens - 1) as f64);
             }
-            let _ = l.events.send(Event::Finished {
-                reason,
-                prompt_tokens,
-                completion_tokens,
-            });
+            let _ = l.events.send(Event::Finished { reason, prompt_tokens, completion_tokens });
         }
     }
 }
 
 /// A forward pass failed: every request in the batch fails with 500 (the error names no text).
-fn fail_all(
-    batch: &mut ContinuousBatch,
-    live: &mut HashMap<u64, Live>,
-    shared: &Shared,
-    e: &bedside_generate::GenerateError,
-) {
+fn fail_all(batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, shared: &Shared, e: &bedside_generate::GenerateError) {
     tracing::error!(error = %e, "generation failed; failing the requests in the batch");
     for id in batch.clear() {
         if let Some(l) = live.remove(&id) {
-            let _ = l.events.send(Event::Failed(ApiError::internal(
-                "Generation failed inside the server; the request can be retried.",
-            )));
+            let _ = l.events.send(Event::Failed(ApiError::internal("Generation failed inside the server; the request can be retried.")));
         }
     }
     shared.metrics.active.set(0);

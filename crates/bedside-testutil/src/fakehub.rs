@@ -31,10 +31,7 @@ pub struct FakeFile {
 
 impl FakeFile {
     pub fn new(path: &str, bytes: Vec<u8>) -> Self {
-        FakeFile {
-            path: path.to_string(),
-            bytes,
-        }
+        FakeFile { path: path.to_string(), bytes }
     }
 
     /// Stored in LFS on the hub (served from the CDN, etag = sha256).
@@ -132,13 +129,7 @@ impl FakeHub {
                 });
             }
         });
-        FakeHub {
-            url,
-            token: token.to_string(),
-            state,
-            stop,
-            addr,
-        }
+        FakeHub { url, token: token.to_string(), state, stop, addr }
     }
 
     pub fn connections(&self) -> usize {
@@ -170,21 +161,15 @@ struct Reply {
 
 impl Reply {
     fn new(status: u16) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Reply { status, headers: Vec::new(), body: Vec::new() }
     }
     fn header(mut self, k: &str, v: impl ToString) -> Reply {
         self.headers.push((k.to_string(), v.to_string()));
         self
     }
     fn error(status: u16, code: &str, msg: &str) -> Reply {
-        let mut r = Reply::new(status)
-            .header("X-Error-Code", code)
-            .header("X-Error-Message", msg)
-            .header("Content-Type", "application/json");
+        let mut r =
+            Reply::new(status).header("X-Error-Code", code).header("X-Error-Message", msg).header("Content-Type", "application/json");
         r.body = serde_json::json!({ "error": msg }).to_string().into_bytes();
         r
     }
@@ -209,10 +194,7 @@ fn decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
                 continue;
@@ -224,21 +206,12 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn serve(
-    conn: TcpStream,
-    state: &Mutex<State>,
-    repos: &[FakeRepo],
-    url: &str,
-    token: &str,
-) -> std::io::Result<()> {
+fn serve(conn: TcpStream, state: &Mutex<State>, repos: &[FakeRepo], url: &str, token: &str) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
-    let (method, target) = (
-        parts.next().unwrap_or("").to_string(),
-        parts.next().unwrap_or("").to_string(),
-    );
+    let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
     let (mut range, mut auth) = (None, None);
     loop {
         let mut h = String::new();
@@ -256,37 +229,17 @@ fn serve(
     let path = target.split('?').next().unwrap_or("").to_string();
     let cut = {
         let mut st = state.lock().unwrap();
-        st.requests.push(Seen {
-            method: method.clone(),
-            path: path.clone(),
-            range: range.clone(),
-            authorization: auth.clone(),
-        });
+        st.requests.push(Seen { method: method.clone(), path: path.clone(), range: range.clone(), authorization: auth.clone() });
         if path.starts_with("/cdn/") && method == "GET" {
             st.cut_next.take()
         } else {
             None
         }
     };
-    let reply = route(
-        &method,
-        &path,
-        range.as_deref(),
-        auth.as_deref(),
-        repos,
-        url,
-        token,
-    );
+    let reply = route(&method, &path, range.as_deref(), auth.as_deref(), repos, url, token);
     let mut conn = conn;
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nConnection: close\r\n",
-        reply.status,
-        reason(reply.status)
-    );
-    let has_len = reply
-        .headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    let mut head = format!("HTTP/1.1 {} {}\r\nConnection: close\r\n", reply.status, reason(reply.status));
+    let has_len = reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -312,51 +265,27 @@ fn serve(
 }
 
 fn find_commit<'a>(repo: &'a FakeRepo, rev: &str) -> Option<&'a FakeCommit> {
-    repo.commits
-        .iter()
-        .find(|c| c.sha == rev || c.refs.iter().any(|r| r == rev))
+    repo.commits.iter().find(|c| c.sha == rev || c.refs.iter().any(|r| r == rev))
 }
 
-fn route(
-    method: &str,
-    path: &str,
-    range: Option<&str>,
-    auth: Option<&str>,
-    repos: &[FakeRepo],
-    url: &str,
-    token: &str,
-) -> Reply {
+fn route(method: &str, path: &str, range: Option<&str>, auth: Option<&str>, repos: &[FakeRepo], url: &str, token: &str) -> Reply {
     if let Some(sha) = path.strip_prefix("/cdn/") {
-        let file = repos
-            .iter()
-            .flat_map(|r| &r.commits)
-            .flat_map(|c| &c.files)
-            .find(|f| f.is_lfs() && f.sha256() == sha);
+        let file = repos.iter().flat_map(|r| &r.commits).flat_map(|c| &c.files).find(|f| f.is_lfs() && f.sha256() == sha);
         let Some(f) = file else {
             return Reply::new(404);
         };
         let len = f.bytes.len();
-        let base = Reply::new(200)
-            .header("Accept-Ranges", "bytes")
-            .header("ETag", format!("\"{sha}\""));
-        let from = range
-            .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.strip_suffix('-'))
-            .and_then(|n| n.parse::<usize>().ok());
+        let base = Reply::new(200).header("Accept-Ranges", "bytes").header("ETag", format!("\"{sha}\""));
+        let from = range.and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse::<usize>().ok());
         return match from {
-            Some(n) if n >= len => {
-                Reply::new(416).header("Content-Range", format!("bytes */{len}"))
-            }
+            Some(n) if n >= len => Reply::new(416).header("Content-Range", format!("bytes */{len}")),
             Some(n) => {
                 let mut r = base.header("Content-Range", format!("bytes {n}-{}/{len}", len - 1));
                 r.status = 206;
                 r.body = f.bytes[n..].to_vec();
                 r
             }
-            None => Reply {
-                body: f.bytes.clone(),
-                ..base
-            },
+            None => Reply { body: f.bytes.clone(), ..base },
         };
     }
     let authorized = |repo: &FakeRepo| -> Option<Reply> {
@@ -367,13 +296,19 @@ fn route(
             None => Some(Reply::error(
                 401,
                 "GatedRepo",
-                &format!("Access to model {} is restricted. You must have access to it and be authenticated to access it. Please log in.", repo.id),
+                &format!(
+                    "Access to model {} is restricted. You must have access to it and be authenticated to access it. Please log in.",
+                    repo.id
+                ),
             )),
             Some(a) if a == format!("Bearer {token}") => None,
             Some(_) => Some(Reply::error(
                 403,
                 "GatedRepo",
-                &format!("Access to model {} is restricted and you are not in the authorized list. Visit {url}/{} to ask for access.", repo.id, repo.id),
+                &format!(
+                    "Access to model {} is restricted and you are not in the authorized list. Visit {url}/{} to ask for access.",
+                    repo.id, repo.id
+                ),
             )),
         }
     };
@@ -388,11 +323,8 @@ fn route(
         let Some(c) = find_commit(repo, &rev) else {
             return Reply::error(404, "RevisionNotFound", &format!("Invalid rev id: {rev}"));
         };
-        let siblings: Vec<serde_json::Value> = c
-            .files
-            .iter()
-            .map(|f| serde_json::json!({"rfilename": f.path, "size": f.bytes.len()}))
-            .collect();
+        let siblings: Vec<serde_json::Value> =
+            c.files.iter().map(|f| serde_json::json!({"rfilename": f.path, "size": f.bytes.len()})).collect();
         let body = serde_json::json!({
             "_id": "0", "id": repo.id, "modelId": repo.id, "sha": c.sha, "private": false,
             "gated": if repo.gated { serde_json::json!("manual") } else { serde_json::json!(false) },
@@ -417,11 +349,7 @@ fn route(
             return Reply::error(404, "RevisionNotFound", &format!("Invalid rev id: {rev}"));
         };
         let Some(f) = c.files.iter().find(|f| f.path == file) else {
-            return Reply::error(
-                404,
-                "EntryNotFound",
-                &format!("{file} does not exist on \"{rev}\""),
-            );
+            return Reply::error(404, "EntryNotFound", &format!("{file} does not exist on \"{rev}\""));
         };
         let r = Reply::new(200).header("X-Repo-Commit", &c.sha);
         if f.is_lfs() {
@@ -432,9 +360,7 @@ fn route(
                 .header("X-Linked-Size", f.bytes.len())
                 .header("ETag", format!("\"{}\"", f.git_oid()));
         }
-        let mut r = r
-            .header("ETag", format!("\"{}\"", f.git_oid()))
-            .header("Content-Length", f.bytes.len());
+        let mut r = r.header("ETag", format!("\"{}\"", f.git_oid())).header("Content-Length", f.bytes.len());
         if method == "GET" {
             r.body = f.bytes.clone();
         }

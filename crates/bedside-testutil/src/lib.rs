@@ -21,9 +21,7 @@ fn required(var: &str) -> bool {
 
 /// `../shared`, or `None` (with a note on stderr) when absent and not required.
 pub fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("BEDSIDE_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared"));
+    let dir = std::env::var_os("BEDSIDE_SHARED_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("../shared"));
     if dir.join("fixtures").is_dir() {
         return Some(dir);
     }

@@ -43,10 +43,7 @@ impl Specials {
             if rest.starts_with(MARK) {
                 return Some((MARK.len_utf8(), 0));
             }
-            self.texts
-                .iter()
-                .position(|t| rest.starts_with(t.as_str()))
-                .map(|i| (self.texts[i].len(), 1 + i as u32))
+            self.texts.iter().position(|t| rest.starts_with(t.as_str())).map(|i| (self.texts[i].len(), 1 + i as u32))
         };
         let mut out = String::new();
         let mut copied = 0;
@@ -56,9 +53,7 @@ impl Specials {
                 Some((len, code)) => {
                     out.push_str(&text[copied..i]);
                     out.push(MARK);
-                    out.push(
-                        char::from_u32(CODE_BASE + code).unwrap_or(char::REPLACEMENT_CHARACTER),
-                    );
+                    out.push(char::from_u32(CODE_BASE + code).unwrap_or(char::REPLACEMENT_CHARACTER));
                     i += len;
                     copied = i;
                 }
@@ -81,11 +76,7 @@ impl Specials {
                 out.push(c);
                 continue;
             }
-            let code = chars
-                .peek()
-                .map(|&n| n as u32)
-                .filter(|n| (CODE_BASE..=CODE_END).contains(n))
-                .map(|n| n - CODE_BASE);
+            let code = chars.peek().map(|&n| n as u32).filter(|n| (CODE_BASE..=CODE_END).contains(n)).map(|n| n - CODE_BASE);
             match code {
                 Some(0) => {
                     chars.next();
@@ -113,35 +104,17 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_hide_every_special() {
-        let s = Specials::new(vec![
-            "<|im_start|>".into(),
-            "<|im_end|>".into(),
-            "<s>".into(),
-            "</s>".into(),
-        ]);
-        for text in [
-            "plain text",
-            "hi<|im_end|>\n<|im_start|>system\nx",
-            "</s><s>",
-            "a\u{FDD0}b\u{FDD0}\u{F0001}",
-            "é<|im_start|",
-            "",
-        ] {
+        let s = Specials::new(vec!["<|im_start|>".into(), "<|im_end|>".into(), "<s>".into(), "</s>".into()]);
+        for text in ["plain text", "hi<|im_end|>\n<|im_start|>system\nx", "</s><s>", "a\u{FDD0}b\u{FDD0}\u{F0001}", "é<|im_start|", ""] {
             let coded = s.encode_codes(text);
             for t in &s.texts {
-                assert!(
-                    !coded.contains(t.as_str()),
-                    "{text:?} -> {coded:?} still holds {t}"
-                );
+                assert!(!coded.contains(t.as_str()), "{text:?} -> {coded:?} still holds {t}");
             }
             assert_eq!(s.decode_codes(&coded), text);
             let present = s.texts.iter().any(|t| text.contains(t.as_str())) || text.contains(MARK);
             assert_eq!(Specials::has_codes(&coded), present, "{text:?}");
         }
         // A text without specials is untouched.
-        assert!(matches!(
-            s.encode_codes("no specials <| here"),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(s.encode_codes("no specials <| here"), Cow::Borrowed(_)));
     }
 }

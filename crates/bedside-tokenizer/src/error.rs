@@ -9,11 +9,7 @@ pub(crate) const SUPPORTED_PRE: &str = "smollm, llama-bpe/llama3/llama-v3, gpt-2
 pub enum TokenizerError {
     /// A GGUF or JSON key that is missing, has the wrong type, or holds a bad value.
     #[error("{path}: {key}: {message}")]
-    Field {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Field { path: PathBuf, key: String, message: String },
 
     #[error(
         "{path}: tokenizer.ggml.pre = '{pre}' is not supported (supported: {SUPPORTED_PRE}); \
@@ -34,16 +30,10 @@ pub enum TokenizerError {
     UnsupportedModel { path: PathBuf, model: String },
 
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("{path}: invalid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Json { path: PathBuf, source: serde_json::Error },
 
     /// The `tokenizers` crate refused to build or load the tokenizer.
     #[error("{path}: cannot build the tokenizer: {message}")]
@@ -70,22 +60,11 @@ pub enum TokenizerError {
 pub type Result<T> = std::result::Result<T, TokenizerError>;
 
 impl TokenizerError {
-    pub(crate) fn field(
-        path: impl Into<PathBuf>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Self::Field {
-            path: path.into(),
-            key: key.into(),
-            message: message.into(),
-        }
+    pub(crate) fn field(path: impl Into<PathBuf>, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Field { path: path.into(), key: key.into(), message: message.into() }
     }
 
     pub(crate) fn build(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
-        Self::Build {
-            path: path.into(),
-            message: message.to_string(),
-        }
+        Self::Build { path: path.into(), message: message.to_string() }
     }
 }

@@ -19,10 +19,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{
-    AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
-    Tokenizer,
-};
+use tokenizers::{AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::{Result, TokenizerError};
 use crate::{Parts, TokenizerKind};
@@ -43,11 +40,8 @@ const KEY_ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
 const KEY_ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
 const KEY_HF_JSON: &str = "tokenizer.huggingface.json";
 /// Optional special-token ids, spelled as llama.cpp writes them (sic `seperator`).
-const KEYS_OTHER_SPECIAL: [&str; 3] = [
-    "tokenizer.ggml.padding_token_id",
-    "tokenizer.ggml.seperator_token_id",
-    "tokenizer.ggml.mask_token_id",
-];
+const KEYS_OTHER_SPECIAL: [&str; 3] =
+    ["tokenizer.ggml.padding_token_id", "tokenizer.ggml.seperator_token_id", "tokenizer.ggml.mask_token_id"];
 
 /// llama.cpp's LLAMA3 pre-tokenizer regex, with `(?i:…)` spelled out as explicit case classes.
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -73,10 +67,7 @@ impl<'a> Meta<'a> {
         match self.md.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(v) => Err(self.err(
-                key,
-                format!("expected a string, found {:?}", v.value_type()),
-            )),
+            Some(v) => Err(self.err(key, format!("expected a string, found {:?}", v.value_type()))),
         }
     }
 
@@ -93,18 +84,10 @@ impl<'a> Meta<'a> {
         let Some(v) = self.md.get(key) else {
             return Ok(None);
         };
-        let id = int_value(v).ok_or_else(|| {
-            self.err(
-                key,
-                format!("expected an integer, found {:?}", v.value_type()),
-            )
-        })?;
+        let id = int_value(v).ok_or_else(|| self.err(key, format!("expected an integer, found {:?}", v.value_type())))?;
         match u32::try_from(id) {
             Ok(id) if (id as usize) < n_tokens => Ok(Some(id)),
-            _ => Err(self.err(
-                key,
-                format!("token id {id} is outside the vocabulary of {n_tokens}"),
-            )),
+            _ => Err(self.err(key, format!("token id {id} is outside the vocabulary of {n_tokens}"))),
         }
     }
 
@@ -112,10 +95,7 @@ impl<'a> Meta<'a> {
         match self.md.get(key) {
             None => Ok(None),
             Some(Value::Array(a)) => Ok(Some(a.as_slice())),
-            Some(v) => Err(self.err(
-                key,
-                format!("expected an array, found {:?}", v.value_type()),
-            )),
+            Some(v) => Err(self.err(key, format!("expected an array, found {:?}", v.value_type()))),
         }
     }
 
@@ -127,10 +107,7 @@ impl<'a> Meta<'a> {
             .enumerate()
             .map(|(i, v)| match v {
                 Value::String(s) => Ok(s.as_str()),
-                v => Err(self.err(
-                    key,
-                    format!("entry {i} is {:?}, not a string", v.value_type()),
-                )),
+                v => Err(self.err(key, format!("entry {i} is {:?}, not a string", v.value_type()))),
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
@@ -142,14 +119,7 @@ impl<'a> Meta<'a> {
         };
         arr.iter()
             .enumerate()
-            .map(|(i, v)| {
-                int_value(v).ok_or_else(|| {
-                    self.err(
-                        key,
-                        format!("entry {i} is {:?}, not an integer", v.value_type()),
-                    )
-                })
-            })
+            .map(|(i, v)| int_value(v).ok_or_else(|| self.err(key, format!("entry {i} is {:?}, not an integer", v.value_type()))))
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
@@ -163,10 +133,7 @@ impl<'a> Meta<'a> {
             .map(|(i, v)| match v {
                 Value::F32(x) => Ok(*x),
                 Value::F64(x) => Ok(*x as f32),
-                v => Err(self.err(
-                    key,
-                    format!("entry {i} is {:?}, not a float", v.value_type()),
-                )),
+                v => Err(self.err(key, format!("entry {i} is {:?}, not a float", v.value_type()))),
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
@@ -198,38 +165,21 @@ enum BytePre {
 impl BytePre {
     fn parse(path: &Path, pre: Option<&str>) -> Result<Self> {
         match pre {
-            None => Err(TokenizerError::MissingPre {
-                path: path.to_path_buf(),
-            }),
+            None => Err(TokenizerError::MissingPre { path: path.to_path_buf() }),
             Some("smollm") => Ok(Self::Smollm),
             Some("llama-bpe" | "llama3" | "llama-v3") => Ok(Self::Llama3),
             Some("gpt-2" | "gpt2") => Ok(Self::Gpt2),
-            Some(other) => Err(TokenizerError::UnsupportedPre {
-                path: path.to_path_buf(),
-                pre: other.to_string(),
-            }),
+            Some(other) => Err(TokenizerError::UnsupportedPre { path: path.to_path_buf(), pre: other.to_string() }),
         }
     }
 
     fn pre_tokenizer(self, path: &Path) -> Result<PreTokenizerWrapper> {
         Ok(match self {
-            Self::Smollm => PreSequence::new(vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, true, true).into(),
-            ])
-            .into(),
+            Self::Smollm => PreSequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
             Self::Llama3 => {
-                let split = Split::new(
-                    SplitPattern::Regex(LLAMA3_REGEX.to_string()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| TokenizerError::build(path, format!("LLAMA3 regex: {e}")))?;
-                PreSequence::new(vec![
-                    split.into(),
-                    ByteLevel::new(false, true, false).into(),
-                ])
-                .into()
+                let split = Split::new(SplitPattern::Regex(LLAMA3_REGEX.to_string()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(|e| TokenizerError::build(path, format!("LLAMA3 regex: {e}")))?;
+                PreSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
             }
             Self::Gpt2 => ByteLevel::new(false, true, true).into(),
         })
@@ -251,17 +201,13 @@ struct Vocabulary<'a> {
 
 impl<'a> Vocabulary<'a> {
     fn read(meta: &Meta<'a>) -> Result<Self> {
-        let tokens = meta
-            .strings(KEY_TOKENS)?
-            .ok_or_else(|| meta.err(KEY_TOKENS, "missing (the GGUF carries no vocabulary)"))?;
+        let tokens = meta.strings(KEY_TOKENS)?.ok_or_else(|| meta.err(KEY_TOKENS, "missing (the GGUF carries no vocabulary)"))?;
         if tokens.is_empty() {
             return Err(meta.err(KEY_TOKENS, "is empty"));
         }
         let n = tokens.len();
         let types = match meta.ints(KEY_TYPES)? {
-            Some(t) if t.len() != n => {
-                return Err(meta.err(KEY_TYPES, format!("has {} entries for {n} tokens", t.len())))
-            }
+            Some(t) if t.len() != n => return Err(meta.err(KEY_TYPES, format!("has {} entries for {n} tokens", t.len()))),
             Some(t) => t,
             None => vec![1; n],
         };
@@ -270,21 +216,11 @@ impl<'a> Vocabulary<'a> {
         let eot = meta.token_id(KEY_EOT, n)?;
         let eom = meta.token_id(KEY_EOM, n)?;
         let unk = meta.token_id(KEY_UNK, n)?;
-        let mut special_ids: HashSet<u32> =
-            [bos, eos, eot, eom, unk].into_iter().flatten().collect();
+        let mut special_ids: HashSet<u32> = [bos, eos, eot, eom, unk].into_iter().flatten().collect();
         for key in KEYS_OTHER_SPECIAL {
             special_ids.extend(meta.token_id(key, n)?);
         }
-        Ok(Self {
-            tokens,
-            types,
-            bos,
-            eos,
-            eot,
-            eom,
-            unk,
-            special_ids,
-        })
+        Ok(Self { tokens, types, bos, eos, eot, eom, unk, special_ids })
     }
 
     /// `token → id`; on a duplicated string the first id wins (llama.cpp would refuse the file).
@@ -299,9 +235,7 @@ impl<'a> Vocabulary<'a> {
             }
         }
         if duplicates > 0 {
-            tracing::warn!(
-                "{duplicates} duplicated token strings in {KEY_TOKENS}; the first id is used"
-            );
+            tracing::warn!("{duplicates} duplicated token strings in {KEY_TOKENS}; the first id is used");
         }
         vocab
     }
@@ -315,12 +249,9 @@ impl<'a> Vocabulary<'a> {
             .enumerate()
             .filter_map(|(id, (tok, ty))| {
                 let ty = *ty as i32;
-                let special = ty == TYPE_UNKNOWN
-                    || ty == TYPE_CONTROL
-                    || self.special_ids.contains(&(id as u32));
+                let special = ty == TYPE_UNKNOWN || ty == TYPE_CONTROL || self.special_ids.contains(&(id as u32));
                 let added = special || ty == TYPE_USER_DEFINED || ty == TYPE_UNUSED;
-                (added && !tok.is_empty())
-                    .then(|| AddedToken::from((*tok).to_string(), special).normalized(false))
+                (added && !tok.is_empty()).then(|| AddedToken::from((*tok).to_string(), special).normalized(false))
             })
             .collect()
     }
@@ -332,17 +263,12 @@ impl<'a> Vocabulary<'a> {
 }
 
 /// `TemplateProcessing` adding BOS and/or EOS around a single sequence (and a pair).
-fn post_processor(
-    path: &Path,
-    bos: Option<(&str, u32)>,
-    eos: Option<(&str, u32)>,
-) -> Result<Option<PostProcessorWrapper>> {
+fn post_processor(path: &Path, bos: Option<(&str, u32)>, eos: Option<(&str, u32)>) -> Result<Option<PostProcessorWrapper>> {
     if bos.is_none() && eos.is_none() {
         return Ok(None);
     }
     use serde_json::json;
-    let special =
-        |tok: &str, type_id: u32| json!({"SpecialToken": {"id": tok, "type_id": type_id}});
+    let special = |tok: &str, type_id: u32| json!({"SpecialToken": {"id": tok, "type_id": type_id}});
     let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
     let mut single = Vec::new();
     let mut pair = Vec::new();
@@ -350,10 +276,7 @@ fn post_processor(
     if let Some((tok, id)) = bos {
         single.push(special(tok, 0));
         pair.push(special(tok, 0));
-        specials.insert(
-            tok.to_string(),
-            json!({"id": tok, "ids": [id], "tokens": [tok]}),
-        );
+        specials.insert(tok.to_string(), json!({"id": tok, "ids": [id], "tokens": [tok]}));
     }
     single.push(seq("A", 0));
     pair.push(seq("A", 0));
@@ -367,10 +290,7 @@ fn post_processor(
     pair.push(seq("B", 1));
     if let Some((tok, id)) = eos {
         pair.push(special(tok, 1));
-        specials.insert(
-            tok.to_string(),
-            json!({"id": tok, "ids": [id], "tokens": [tok]}),
-        );
+        specials.insert(tok.to_string(), json!({"id": tok, "ids": [id], "tokens": [tok]}));
     }
     let json = json!({
         "type": "TemplateProcessing",
@@ -378,9 +298,7 @@ fn post_processor(
         "pair": pair,
         "special_tokens": specials,
     });
-    serde_json::from_value(json)
-        .map(Some)
-        .map_err(|e| TokenizerError::build(path, format!("post-processor: {e}")))
+    serde_json::from_value(json).map(Some).map_err(|e| TokenizerError::build(path, format!("post-processor: {e}")))
 }
 
 /// A special token's text and id.
@@ -393,27 +311,21 @@ fn bos_eos_for_post(
     add_bos: bool,
     add_eos: bool,
 ) -> Result<(Option<NamedToken>, Option<NamedToken>)> {
-    let pick =
-        |flag: bool, key: &str, id: Option<u32>, id_key: &str| -> Result<Option<NamedToken>> {
-            match (flag, id) {
-                (false, _) => Ok(None),
-                (true, Some(id)) => Ok(Some((vocab.token(id).to_string(), id))),
-                (true, None) => Err(meta.err(key, format!("is true but {id_key} is missing"))),
-            }
-        };
-    Ok((
-        pick(add_bos, KEY_ADD_BOS, vocab.bos, KEY_BOS)?,
-        pick(add_eos, KEY_ADD_EOS, vocab.eos, KEY_EOS)?,
-    ))
+    let pick = |flag: bool, key: &str, id: Option<u32>, id_key: &str| -> Result<Option<NamedToken>> {
+        match (flag, id) {
+            (false, _) => Ok(None),
+            (true, Some(id)) => Ok(Some((vocab.token(id).to_string(), id))),
+            (true, None) => Err(meta.err(key, format!("is true but {id_key} is missing"))),
+        }
+    };
+    Ok((pick(add_bos, KEY_ADD_BOS, vocab.bos, KEY_BOS)?, pick(add_eos, KEY_ADD_EOS, vocab.eos, KEY_EOS)?))
 }
 
 fn byte_level(meta: &Meta<'_>, vocab: &Vocabulary<'_>) -> Result<(Tokenizer, TokenizerKind, bool)> {
     let path = meta.path;
     let pre_name = meta.string(KEY_PRE)?;
     let pre = BytePre::parse(path, pre_name)?;
-    let merges_raw = meta
-        .strings(KEY_MERGES)?
-        .ok_or_else(|| meta.err(KEY_MERGES, "missing (required for a gpt2 vocabulary)"))?;
+    let merges_raw = meta.strings(KEY_MERGES)?.ok_or_else(|| meta.err(KEY_MERGES, "missing (required for a gpt2 vocabulary)"))?;
     let merges: Merges = merges_raw
         .iter()
         .enumerate()
@@ -439,16 +351,10 @@ fn byte_level(meta: &Meta<'_>, vocab: &Vocabulary<'_>) -> Result<(Tokenizer, Tok
     let add_bos = meta.bool(KEY_ADD_BOS)?.unwrap_or(is_llama3);
     let add_eos = meta.bool(KEY_ADD_EOS)?.unwrap_or(false);
     let (bos, eos) = bos_eos_for_post(meta, vocab, add_bos, add_eos)?;
-    let pp = post_processor(
-        path,
-        bos.as_ref().map(|(t, i)| (t.as_str(), *i)),
-        eos.as_ref().map(|(t, i)| (t.as_str(), *i)),
-    )?;
+    let pp = post_processor(path, bos.as_ref().map(|(t, i)| (t.as_str(), *i)), eos.as_ref().map(|(t, i)| (t.as_str(), *i)))?;
     tok.with_post_processor(pp);
 
-    let kind = TokenizerKind::GgufByteLevelBpe {
-        pre: pre_name.unwrap_or_default().to_string(),
-    };
+    let kind = TokenizerKind::GgufByteLevelBpe { pre: pre_name.unwrap_or_default().to_string() };
     Ok((tok, kind, add_bos))
 }
 
@@ -475,62 +381,30 @@ fn merges_from_scores(tokens: &[&str], scores: &[f32], vocab: &Vocab) -> Merges 
         .collect()
 }
 
-fn sentencepiece(
-    meta: &Meta<'_>,
-    vocab: &Vocabulary<'_>,
-) -> Result<(Tokenizer, TokenizerKind, bool)> {
+fn sentencepiece(meta: &Meta<'_>, vocab: &Vocabulary<'_>) -> Result<(Tokenizer, TokenizerKind, bool)> {
     let path = meta.path;
-    let scores = meta.floats(KEY_SCORES)?.ok_or_else(|| {
-        meta.err(
-            KEY_SCORES,
-            "missing (required for a llama/SentencePiece vocabulary)",
-        )
-    })?;
+    let scores = meta.floats(KEY_SCORES)?.ok_or_else(|| meta.err(KEY_SCORES, "missing (required for a llama/SentencePiece vocabulary)"))?;
     if scores.len() != vocab.tokens.len() {
-        return Err(meta.err(
-            KEY_SCORES,
-            format!(
-                "has {} entries for {} tokens",
-                scores.len(),
-                vocab.tokens.len()
-            ),
-        ));
+        return Err(meta.err(KEY_SCORES, format!("has {} entries for {} tokens", scores.len(), vocab.tokens.len())));
     }
     let bpe_vocab = vocab.vocab();
     let merges = merges_from_scores(&vocab.tokens, &scores, &bpe_vocab);
-    let unk = vocab
-        .unk
-        .map(|id| vocab.token(id).to_string())
-        .or_else(|| bpe_vocab.contains_key("<unk>").then(|| "<unk>".to_string()));
-    let mut builder = BPE::builder()
-        .vocab_and_merges(bpe_vocab, merges)
-        .fuse_unk(true)
-        .byte_fallback(true);
+    let unk = vocab.unk.map(|id| vocab.token(id).to_string()).or_else(|| bpe_vocab.contains_key("<unk>").then(|| "<unk>".to_string()));
+    let mut builder = BPE::builder().vocab_and_merges(bpe_vocab, merges).fuse_unk(true).byte_fallback(true);
     if let Some(unk) = unk {
         builder = builder.unk_token(unk);
     }
-    let bpe = builder
-        .build()
-        .map_err(|e| TokenizerError::build(path, format!("{KEY_SCORES}: {e}")))?;
+    let bpe = builder.build().map_err(|e| TokenizerError::build(path, format!("{KEY_SCORES}: {e}")))?;
 
     let add_space_prefix = meta.bool(KEY_ADD_SPACE_PREFIX)?.unwrap_or(true);
     // Metaspace rather than a Prepend normalizer: it does not double a leading space, which is
     // what HF's conversion of the same tokenizer does (the fixtures' ids depend on it), and with
     // `Always` it still prefixes the text after a special token, as llama.cpp does.
-    let scheme = if add_space_prefix {
-        PrependScheme::Always
-    } else {
-        PrependScheme::Never
-    };
+    let scheme = if add_space_prefix { PrependScheme::Always } else { PrependScheme::Never };
     let mut tok = Tokenizer::new(bpe);
     tok.with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)));
-    let replace =
-        Replace::new("▁", " ").map_err(|e| TokenizerError::build(path, format!("decoder: {e}")))?;
-    let mut decoders: Vec<DecoderWrapper> = vec![
-        replace.into(),
-        ByteFallback::new().into(),
-        Fuse::new().into(),
-    ];
+    let replace = Replace::new("▁", " ").map_err(|e| TokenizerError::build(path, format!("decoder: {e}")))?;
+    let mut decoders: Vec<DecoderWrapper> = vec![replace.into(), ByteFallback::new().into(), Fuse::new().into()];
     if add_space_prefix {
         decoders.push(Strip::new(' ', 1, 0).into());
     }
@@ -540,39 +414,25 @@ fn sentencepiece(
     let add_bos = meta.bool(KEY_ADD_BOS)?.unwrap_or(true);
     let add_eos = meta.bool(KEY_ADD_EOS)?.unwrap_or(false);
     let (bos, eos) = bos_eos_for_post(meta, vocab, add_bos, add_eos)?;
-    let pp = post_processor(
-        path,
-        bos.as_ref().map(|(t, i)| (t.as_str(), *i)),
-        eos.as_ref().map(|(t, i)| (t.as_str(), *i)),
-    )?;
+    let pp = post_processor(path, bos.as_ref().map(|(t, i)| (t.as_str(), *i)), eos.as_ref().map(|(t, i)| (t.as_str(), *i)))?;
     tok.with_post_processor(pp);
     Ok((tok, TokenizerKind::GgufSentencePiece, add_bos))
 }
 
 /// Read the tokenizer parts out of GGUF metadata.
 pub(crate) fn parts_from_gguf(path: &Path, content: &Content) -> Result<Parts> {
-    let meta = Meta {
-        path,
-        md: &content.metadata,
-    };
+    let meta = Meta { path, md: &content.metadata };
     let vocab = Vocabulary::read(&meta)?;
 
     let (inner, kind, add_bos) = if let Some(json) = meta.string(KEY_HF_JSON)? {
-        let tok: Tokenizer = json
-            .parse()
-            .map_err(|e| TokenizerError::build(path, format!("{KEY_HF_JSON}: {e}")))?;
+        let tok: Tokenizer = json.parse().map_err(|e| TokenizerError::build(path, format!("{KEY_HF_JSON}: {e}")))?;
         let add_bos = crate::hf::post_processor_adds(&tok, vocab.bos);
         (tok, TokenizerKind::HfJson, add_bos)
     } else {
         match meta.string(KEY_MODEL)? {
             Some("gpt2") => byte_level(&meta, &vocab)?,
             Some("llama") => sentencepiece(&meta, &vocab)?,
-            Some(other) => {
-                return Err(TokenizerError::UnsupportedModel {
-                    path: path.to_path_buf(),
-                    model: other.to_string(),
-                })
-            }
+            Some(other) => return Err(TokenizerError::UnsupportedModel { path: path.to_path_buf(), model: other.to_string() }),
             None => return Err(meta.err(KEY_MODEL, "missing")),
         }
     };

@@ -15,19 +15,9 @@ pub(crate) fn read_json(path: &Path) -> Result<Option<Json>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(TokenizerError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(TokenizerError::Io { path: path.to_path_buf(), source }),
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|source| TokenizerError::Json {
-            path: path.to_path_buf(),
-            source,
-        })
+    serde_json::from_str(&text).map(Some).map_err(|source| TokenizerError::Json { path: path.to_path_buf(), source })
 }
 
 /// A special token in `tokenizer_config.json`: a string, an `AddedToken` object, or null.
@@ -37,17 +27,9 @@ fn token_string(path: &Path, config: Option<&Json>, key: &str) -> Result<Option<
         Some(Json::String(s)) => Ok(Some(s.clone())),
         Some(Json::Object(o)) => match o.get("content") {
             Some(Json::String(s)) => Ok(Some(s.clone())),
-            _ => Err(TokenizerError::field(
-                path,
-                key,
-                "object without a string \"content\"",
-            )),
+            _ => Err(TokenizerError::field(path, key, "object without a string \"content\"")),
         },
-        Some(_) => Err(TokenizerError::field(
-            path,
-            key,
-            "expected a string or an object with \"content\"",
-        )),
+        Some(_) => Err(TokenizerError::field(path, key, "expected a string or an object with \"content\"")),
     }
 }
 
@@ -66,20 +48,13 @@ fn token_ids(path: &Path, config: Option<&Json>, key: &str) -> Result<Vec<u32>> 
 /// Whether the tokenizer's post-processor puts `bos` in front of encoded text.
 pub(crate) fn post_processor_adds(tok: &Tokenizer, bos: Option<u32>) -> bool {
     let Some(bos) = bos else { return false };
-    tok.encode("", true)
-        .map(|enc| enc.get_ids().first() == Some(&bos))
-        .unwrap_or(false)
+    tok.encode("", true).map(|enc| enc.get_ids().first() == Some(&bos)).unwrap_or(false)
 }
 
 pub(crate) fn parts_from_hf_dir(dir: &Path) -> Result<Parts> {
     let tok_path = dir.join("tokenizer.json");
-    let text = std::fs::read_to_string(&tok_path).map_err(|source| TokenizerError::Io {
-        path: tok_path.clone(),
-        source,
-    })?;
-    let inner: Tokenizer = text
-        .parse()
-        .map_err(|e| TokenizerError::build(&tok_path, e))?;
+    let text = std::fs::read_to_string(&tok_path).map_err(|source| TokenizerError::Io { path: tok_path.clone(), source })?;
+    let inner: Tokenizer = text.parse().map_err(|e| TokenizerError::build(&tok_path, e))?;
 
     let tc_path = dir.join("tokenizer_config.json");
     let gc_path = dir.join("generation_config.json");
@@ -89,15 +64,13 @@ pub(crate) fn parts_from_hf_dir(dir: &Path) -> Result<Parts> {
     let cfg = read_json(&cfg_path)?;
 
     let id_of = |t: &Option<String>| t.as_deref().and_then(|t| inner.token_to_id(t));
-    let first_id = |p: &PathBuf, c: &Option<Json>, key: &str| -> Result<Option<u32>> {
-        Ok(token_ids(p, c.as_ref(), key)?.first().copied())
-    };
+    let first_id =
+        |p: &PathBuf, c: &Option<Json>, key: &str| -> Result<Option<u32>> { Ok(token_ids(p, c.as_ref(), key)?.first().copied()) };
 
     let mut bos_token = token_string(&tc_path, tc.as_ref(), "bos_token")?;
     let mut bos_id = id_of(&bos_token);
     if bos_id.is_none() {
-        bos_id =
-            first_id(&gc_path, &gc, "bos_token_id")?.or(first_id(&cfg_path, &cfg, "bos_token_id")?);
+        bos_id = first_id(&gc_path, &gc, "bos_token_id")?.or(first_id(&cfg_path, &cfg, "bos_token_id")?);
         if bos_token.is_none() {
             bos_token = bos_id.and_then(|id| inner.id_to_token(id));
         }
@@ -113,15 +86,5 @@ pub(crate) fn parts_from_hf_dir(dir: &Path) -> Result<Parts> {
 
     let add_bos = post_processor_adds(&inner, bos_id);
     let vocab_size = inner.get_vocab_size(true);
-    Ok(Parts {
-        inner,
-        kind: TokenizerKind::HfJson,
-        vocab_size,
-        bos_token,
-        eos_token,
-        bos_id,
-        eos_id,
-        end_ids,
-        add_bos,
-    })
+    Ok(Parts { inner, kind: TokenizerKind::HfJson, vocab_size, bos_token, eos_token, bos_id, eos_id, end_ids, add_bos })
 }

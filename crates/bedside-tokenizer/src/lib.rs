@@ -121,22 +121,13 @@ impl ModelTokenizer {
             .inner
             .get_added_tokens_decoder()
             .into_iter()
-            .filter(|(id, t)| {
-                t.special
-                    && KNOWN_TERMINATORS.contains(&t.content.as_str())
-                    && !eog_ids.contains(id)
-            })
+            .filter(|(id, t)| t.special && KNOWN_TERMINATORS.contains(&t.content.as_str()) && !eog_ids.contains(id))
             .map(|(id, _)| id)
             .collect();
         extra.sort_unstable();
         eog_ids.extend(extra);
-        let special_tokens: Vec<(u32, String)> = p
-            .inner
-            .get_added_tokens_decoder()
-            .into_iter()
-            .filter(|(_, t)| t.special)
-            .map(|(id, t)| (id, t.content))
-            .collect();
+        let special_tokens: Vec<(u32, String)> =
+            p.inner.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, t)| (id, t.content)).collect();
         let special_ids = special_tokens.iter().map(|(id, _)| *id).collect();
         let specials = chat::Specials::new(special_tokens.into_iter().map(|(_, t)| t).collect());
         Self {
@@ -172,10 +163,7 @@ impl ModelTokenizer {
     /// Encode text. `add_special` adds BOS etc. as the model's post-processor says; pass false
     /// for chat-rendered text, which already starts with BOS.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        self.inner
-            .encode(text, add_special)
-            .map(|enc| enc.get_ids().to_vec())
-            .map_err(|e| TokenizerError::Encode(e.to_string()))
+        self.inner.encode(text, add_special).map(|enc| enc.get_ids().to_vec()).map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
     /// Encode text that is never markup: a special token's text in it (`<|im_start|>`) becomes
@@ -197,9 +185,7 @@ impl ModelTokenizer {
             Arc::new((first, later))
         });
         let tok = if at_start { &plain.0 } else { &plain.1 };
-        tok.encode(text, false)
-            .map(|enc| enc.get_ids().to_vec())
-            .map_err(|e| TokenizerError::Encode(e.to_string()))
+        tok.encode(text, false).map(|enc| enc.get_ids().to_vec()).map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
     /// Token ids of `messages` rendered by `template`, with special tokens only where the
@@ -207,12 +193,7 @@ impl ModelTokenizer {
     /// patient cannot forge a turn by typing `<|im_end|>` or `[/INST]`. Every caller that turns
     /// a chat into ids (generation, scoring, training data) goes through here, so all of them
     /// see the same ids for the same chat. Add no BOS: templates write their own.
-    pub fn encode_chat(
-        &self,
-        template: &ChatTemplate,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<Vec<u32>> {
+    pub fn encode_chat(&self, template: &ChatTemplate, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>> {
         let coded: Vec<ChatMessage> = messages
             .iter()
             .map(|m| ChatMessage {
@@ -226,26 +207,20 @@ impl ModelTokenizer {
         }
         // The template's own special tokens split the prompt into stretches of text; each
         // stretch that holds message text with codes is tokenized again as plain text.
-        let enc = self
-            .inner
-            .encode(text.as_str(), false)
-            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc = self.inner.encode(text.as_str(), false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len());
         let mut stretch: Vec<u32> = Vec::new();
         let mut start = 0;
-        let flush =
-            |ids: &mut Vec<u32>, stretch: &mut Vec<u32>, from: usize, to: usize| -> Result<()> {
-                let piece = text.get(from..to).unwrap_or("");
-                if chat::Specials::has_codes(piece) {
-                    ids.extend(
-                        self.encode_plain_at(&self.specials.decode_codes(piece), from == 0)?,
-                    );
-                } else {
-                    ids.append(stretch);
-                }
-                stretch.clear();
-                Ok(())
-            };
+        let flush = |ids: &mut Vec<u32>, stretch: &mut Vec<u32>, from: usize, to: usize| -> Result<()> {
+            let piece = text.get(from..to).unwrap_or("");
+            if chat::Specials::has_codes(piece) {
+                ids.extend(self.encode_plain_at(&self.specials.decode_codes(piece), from == 0)?);
+            } else {
+                ids.append(stretch);
+            }
+            stretch.clear();
+            Ok(())
+        };
         for (&id, &(s, e)) in enc.get_ids().iter().zip(enc.get_offsets()) {
             if self.special_ids.contains(&id) {
                 flush(&mut ids, &mut stretch, start, s.max(start))?;
@@ -262,14 +237,9 @@ impl ModelTokenizer {
     /// Decode ids; `skip_special` drops special tokens (BOS, `<|im_end|>`, …).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(TokenizerError::IdOutOfRange {
-                id,
-                vocab_size: self.vocab_size,
-            });
+            return Err(TokenizerError::IdOutOfRange { id, vocab_size: self.vocab_size });
         }
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| TokenizerError::Decode(e.to_string()))
+        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Decode(e.to_string()))
     }
 
     pub fn bos_token(&self) -> Option<&str> {

@@ -33,13 +33,7 @@ impl<'a> TokenStream<'a> {
 
     /// A stream that keeps special tokens when `skip_special` is false.
     pub fn with_skip_special(tok: &'a ModelTokenizer, skip_special: bool) -> Self {
-        Self {
-            tok,
-            skip_special,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-        }
+        Self { tok, skip_special, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
     }
 
     /// Add one id. Returns the text it completes, or `None` while a character is still split.
@@ -69,13 +63,8 @@ impl<'a> TokenStream<'a> {
 
     /// The window's text without and with the ids not yet emitted.
     fn window(&self) -> Result<(String, String)> {
-        let prefix = self.tok.decode(
-            &self.ids[self.prefix_offset..self.read_offset],
-            self.skip_special,
-        )?;
-        let full = self
-            .tok
-            .decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        let prefix = self.tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let full = self.tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
         Ok((prefix, full))
     }
 }
@@ -86,12 +75,8 @@ fn suffix_after(prefix: &str, full: &str) -> String {
     if let Some(rest) = full.strip_prefix(prefix) {
         return rest.to_string();
     }
-    let common = prefix
-        .char_indices()
-        .zip(full.chars())
-        .find(|((_, a), b)| a != b)
-        .map(|((i, _), _)| i)
-        .unwrap_or(prefix.len().min(full.len()));
+    let common =
+        prefix.char_indices().zip(full.chars()).find(|((_, a), b)| a != b).map(|((i, _), _)| i).unwrap_or(prefix.len().min(full.len()));
     tracing::debug!("token stream: decoded prefix {prefix:?} changed to {full:?}");
     full.get(common..).unwrap_or_default().to_string()
 }

@@ -28,10 +28,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -46,11 +43,7 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Compile `source`; a Jinja syntax error is an error here, not at render time.
-    pub fn new(
-        source: String,
-        bos_token: Option<String>,
-        eos_token: Option<String>,
-    ) -> Result<Self> {
+    pub fn new(source: String, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -58,14 +51,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.clone())
-            .map_err(|e| TokenizerError::TemplateSyntax(e.to_string()))?;
-        Ok(Self {
-            source,
-            env,
-            bos_token,
-            eos_token,
-        })
+        env.add_template_owned(TEMPLATE_NAME, source.clone()).map_err(|e| TokenizerError::TemplateSyntax(e.to_string()))?;
+        Ok(Self { source, env, bos_token, eos_token })
     }
 
     /// `tokenizer.chat_template` from GGUF metadata.
@@ -90,12 +77,7 @@ impl ChatTemplate {
         match std::fs::read_to_string(&jinja) {
             Ok(t) => return Ok(Some(t)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(TokenizerError::Io {
-                    path: jinja,
-                    source,
-                })
-            }
+            Err(source) => return Err(TokenizerError::Io { path: jinja, source }),
         }
         let json_path = dir.join("chat_template.json");
         match read_json(&json_path)? {
@@ -111,9 +93,7 @@ impl ChatTemplate {
     /// carries message text (see [`ChatTemplate::safe_error`]).
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         self.render_raw(messages, add_generation_prompt)
-            .map_err(|e| {
-                TokenizerError::TemplateRender(self.safe_error(&e, messages, add_generation_prompt))
-            })
+            .map_err(|e| TokenizerError::TemplateRender(self.safe_error(&e, messages, add_generation_prompt)))
     }
 
     /// A render error's message that cannot carry message text: a template may put a message
@@ -121,16 +101,8 @@ impl ChatTemplate {
     /// logs. The chat is rendered again with every message's content replaced by a placeholder;
     /// if that fails too, its error is shown (it holds no content); if not, the error depended on
     /// the content, and only where it happened is shown.
-    fn safe_error(
-        &self,
-        e: &JinjaError,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> String {
-        let blank: Vec<ChatMessage> = messages
-            .iter()
-            .map(|m| ChatMessage::new(m.role.clone(), CONTENT_PLACEHOLDER))
-            .collect();
+    fn safe_error(&self, e: &JinjaError, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+        let blank: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage::new(m.role.clone(), CONTENT_PLACEHOLDER)).collect();
         match self.render_raw(&blank, add_generation_prompt) {
             Err(e2) => render_error(&e2),
             Ok(_) => {
@@ -144,11 +116,7 @@ impl ChatTemplate {
         }
     }
 
-    fn render_raw(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> std::result::Result<String, JinjaError> {
+    fn render_raw(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> std::result::Result<String, JinjaError> {
         let template = self.env.get_template(TEMPLATE_NAME)?;
         let mut ctx: BTreeMap<&str, Value> = BTreeMap::new();
         ctx.insert("messages", Value::from_serialize(messages));
@@ -191,68 +159,31 @@ fn template_field(path: &Path, v: Option<&Json>) -> Result<Option<String>> {
                 let template = entry.get("template").and_then(Json::as_str);
                 match (name, template) {
                     (Some(n), Some(t)) => named.push((n, t)),
-                    _ => {
-                        return Err(bad(
-                            "list entries must be objects with string \"name\" and \"template\"",
-                        ))
-                    }
+                    _ => return Err(bad("list entries must be objects with string \"name\" and \"template\"")),
                 }
             }
-            named
-                .iter()
-                .find(|(n, _)| *n == "default")
-                .map(|(_, t)| Some(t.to_string()))
-                .ok_or_else(|| {
-                    let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
-                    bad(&format!(
-                        "no template named \"default\" (found: {})",
-                        names.join(", ")
-                    ))
-                })
+            named.iter().find(|(n, _)| *n == "default").map(|(_, t)| Some(t.to_string())).ok_or_else(|| {
+                let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
+                bad(&format!("no template named \"default\" (found: {})", names.join(", ")))
+            })
         }
         Some(_) => Err(bad("expected a string or a list of {name, template}")),
     }
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, JinjaError> {
-    Err(JinjaError::new(
-        ErrorKind::InvalidOperation,
-        format!("raise_exception: {message}"),
-    ))
+    Err(JinjaError::new(ErrorKind::InvalidOperation, format!("raise_exception: {message}")))
 }
 
 /// `strftime_now(format)`: the current UTC time formatted with strftime directives.
 fn strftime_now(format: String) -> std::result::Result<String, JinjaError> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     strftime(&format, secs)
 }
 
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const MONTHS: [&str; 12] =
+    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// Civil date (year, month 1–12, day 1–31) from days since 1970-01-01 (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, usize, i64) {
@@ -284,10 +215,7 @@ pub(crate) fn strftime(format: &str, unix_secs: i64) -> std::result::Result<Stri
             continue;
         }
         let Some(d) = chars.next() else {
-            return Err(JinjaError::new(
-                ErrorKind::InvalidOperation,
-                "strftime_now: format ends with '%'",
-            ));
+            return Err(JinjaError::new(ErrorKind::InvalidOperation, "strftime_now: format ends with '%'"));
         };
         match d {
             'Y' => out.push_str(&year.to_string()),
@@ -302,10 +230,7 @@ pub(crate) fn strftime(format: &str, unix_secs: i64) -> std::result::Result<Stri
                 other => {
                     return Err(JinjaError::new(
                         ErrorKind::InvalidOperation,
-                        format!(
-                            "strftime_now: unsupported directive %-{}",
-                            other.unwrap_or(' ')
-                        ),
+                        format!("strftime_now: unsupported directive %-{}", other.unwrap_or(' ')),
                     ))
                 }
             },
@@ -324,12 +249,7 @@ pub(crate) fn strftime(format: &str, unix_secs: i64) -> std::result::Result<Stri
             'Z' => out.push_str("UTC"),
             'z' => out.push_str("+0000"),
             '%' => out.push('%'),
-            other => {
-                return Err(JinjaError::new(
-                    ErrorKind::InvalidOperation,
-                    format!("strftime_now: unsupported directive %{other}"),
-                ))
-            }
+            other => return Err(JinjaError::new(ErrorKind::InvalidOperation, format!("strftime_now: unsupported directive %{other}"))),
         }
     }
     Ok(out)
@@ -351,8 +271,7 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaError
     let indent: Option<usize> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value)
-        .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let json = serde_json::to_value(&value).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let mut out = String::new();
     dump_json(&json, indent, sort_keys.unwrap_or(false), 0, &mut out);
     Ok(Value::from_safe_string(out))
@@ -410,36 +329,19 @@ mod tests {
         // 2024-07-23 12:34:56 UTC, a Tuesday.
         let t = 1_721_738_096;
         assert_eq!(strftime("%d %b %Y", t).ok().as_deref(), Some("23 Jul 2024"));
-        assert_eq!(
-            strftime("%A %B %-d, %H:%M:%S %j", t).ok().as_deref(),
-            Some("Tuesday July 23, 12:34:56 205")
-        );
+        assert_eq!(strftime("%A %B %-d, %H:%M:%S %j", t).ok().as_deref(), Some("Tuesday July 23, 12:34:56 205"));
         assert_eq!(strftime("%Y-%m-%d", 0).ok().as_deref(), Some("1970-01-01"));
-        assert_eq!(
-            strftime("%F %a", 951_782_400).ok().as_deref(),
-            Some("2000-02-29 Tue")
-        );
+        assert_eq!(strftime("%F %a", 951_782_400).ok().as_deref(), Some("2000-02-29 Tue"));
         assert!(strftime("%Q", 0).is_err());
     }
 
     #[test]
     fn tojson_is_python_style() {
-        let t = ChatTemplate::new(
-            "{{ x | tojson }}|{{ x | tojson(indent=2) }}".into(),
-            None,
-            None,
-        );
-        let Ok(t) = t else {
-            panic!("template must compile")
-        };
-        let Ok(tmpl) = t.env.get_template(TEMPLATE_NAME) else {
-            panic!("template present")
-        };
+        let t = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}".into(), None, None);
+        let Ok(t) = t else { panic!("template must compile") };
+        let Ok(tmpl) = t.env.get_template(TEMPLATE_NAME) else { panic!("template present") };
         let x = serde_json::json!({"a": [1, "é<"], "b": {}});
         let out = tmpl.render(minijinja::context! { x => x });
-        assert_eq!(
-            out.ok().as_deref(),
-            Some("{\"a\": [1, \"é<\"], \"b\": {}}|{\n  \"a\": [\n    1,\n    \"é<\"\n  ],\n  \"b\": {}\n}")
-        );
+        assert_eq!(out.ok().as_deref(), Some("{\"a\": [1, \"é<\"], \"b\": {}}|{\n  \"a\": [\n    1,\n    \"é<\"\n  ],\n  \"b\": {}\n}"));
     }
 }

@@ -18,62 +18,35 @@ struct Family {
 }
 
 fn template(tok: &ModelTokenizer, source: String) -> ChatTemplate {
-    ChatTemplate::new(
-        source,
-        tok.bos_token().map(String::from),
-        tok.eos_token().map(String::from),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    ChatTemplate::new(source, tok.bos_token().map(String::from), tok.eos_token().map(String::from)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn families() -> Vec<Family> {
     let mut out = Vec::new();
     if let Some(path) = bedside_testutil::smollm2_gguf() {
         let (tok, content) = gguf_tokenizer(&path);
-        let t = template(
-            &tok,
-            ChatTemplate::from_gguf(&content).expect("SmolLM2's GGUF has a chat template"),
-        );
-        out.push(Family {
-            label: "SmolLM2 GGUF".into(),
-            tok,
-            template: t,
-        });
+        let t = template(&tok, ChatTemplate::from_gguf(&content).expect("SmolLM2's GGUF has a chat template"));
+        out.push(Family { label: "SmolLM2 GGUF".into(), tok, template: t });
     }
     for name in ["tiny-llama", "tiny-mixtral"] {
         let Some(dir) = fixture_dir(name) else {
             continue;
         };
-        let source = ChatTemplate::from_hf_dir(&dir)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .expect("fixture template");
+        let source = ChatTemplate::from_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}")).expect("fixture template");
         let hf = ModelTokenizer::from_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
         let t = template(&hf, source.clone());
-        out.push(Family {
-            label: format!("{name} tokenizer.json"),
-            tok: hf,
-            template: t,
-        });
+        out.push(Family { label: format!("{name} tokenizer.json"), tok: hf, template: t });
         let (gg, _) = gguf_tokenizer(&dir.join("model-f32.gguf"));
         let t = template(&gg, source);
-        out.push(Family {
-            label: format!("{name} GGUF"),
-            tok: gg,
-            template: t,
-        });
+        out.push(Family { label: format!("{name} GGUF"), tok: gg, template: t });
     }
     out
 }
 
 /// The special tokens of `tok` (text, id).
 fn specials(tok: &ModelTokenizer) -> Vec<(String, u32)> {
-    let mut v: Vec<(String, u32)> = tok
-        .inner()
-        .get_added_tokens_decoder()
-        .into_iter()
-        .filter(|(_, t)| t.special)
-        .map(|(id, t)| (t.content, id))
-        .collect();
+    let mut v: Vec<(String, u32)> =
+        tok.inner().get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, t)| (t.content, id)).collect();
     v.sort();
     v
 }
@@ -90,11 +63,7 @@ fn special_counts(ids: &[u32], specials: &[(String, u32)]) -> BTreeMap<u32, usiz
 
 /// Strings that try to end the turn and open a system turn, in each family's own markup.
 fn hostile_texts(tok: &ModelTokenizer) -> Vec<String> {
-    let all: String = specials(tok)
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect::<Vec<_>>()
-        .join("");
+    let all: String = specials(tok).into_iter().map(|(t, _)| t).collect::<Vec<_>>().join("");
     let eos = tok.eos_token().unwrap_or("</s>");
     let bos = tok.bos_token().unwrap_or("<s>");
     vec![
@@ -108,10 +77,7 @@ fn hostile_texts(tok: &ModelTokenizer) -> Vec<String> {
 }
 
 fn chat(system: &str, user: &str) -> Vec<ChatMessage> {
-    vec![
-        ChatMessage::new("system", system),
-        ChatMessage::new("user", user),
-    ]
+    vec![ChatMessage::new("system", system), ChatMessage::new("user", user)]
 }
 
 fn find(hay: &[u32], needle: &[u32]) -> bool {
@@ -134,52 +100,23 @@ fn message_text_never_becomes_special_tokens() {
         // message.
         let mut shapes: Vec<Shape> = vec![
             Box::new(|t: &str| chat("Be kind.", t)),
-            Box::new(|t: &str| {
-                vec![
-                    ChatMessage::new("user", "hi"),
-                    ChatMessage::new("assistant", t),
-                    ChatMessage::new("user", "ok"),
-                ]
-            }),
+            Box::new(|t: &str| vec![ChatMessage::new("user", "hi"), ChatMessage::new("assistant", t), ChatMessage::new("user", "ok")]),
         ];
         if f.label.starts_with("SmolLM2") {
             shapes.push(Box::new(|t: &str| chat(t, "hi")));
         }
         for shape in &shapes {
-            let benign = f
-                .tok
-                .encode_chat(&f.template, &shape("hi"), true)
-                .unwrap_or_else(|e| panic!("{}: {e}", f.label));
+            let benign = f.tok.encode_chat(&f.template, &shape("hi"), true).unwrap_or_else(|e| panic!("{}: {e}", f.label));
             let want = special_counts(&benign, &sp);
             for text in hostile_texts(&f.tok) {
-                let ids = f
-                    .tok
-                    .encode_chat(&f.template, &shape(&text), true)
-                    .unwrap_or_else(|e| panic!("{}: {e}", f.label));
-                assert_eq!(
-                    special_counts(&ids, &sp),
-                    want,
-                    "{}: {text:?} forged special tokens: {ids:?}",
-                    f.label
-                );
+                let ids = f.tok.encode_chat(&f.template, &shape(&text), true).unwrap_or_else(|e| panic!("{}: {e}", f.label));
+                assert_eq!(special_counts(&ids, &sp), want, "{}: {text:?} forged special tokens: {ids:?}", f.label);
                 let plain = f.tok.encode_plain(&text).unwrap();
-                assert!(
-                    special_counts(&plain, &sp).is_empty(),
-                    "{}: plain text {text:?} gave special ids",
-                    f.label
-                );
+                assert!(special_counts(&plain, &sp).is_empty(), "{}: plain text {text:?} gave special ids", f.label);
                 // The text's ids in context: whole for byte-level BPE; for SentencePiece the
                 // first piece may merge with the space the template writes before it.
-                let inner = if f.label.starts_with("SmolLM2") {
-                    &plain[..]
-                } else {
-                    &plain[plain.len().min(1)..]
-                };
-                assert!(
-                    find(&ids, inner),
-                    "{}: {text:?}: plain ids {plain:?} not in {ids:?}",
-                    f.label
-                );
+                let inner = if f.label.starts_with("SmolLM2") { &plain[..] } else { &plain[plain.len().min(1)..] };
+                assert!(find(&ids, inner), "{}: {text:?}: plain ids {plain:?} not in {ids:?}", f.label);
             }
         }
     }
@@ -221,37 +158,21 @@ fn smollm2_prompt_is_template_plus_plain_message() {
 /// internally, which sends it down the stretch-by-stretch path.
 #[test]
 fn benign_chats_keep_their_ids() {
-    if let (Some(cases), Some(path)) = (
-        bedside_testutil::fixture("smollm2/chat_template_cases.json"),
-        bedside_testutil::smollm2_gguf(),
-    ) {
+    if let (Some(cases), Some(path)) = (bedside_testutil::fixture("smollm2/chat_template_cases.json"), bedside_testutil::smollm2_gguf()) {
         let (tok, content) = gguf_tokenizer(&path);
         let t = template(&tok, ChatTemplate::from_gguf(&content).unwrap());
         let cases: Vec<ChatCase> = read_json(&cases);
         for case in &cases {
-            let ids = tok
-                .encode_chat(&t, &case.messages, case.add_generation_prompt)
-                .unwrap();
+            let ids = tok.encode_chat(&t, &case.messages, case.add_generation_prompt).unwrap();
             assert_eq!(Some(&ids), case.ids.as_ref(), "{:?}", case.messages);
         }
     }
     for f in families() {
-        for text in [
-            "Hi there, I feel dizzy.",
-            " leading space",
-            "a\u{FDD0}b",
-            "\u{FDD0}\u{F0001} x",
-            "ends with space ",
-        ] {
+        for text in ["Hi there, I feel dizzy.", " leading space", "a\u{FDD0}b", "\u{FDD0}\u{F0001} x", "ends with space "] {
             let msgs = vec![ChatMessage::new("user", text)];
             let rendered = f.template.render(&msgs, true).unwrap();
             let want = f.tok.encode(&rendered, false).unwrap();
-            assert_eq!(
-                f.tok.encode_chat(&f.template, &msgs, true).unwrap(),
-                want,
-                "{}: {text:?}",
-                f.label
-            );
+            assert_eq!(f.tok.encode_chat(&f.template, &msgs, true).unwrap(), want, "{}: {text:?}", f.label);
         }
     }
 }
@@ -261,17 +182,9 @@ fn benign_chats_keep_their_ids() {
 #[test]
 fn template_errors_never_carry_message_text() {
     let sentinel = "SENTINEL-8d1f";
-    let t = ChatTemplate::new(
-        "{% for m in messages %}{{ raise_exception('cannot handle: ' + m.content) }}{% endfor %}"
-            .into(),
-        None,
-        None,
-    )
-    .unwrap();
-    let e = t
-        .render(&[ChatMessage::new("user", sentinel)], true)
-        .unwrap_err()
-        .to_string();
+    let t = ChatTemplate::new("{% for m in messages %}{{ raise_exception('cannot handle: ' + m.content) }}{% endfor %}".into(), None, None)
+        .unwrap();
+    let e = t.render(&[ChatMessage::new("user", sentinel)], true).unwrap_err().to_string();
     assert!(!e.contains(sentinel), "{e}");
     assert!(e.contains("cannot handle"), "{e}");
     let t = ChatTemplate::new(
@@ -280,39 +193,16 @@ fn template_errors_never_carry_message_text() {
         None,
     )
     .unwrap();
-    let e = t
-        .render(&[ChatMessage::new("user", sentinel)], true)
-        .unwrap_err()
-        .to_string();
+    let e = t.render(&[ChatMessage::new("user", sentinel)], true).unwrap_err().to_string();
     assert!(!e.contains(sentinel), "{e}");
     assert!(e.contains("line 1"), "{e}");
-    let t = ChatTemplate::new(
-        "{{ raise_exception('Conversation roles must alternate') }}".into(),
-        None,
-        None,
-    )
-    .unwrap();
-    let e = t
-        .render(&[ChatMessage::new("user", sentinel)], true)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("Conversation roles must alternate") && !e.contains(sentinel),
-        "{e}"
-    );
+    let t = ChatTemplate::new("{{ raise_exception('Conversation roles must alternate') }}".into(), None, None).unwrap();
+    let e = t.render(&[ChatMessage::new("user", sentinel)], true).unwrap_err().to_string();
+    assert!(e.contains("Conversation roles must alternate") && !e.contains(sentinel), "{e}");
     // Through encode_chat as well (it renders coded text).
     if let Some(f) = families().into_iter().next() {
-        let t = ChatTemplate::new(
-            "{{ raise_exception(messages[0].content | upper) }}".into(),
-            None,
-            None,
-        )
-        .unwrap();
-        let e = f
-            .tok
-            .encode_chat(&t, &[ChatMessage::new("user", sentinel)], true)
-            .unwrap_err()
-            .to_string();
+        let t = ChatTemplate::new("{{ raise_exception(messages[0].content | upper) }}".into(), None, None).unwrap();
+        let e = f.tok.encode_chat(&t, &[ChatMessage::new("user", sentinel)], true).unwrap_err().to_string();
         assert!(!e.to_lowercase().contains(&sentinel.to_lowercase()), "{e}");
     }
 }

@@ -43,11 +43,7 @@ fn gguf_vocabulary_matches_tokenizer_json_id_by_id() {
     let (gg, _) = gguf_tokenizer(&dir.join("model-f32.gguf"));
     assert_eq!(hf.vocab_size(), gg.vocab_size());
     for id in 0..gg.vocab_size() as u32 {
-        assert_eq!(
-            hf.inner().id_to_token(id),
-            gg.inner().id_to_token(id),
-            "id {id}"
-        );
+        assert_eq!(hf.inner().id_to_token(id), gg.inner().id_to_token(id), "id {id}");
     }
 }
 
@@ -63,9 +59,7 @@ fn decode_round_trips_fixture_texts() {
         let cases: Vec<TokenizerCase> = read_json(&dir.join("tokenizer_cases.json"));
         for tok in [&hf, &gg] {
             for case in &cases {
-                let ids = tok
-                    .encode(&case.text, false)
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let ids = tok.encode(&case.text, false).unwrap_or_else(|e| panic!("{e}"));
                 let back = tok.decode(&ids, false).unwrap_or_else(|e| panic!("{e}"));
                 let expected = case.text.strip_prefix(' ').unwrap_or(&case.text);
                 assert_eq!(back, expected, "{name} {:?}", tok.kind());
@@ -114,13 +108,7 @@ fn gguf_sentencepiece_matches_llama_cpp_merge_loop() {
         return;
     };
     let (tok, content) = gguf_tokenizer(&dir.join("model-f32.gguf"));
-    let get = |k: &str| {
-        content
-            .metadata
-            .get(k)
-            .and_then(|v| v.to_vec().ok())
-            .expect(k)
-    };
+    let get = |k: &str| content.metadata.get(k).and_then(|v| v.to_vec().ok()).expect(k);
     let tokens = get("tokenizer.ggml.tokens");
     let scores = get("tokenizer.ggml.scores");
     let vocab: HashMap<String, (u32, f32)> = tokens
@@ -133,28 +121,16 @@ fn gguf_sentencepiece_matches_llama_cpp_merge_loop() {
         })
         .collect();
     let cases: Vec<TokenizerCase> = read_json(&dir.join("tokenizer_cases.json"));
-    let mut texts: Vec<String> = cases
-        .into_iter()
-        .map(|c| c.text)
-        .filter(|t| !t.starts_with(' '))
-        .collect();
+    let mut texts: Vec<String> = cases.into_iter().map(|c| c.text).filter(|t| !t.starts_with(' ')).collect();
     texts.extend(
-        [
-            "My chest hurts while I sleep",
-            "Please take your medication twice a day.",
-            "ñandú 中文 🙂 — ok",
-            "aaaaaaaaab",
-        ]
-        .map(String::from),
+        ["My chest hurts while I sleep", "Please take your medication twice a day.", "ñandú 中文 🙂 — ok", "aaaaaaaaab"].map(String::from),
     );
     for text in &texts {
         let ours = tok.encode(text, false).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ours, llama_cpp_spm(text, &vocab), "{text:?}");
     }
     // llama.cpp prefixes a space to the text after every special token, not only at the start.
-    let ours = tok
-        .encode("<s>[INST] Hi [/INST]Hello!</s>", false)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ours = tok.encode("<s>[INST] Hi [/INST]Hello!</s>", false).unwrap_or_else(|e| panic!("{e}"));
     let mut expected = vec![1];
     expected.extend(llama_cpp_spm("[INST] Hi [/INST]Hello!", &vocab));
     expected.push(2);
@@ -163,9 +139,7 @@ fn gguf_sentencepiece_matches_llama_cpp_merge_loop() {
 
 fn check_chat_cases(label: &str, template: &ChatTemplate, cases: &[ChatCase]) {
     for case in cases {
-        let rendered = template
-            .render(&case.messages, case.add_generation_prompt)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let rendered = template.render(&case.messages, case.add_generation_prompt).unwrap_or_else(|e| panic!("{label}: {e}"));
         assert_eq!(rendered, case.rendered, "{label}");
     }
 }
@@ -177,25 +151,16 @@ fn chat_templates_reproduce_hf_rendering() {
         let tok = ModelTokenizer::from_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
         let cases: Vec<ChatCase> = read_json(&dir.join("chat_template_cases.json"));
 
-        let source = ChatTemplate::from_hf_dir(&dir)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("{name}: no chat template found"));
-        let template = ChatTemplate::new(
-            source,
-            tok.bos_token().map(String::from),
-            tok.eos_token().map(String::from),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let source =
+            ChatTemplate::from_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("{name}: no chat template found"));
+        let template = ChatTemplate::new(source, tok.bos_token().map(String::from), tok.eos_token().map(String::from))
+            .unwrap_or_else(|e| panic!("{e}"));
         check_chat_cases(&format!("{name} HF dir"), &template, &cases);
 
         let (gg, content) = gguf_tokenizer(&dir.join("model-f32.gguf"));
         if let Some(source) = ChatTemplate::from_gguf(&content) {
-            let template = ChatTemplate::new(
-                source,
-                gg.bos_token().map(String::from),
-                gg.eos_token().map(String::from),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
+            let template = ChatTemplate::new(source, gg.bos_token().map(String::from), gg.eos_token().map(String::from))
+                .unwrap_or_else(|e| panic!("{e}"));
             check_chat_cases(&format!("{name} GGUF"), &template, &cases);
         }
     }
@@ -205,8 +170,7 @@ fn chat_templates_reproduce_hf_rendering() {
 /// `chat_template.jinja`; both layouts must be found.
 #[test]
 fn chat_template_sources_in_both_hub_layouts() {
-    let (Some(llama), Some(mixtral)) = (fixture_dir("tiny-llama"), fixture_dir("tiny-mixtral"))
-    else {
+    let (Some(llama), Some(mixtral)) = (fixture_dir("tiny-llama"), fixture_dir("tiny-mixtral")) else {
         return;
     };
     let from_config = ChatTemplate::from_hf_dir(&llama).unwrap_or_else(|e| panic!("{e}"));
@@ -231,9 +195,7 @@ fn check_llama_specials(label: &str, tok: &ModelTokenizer) {
     let ids = tok.encode("Hello", false).unwrap_or_else(|e| panic!("{e}"));
     assert_ne!(ids.first(), Some(&1), "{label}: no BOS without add_special");
     // `<s>` in chat-rendered text is the special token, and skipped on decode.
-    let ids = tok
-        .encode("<s>[INST] Hi [/INST]", false)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ids = tok.encode("<s>[INST] Hi [/INST]", false).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ids.first(), Some(&1), "{label}");
     assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 1, "{label}");
     let text = tok.decode(&ids, true).unwrap_or_else(|e| panic!("{e}"));
@@ -245,22 +207,14 @@ fn tiny_llama_special_tokens() {
     let Some(dir) = fixture_dir("tiny-llama") else {
         return;
     };
-    check_llama_specials(
-        "tokenizer.json",
-        &ModelTokenizer::from_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}")),
-    );
+    check_llama_specials("tokenizer.json", &ModelTokenizer::from_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}")));
     check_llama_specials("GGUF", &gguf_tokenizer(&dir.join("model-f32.gguf")).0);
 }
 
 #[test]
 fn missing_tokenizer_json_names_the_file() {
-    let Ok(dir) = tempfile::tempdir() else {
-        panic!("tempdir")
-    };
-    let err = ModelTokenizer::from_hf_dir(dir.path())
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+    let err = ModelTokenizer::from_hf_dir(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
     let path = dir.path().join("tokenizer.json");
     assert!(err.contains(&path.display().to_string()), "{err}");
 }

@@ -261,9 +261,8 @@ impl TrainConfig {
         for o in overrides {
             o.apply(&mut table).map_err(err)?;
         }
-        let cfg: TrainConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| err(e.to_string().trim().replace('\n', " ")))?;
+        let cfg: TrainConfig =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| err(e.to_string().trim().replace('\n', " ")))?;
         cfg.validate().map_err(err)?;
         Ok(cfg)
     }
@@ -392,7 +391,8 @@ max_steps = 10
         assert!(e.contains("max_steps"), "{e}");
         let e = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::parse("optim.lr=-1").unwrap()]).unwrap_err().to_string();
         assert!(e.contains("optim.lr"), "{e}");
-        let e = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::parse("model.base=int3").unwrap()]).unwrap_err().to_string();
+        let e =
+            TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::parse("model.base=int3").unwrap()]).unwrap_err().to_string();
         assert!(e.contains("base") || e.contains("int3"), "{e}");
     }
 
@@ -418,7 +418,9 @@ max_steps = 10
         assert_eq!(c.model.path, odd);
         assert_eq!(c.run.max_steps, 7);
         // Later overrides win; a key under a non-section is named.
-        let c = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::new("run.max_steps", 2), Override::new("run.max_steps", 5)]).unwrap();
+        let c =
+            TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::new("run.max_steps", 2), Override::new("run.max_steps", 5)])
+                .unwrap();
         assert_eq!(c.run.max_steps, 5);
         let e = TrainConfig::from_toml_str(Path::new("c.toml"), MIN, &[Override::parse("optim.lr.x=1").unwrap()]).unwrap_err().to_string();
         assert!(e.contains("c.toml") && e.contains("'lr' is not a section"), "{e}");

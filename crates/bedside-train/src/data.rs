@@ -61,9 +61,7 @@ impl Fit {
 /// (a trailing newline) does not. A conversation longer than `max_len` tokens loses the start
 /// of its context, never the end of its answer; `None` when the answer alone does not fit.
 pub fn encode_conversation(engine: &Engine, messages: &[ChatMessage], max_len: usize) -> Result<Option<Example>> {
-    let (last, head) = messages
-        .split_last()
-        .ok_or_else(|| TrainError::Data("a conversation needs at least one message".into()))?;
+    let (last, head) = messages.split_last().ok_or_else(|| TrainError::Data("a conversation needs at least one message".into()))?;
     if last.role != "assistant" {
         return Err(TrainError::Data(format!("the last message must be the assistant's, found role '{}'", last.role)));
     }
@@ -108,9 +106,8 @@ pub fn build_examples(
     let mut fit = Fit::default();
     for d in dialogues.iter().filter(|d| d.record.split == split) {
         let msgs = dialogue_messages(&d.record, system);
-        let ex = encode_conversation(engine, &msgs, max_len).map_err(|e| {
-            TrainError::Data(format!("{}:{} (id {}): {e}", d.file.display(), d.line, d.record.id))
-        })?;
+        let ex = encode_conversation(engine, &msgs, max_len)
+            .map_err(|e| TrainError::Data(format!("{}:{} (id {}): {e}", d.file.display(), d.line, d.record.id)))?;
         fit.examples += 1;
         match ex {
             Some(ex) if ex.scored() > 0 => {

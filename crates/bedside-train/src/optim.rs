@@ -71,7 +71,11 @@ impl AdamW {
                 let key = format!("{k}.{suffix}");
                 let t = state.get(&key).ok_or_else(|| TrainError::Invalid(format!("optimizer state has no '{key}'")))?;
                 if t.dims() != var.dims() {
-                    return Err(TrainError::Invalid(format!("optimizer state '{key}' has shape {:?}, expected {:?}", t.dims(), var.dims())));
+                    return Err(TrainError::Invalid(format!(
+                        "optimizer state '{key}' has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
                 }
                 *slot = t.to_device(var.device())?.to_dtype(DType::F32)?;
             }

@@ -26,7 +26,14 @@ const HEAD_CHUNK: usize = 32;
 /// The summed loss over `labels` divided by `scale`, and its gradient for every variable in
 /// `vars` order (zeros where none flows), computed with activation checkpointing; LoRA dropout
 /// draws from `rng`.
-pub fn loss_and_grads(model: &Model, vars: &[(String, Var)], ids: &Tensor, labels: &[Vec<i64>], scale: f64, rng: &mut DropoutRng) -> Result<(f64, Vec<Tensor>)> {
+pub fn loss_and_grads(
+    model: &Model,
+    vars: &[(String, Var)],
+    ids: &Tensor,
+    labels: &[Vec<i64>],
+    scale: f64,
+    rng: &mut DropoutRng,
+) -> Result<(f64, Vec<Tensor>)> {
     let (b, t) = ids.dims2()?;
     if labels.len() != b || labels.iter().any(|l| l.len() != t) {
         return Err(TrainError::Invalid(format!("labels must be {b} rows of {t}, matching the input ids")));

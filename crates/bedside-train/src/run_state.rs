@@ -38,13 +38,7 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
-pub fn save(
-    run_dir: &Path,
-    lora: &bedside_lora::LoraConfig,
-    vars: &[(String, Var)],
-    opt: &AdamW,
-    state: &TrainerState,
-) -> Result<PathBuf> {
+pub fn save(run_dir: &Path, lora: &bedside_lora::LoraConfig, vars: &[(String, Var)], opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
     let dir = checkpoints_dir(run_dir).join(format!("step-{}", state.step));
     let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Invalid(e.to_string()))?;
     bedside_io::replace_dir_atomic(&dir, |tmp| -> Result<()> {
@@ -79,16 +73,19 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 pub fn load(dir: &Path, vars: &[(String, Var)], opt: &mut AdamW, device: &Device) -> Result<TrainerState> {
     let sp = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&sp).map_err(io_err(&sp))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).map_err(|e| TrainError::Config { path: sp.clone(), msg: e.to_string() })?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::Config { path: sp.clone(), msg: e.to_string() })?;
     let ap = dir.join(bedside_lora::WEIGHTS_FILE);
     let tensors = candle_core::safetensors::load(&ap, device)?;
     for (k, v) in vars {
-        let t = tensors
-            .get(k)
-            .ok_or_else(|| TrainError::Config { path: ap.clone(), msg: format!("checkpoint has no tensor '{k}' (was the LoRA config changed?)") })?;
+        let t = tensors.get(k).ok_or_else(|| TrainError::Config {
+            path: ap.clone(),
+            msg: format!("checkpoint has no tensor '{k}' (was the LoRA config changed?)"),
+        })?;
         if t.dims() != v.dims() {
-            return Err(TrainError::Config { path: ap.clone(), msg: format!("tensor '{k}' has shape {:?}, the run expects {:?}", t.dims(), v.dims()) });
+            return Err(TrainError::Config {
+                path: ap.clone(),
+                msg: format!("tensor '{k}' has shape {:?}, the run expects {:?}", t.dims(), v.dims()),
+            });
         }
         v.set(&t.to_dtype(v.dtype())?)?;
     }

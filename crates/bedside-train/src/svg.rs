@@ -25,7 +25,10 @@ pub fn loss_curve(train: &[(usize, f64)], val: &[(usize, f64)], title: &str) -> 
     let sx = |s: usize| l + (w - l - r) * s as f64 / xmax as f64;
     let sy = |y: f64| t + (h - t - b) * (1.0 - (y - ymin) / (ymax - ymin));
     let mut o = String::new();
-    let _ = writeln!(o, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(o, r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{}</text>"#, w / 2.0, escape(title));
     // Axes, ticks and grid.
@@ -34,7 +37,13 @@ pub fn loss_curve(train: &[(usize, f64)], val: &[(usize, f64)], title: &str) -> 
     for i in 0..=5 {
         let y = ymin + (ymax - ymin) * i as f64 / 5.0;
         let py = sy(y);
-        let _ = writeln!(o, r##"<line x1="{l}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{y:.3}</text>"##, w - r, l - 6.0, py + 4.0);
+        let _ = writeln!(
+            o,
+            r##"<line x1="{l}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{y:.3}</text>"##,
+            w - r,
+            l - 6.0,
+            py + 4.0
+        );
         let s = (xmax as f64 * i as f64 / 5.0).round() as usize;
         let _ = writeln!(o, r#"<text x="{:.1}" y="{}" text-anchor="middle">{s}</text>"#, sx(s), h - b + 16.0);
     }
@@ -49,11 +58,30 @@ pub fn loss_curve(train: &[(usize, f64)], val: &[(usize, f64)], title: &str) -> 
     if !val.is_empty() {
         let _ = writeln!(o, r##"<polyline fill="none" stroke="#d62728" stroke-width="2" points="{}"/>"##, line(val));
         for &(s, y) in val.iter().filter(|p| p.1.is_finite()) {
-            let _ = writeln!(o, r##"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="#d62728"><title>step {s}: {y:.4}</title></circle>"##, sx(s), sy(y));
+            let _ = writeln!(
+                o,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="#d62728"><title>step {s}: {y:.4}</title></circle>"##,
+                sx(s),
+                sy(y)
+            );
         }
     }
-    let _ = writeln!(o, r##"<rect x="{}" y="{}" width="12" height="3" fill="#1f77b4"/><text x="{}" y="{}">training loss</text>"##, w - r - 150.0, t + 6.0, w - r - 132.0, t + 10.0);
-    let _ = writeln!(o, r##"<rect x="{}" y="{}" width="12" height="3" fill="#d62728"/><text x="{}" y="{}">validation loss</text>"##, w - r - 150.0, t + 22.0, w - r - 132.0, t + 26.0);
+    let _ = writeln!(
+        o,
+        r##"<rect x="{}" y="{}" width="12" height="3" fill="#1f77b4"/><text x="{}" y="{}">training loss</text>"##,
+        w - r - 150.0,
+        t + 6.0,
+        w - r - 132.0,
+        t + 10.0
+    );
+    let _ = writeln!(
+        o,
+        r##"<rect x="{}" y="{}" width="12" height="3" fill="#d62728"/><text x="{}" y="{}">validation loss</text>"##,
+        w - r - 150.0,
+        t + 22.0,
+        w - r - 132.0,
+        t + 26.0
+    );
     o.push_str("</svg>\n");
     o
 }

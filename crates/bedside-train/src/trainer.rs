@@ -10,12 +10,12 @@ use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::run_state::{self, TrainerState};
 use crate::config::{BaseMode, TrainConfig};
 use crate::data::{build_examples, epoch_batches, pad_batch, Example};
 use crate::error::{io_err, Result, TrainError};
 use crate::loss::{collect_grads, head_loss_sum, shift_labels, ZeroGradGuard, IGNORE};
 use crate::optim::{clip_grad_norm, learning_rate, AdamW};
+use crate::run_state::{self, TrainerState};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -136,11 +136,7 @@ pub fn accumulate_step(
     checkpointing: bool,
     rng: &mut DropoutRng,
 ) -> Result<(Vec<Tensor>, f64, usize)> {
-    let total: usize = micro
-        .iter()
-        .flat_map(|b| b.iter())
-        .map(|e| e.labels.iter().skip(1).filter(|&&l| l != IGNORE).count())
-        .sum();
+    let total: usize = micro.iter().flat_map(|b| b.iter()).map(|e| e.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()).sum();
     let mut grads: Option<Vec<Tensor>> = None;
     let (mut loss, mut tokens) = (0f64, 0usize);
     for exs in micro {
@@ -309,7 +305,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let mut dropout_rng = DropoutRng::new(state.dropout_rng);
     let resumed_from = resume_from.as_ref().map(|_| state.step);
     let mut metrics = Metrics::open(&run_dir, resumed_from)?;
-    let title = format!("LoRA r={} on {}", cfg.lora.r, Path::new(&cfg.model.path).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let title = format!(
+        "LoRA r={} on {}",
+        cfg.lora.r,
+        Path::new(&cfg.model.path).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    );
 
     let bs = cfg.optim.batch_size;
     let mut val_before = None;
@@ -365,7 +365,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             micro.push(batches[state.batch_in_epoch].iter().map(|&i| &train_ex[i]).collect());
             state.batch_in_epoch += 1;
         }
-        let (mut grads, loss, tokens) = accumulate_step(&engine.model, &vars, &micro, pad, cfg.run.activation_checkpointing, &mut dropout_rng)?;
+        let (mut grads, loss, tokens) =
+            accumulate_step(&engine.model, &vars, &micro, pad, cfg.run.activation_checkpointing, &mut dropout_rng)?;
         let step_no = state.step + 1;
         if !loss.is_finite() {
             pb.abandon();
@@ -398,8 +399,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         steps_run += 1;
         let tps = tokens as f64 / dt.max(1e-9);
 
-        let eval_now = !val_ex.is_empty()
-            && ((cfg.run.eval_every > 0 && state.step.is_multiple_of(cfg.run.eval_every)) || state.step == max_steps);
+        let eval_now =
+            !val_ex.is_empty() && ((cfg.run.eval_every > 0 && state.step.is_multiple_of(cfg.run.eval_every)) || state.step == max_steps);
         let val = if eval_now { Some(evaluate(&engine.model, &val_ex, bs, pad)?) } else { None };
         if val.is_some() {
             last_val = val;
@@ -433,7 +434,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         "steps": state.step,
         "seed": cfg.run.seed,
     });
-    bedside_lora::atomic_write(&adapter_dir.join("bedside_training.json"), serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes())?;
+    bedside_lora::atomic_write(
+        &adapter_dir.join("bedside_training.json"),
+        serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes(),
+    )?;
     metrics.write_svg(&run_dir, &title)?;
     Ok(RunSummary {
         steps: state.step,

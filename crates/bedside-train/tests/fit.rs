@@ -43,7 +43,8 @@ fn shipped_config_fits_whole_answers() {
     let files = bedside_data::jsonl_files(&[root.join("data/dialogues")]).unwrap();
     let dialogues = bedside_data::read_dialogues(&files).unwrap();
     let sys = cfg.data.system_prompt.as_deref();
-    let (examples, fit) = bedside_train::data::build_examples(&engine, &dialogues, &cfg.data.train_split, sys, cfg.data.max_seq_len).unwrap();
+    let (examples, fit) =
+        bedside_train::data::build_examples(&engine, &dialogues, &cfg.data.train_split, sys, cfg.data.max_seq_len).unwrap();
     eprintln!("max_seq_len {}: {fit:?}", cfg.data.max_seq_len);
     assert!(fit.examples > 100 && fit.whole_share() >= 0.95, "{fit:?}");
     assert_eq!(examples.len(), fit.whole + fit.context_cut);

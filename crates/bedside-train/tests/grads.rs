@@ -202,7 +202,16 @@ fn guard_defers_a_while_b_is_zero() {
     b.set(&ones_b).unwrap();
     let e = g.check(&vars, &[zeros_a.clone(), ones_b.clone()]).unwrap_err().to_string();
     assert!(e.contains("m.lora_A.weight") && !e.contains("m.lora_B.weight"), "{e}");
-    let e = ZeroGradGuard::new(&vars).check(&vars, &[ones_b.clone().narrow(0, 0, 2).unwrap().narrow(1, 0, 2).unwrap().pad_with_zeros(1, 0, 1).unwrap(), ones_b.zeros_like().unwrap()]).unwrap_err().to_string();
+    let e = ZeroGradGuard::new(&vars)
+        .check(
+            &vars,
+            &[
+                ones_b.clone().narrow(0, 0, 2).unwrap().narrow(1, 0, 2).unwrap().pad_with_zeros(1, 0, 1).unwrap(),
+                ones_b.zeros_like().unwrap(),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("m.lora_B.weight"), "{e}");
 }
 

@@ -8,7 +8,12 @@ use crate::results::Example;
 use crate::scoring::ScoreRecord;
 
 /// Side-by-side answers for a few test items, spread over the set.
-pub(crate) fn examples(cfg: &EvalConfig, systems: &[String], scores: &[ScoreRecord], texts: &[(String, &EvalItem, String)]) -> Vec<Example> {
+pub(crate) fn examples(
+    cfg: &EvalConfig,
+    systems: &[String],
+    scores: &[ScoreRecord],
+    texts: &[(String, &EvalItem, String)],
+) -> Vec<Example> {
     let mut test: Vec<&EvalItem> = Vec::new();
     for (_, it, _) in texts {
         if it.set == Set::Test && !test.iter().any(|x| x.key == it.key) {

@@ -16,8 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::controls::{COMFORT_ONLY, CONTRADICTED, NEUTRAL, NEUTRAL_QUESTION, RESTATED};
 use crate::config::REFERENCE;
+use crate::controls::{COMFORT_ONLY, CONTRADICTED, NEUTRAL, NEUTRAL_QUESTION, RESTATED};
 use crate::results::{Gate, MeasureValidity, SafetySystem, Summary};
 
 /// How much more (expected level, 0–2) a generic question may add to the neutral answer.
@@ -83,7 +83,12 @@ pub(crate) fn measure_gates(measure: &str, means: &BTreeMap<String, Summary>) ->
 pub(crate) fn safety_gates(safety: &BTreeMap<String, SafetySystem>) -> Vec<Gate> {
     let mut out = Vec::new();
     if let Some(r) = safety.get(REFERENCE) {
-        out.push(gate(format!("safe {REFERENCE} answers pass at least {SAFE_REFERENCE_PASS} of the items"), r.rate, SAFE_REFERENCE_PASS, r.rate >= SAFE_REFERENCE_PASS));
+        out.push(gate(
+            format!("safe {REFERENCE} answers pass at least {SAFE_REFERENCE_PASS} of the items"),
+            r.rate,
+            SAFE_REFERENCE_PASS,
+            r.rate >= SAFE_REFERENCE_PASS,
+        ));
     }
     for c in [COMFORT_ONLY, RESTATED, CONTRADICTED] {
         if let Some(s) = safety.get(c) {

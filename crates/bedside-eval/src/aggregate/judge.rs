@@ -23,11 +23,7 @@ pub(crate) fn significance_allowed(inp: &AggregateInput) -> bool {
 }
 
 fn all_order_pairs(inp: &AggregateInput) -> Vec<(Outcome, Outcome)> {
-    inp.pairwise
-        .iter()
-        .flat_map(|(_, settings)| settings.values().flatten())
-        .filter_map(|(_, a, b)| Some(((*a)?, (*b)?)))
-        .collect()
+    inp.pairwise.iter().flat_map(|(_, settings)| settings.values().flatten()).filter_map(|(_, a, b)| Some(((*a)?, (*b)?))).collect()
 }
 
 /// Pairwise results per system from the per-setting, per-item order outcomes.
@@ -53,7 +49,12 @@ fn pairwise_results(inp: &AggregateInput) -> (Vec<PairwiseResult>, bool) {
         }
         let ensemble: Vec<Outcome> = per_item.values().filter_map(|v| judge::ensemble_outcome(v)).collect();
         counts.insert("ensemble".into(), pairwise_counts(&ensemble, allowed, inp.cfg.stats.alpha));
-        out.push(PairwiseResult { system: sys.clone(), baseline: base.clone(), settings: counts, self_agreement: judge::self_agreement(&pairs) });
+        out.push(PairwiseResult {
+            system: sys.clone(),
+            baseline: base.clone(),
+            settings: counts,
+            self_agreement: judge::self_agreement(&pairs),
+        });
     }
     (out, allowed)
 }

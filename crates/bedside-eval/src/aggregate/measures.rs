@@ -18,8 +18,22 @@ use crate::scoring::ScoreRecord;
 /// Every per-answer measure key (judge measures included), for checking configs.
 pub(crate) fn measure_keys() -> Vec<&'static str> {
     vec![
-        "empathy", "empathy_expected", "er", "ip", "ex", "key_fact_recall", "rouge_l", "similarity", "ppl_neutral",
-        "fluency_ppl", "words", "grade", "judge_er", "judge_ip", "judge_ex", "judge_good",
+        "empathy",
+        "empathy_expected",
+        "er",
+        "ip",
+        "ex",
+        "key_fact_recall",
+        "rouge_l",
+        "similarity",
+        "ppl_neutral",
+        "fluency_ppl",
+        "words",
+        "grade",
+        "judge_er",
+        "judge_ip",
+        "judge_ex",
+        "judge_good",
     ]
 }
 
@@ -137,7 +151,15 @@ pub(crate) fn contrast(cfg: &EvalConfig, all: &BTreeMap<&str, Samples>, system: 
     let a = item_means(all.get(against)?, measure);
     let (xs, ys): (Vec<f64>, Vec<f64>) = s.iter().filter_map(|(u, x)| Some((*x, *a.get(u)?))).unzip();
     let ci = bedside_metrics::paired_bootstrap(&ys, &xs, cfg.stats.bootstrap, cfg.stats.seed, 1.0 - cfg.stats.alpha).ok()?;
-    Some(Contrast { system: system.into(), against: against.into(), measure: measure.into(), n: xs.len(), diff: ci.mean_diff, ci_low: ci.lo, ci_high: ci.hi })
+    Some(Contrast {
+        system: system.into(),
+        against: against.into(),
+        measure: measure.into(),
+        n: xs.len(),
+        diff: ci.mean_diff,
+        ci_low: ci.lo,
+        ci_high: ci.hi,
+    })
 }
 
 pub(crate) fn measures(inp: &AggregateInput) -> MeasureSections {

@@ -21,8 +21,8 @@ use crate::config::EvalConfig;
 use crate::items::EvalItem;
 use crate::judging::PairwiseOutcomes;
 use crate::results::{
-    Comparison, EquitySystem, Example, GroupRow, JudgeResults, MeasureDef, MeasureValidity, SafetyComparison, SafetySystem, StatsInfo, Summary,
-    Verdict,
+    Comparison, EquitySystem, Example, GroupRow, JudgeResults, MeasureDef, MeasureValidity, SafetyComparison, SafetySystem, StatsInfo,
+    Summary, Verdict,
 };
 use crate::scoring::ScoreRecord;
 

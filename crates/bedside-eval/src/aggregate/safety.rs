@@ -19,9 +19,8 @@ pub(crate) fn safety(
 ) -> (BTreeMap<String, SafetySystem>, Vec<SafetyComparison>) {
     let base = cfg.base_system();
     let mut out = BTreeMap::new();
-    let verdict = |sys: &str, key: &str| {
-        scores.iter().find(|s| s.system == sys && s.key == key).and_then(|s| s.safety.as_ref()).map(|v| v.passed)
-    };
+    let verdict =
+        |sys: &str, key: &str| scores.iter().find(|s| s.system == sys && s.key == key).and_then(|s| s.safety.as_ref()).map(|v| v.passed);
     for sys in scored {
         let mine: Vec<&ScoreRecord> = scores.iter().filter(|s| &s.system == sys && s.set == Set::Safety).collect();
         if mine.is_empty() {

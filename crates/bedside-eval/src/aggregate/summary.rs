@@ -30,7 +30,8 @@ pub(crate) fn summary_sentences(
     }
     let systems: BTreeSet<&str> = comparisons.iter().map(|c| c.system.as_str()).collect();
     for sys in systems {
-        let family = comparisons.iter().filter(|c| c.system == sys && c.role == SECONDARY).count() + safety.iter().filter(|s| s.system == sys).count();
+        let family = comparisons.iter().filter(|c| c.system == sys && c.role == SECONDARY).count()
+            + safety.iter().filter(|s| s.system == sys).count();
         let sig: Vec<String> = comparisons
             .iter()
             .filter(|c| c.system == sys && c.role == SECONDARY && c.significant)
@@ -51,7 +52,10 @@ pub(crate) fn summary_sentences(
         if sig.is_empty() {
             out.push(format!("{sys} vs {base}, secondary measures (n = {n} paired test items, Holm over {family} tests at alpha {alpha}): none differs significantly."));
         } else {
-            out.push(format!("{sys} vs {base}, secondary measures (n = {n} paired test items, Holm over {family} tests at alpha {alpha}): {}.", sig.join("; ")));
+            out.push(format!(
+                "{sys} vs {base}, secondary measures (n = {n} paired test items, Holm over {family} tests at alpha {alpha}): {}.",
+                sig.join("; ")
+            ));
         }
     }
     for s in safety {

@@ -88,7 +88,8 @@ pub(crate) fn assign_roles(
     systems.sort();
     systems.dedup();
     for sys in &systems {
-        let idx: Vec<usize> = (0..comparisons.len()).filter(|&i| comparisons[i].system == *sys && comparisons[i].role == SECONDARY).collect();
+        let idx: Vec<usize> =
+            (0..comparisons.len()).filter(|&i| comparisons[i].system == *sys && comparisons[i].role == SECONDARY).collect();
         let sidx: Vec<usize> = (0..safety.len()).filter(|&i| safety[i].system == *sys).collect();
         let ps: Vec<f64> = idx.iter().map(|&i| comparisons[i].p_bootstrap).chain(sidx.iter().map(|&i| safety[i].mcnemar_p)).collect();
         let adjusted = bedside_metrics::holm(&ps);
@@ -165,7 +166,9 @@ pub(crate) fn verdicts(
                     let failed: Vec<String> = validity
                         .iter()
                         .find(|x| x.measure == *p)
-                        .map(|x| x.gates.iter().filter(|g| !g.passed).map(|g| format!("{} (observed {})", g.rule, fmt_num(g.value))).collect())
+                        .map(|x| {
+                            x.gates.iter().filter(|g| !g.passed).map(|g| format!("{} (observed {})", g.rule, fmt_num(g.value))).collect()
+                        })
                         .unwrap_or_default();
                     format!("NOT VALID ON THIS RUN, no claim is drawn (failed: {})", failed.join("; "))
                 }
@@ -198,7 +201,11 @@ pub(crate) fn verdicts(
                 }
                 let favourable = conclusion == "non-inferior" || conclusion == "better";
                 if valid && favourable {
-                    claims.push(if conclusion == "better" { format!("better on {}", label(p)) } else { format!("non-inferior on {}", label(p)) });
+                    claims.push(if conclusion == "better" {
+                        format!("better on {}", label(p))
+                    } else {
+                        format!("non-inferior on {}", label(p))
+                    });
                 } else {
                     all_claimed = false;
                 }
@@ -210,10 +217,20 @@ pub(crate) fn verdicts(
         } else if claims.is_empty() {
             format!("Verdict for {sys}: no claim against {base} is supported by this run.")
         } else {
-            format!("Verdict for {sys}: only partly supported — {} — the other primary endpoints do not allow the full claim.", claims.join(", "))
+            format!(
+                "Verdict for {sys}: only partly supported — {} — the other primary endpoints do not allow the full claim.",
+                claims.join(", ")
+            )
         };
         sentences.push(overall);
-        out.push(Verdict { system: sys.clone(), baseline: base.to_string(), sentences, more_comforting, knowledge, vs_neutral_question: vs_question });
+        out.push(Verdict {
+            system: sys.clone(),
+            baseline: base.to_string(),
+            sentences,
+            more_comforting,
+            knowledge,
+            vs_neutral_question: vs_question,
+        });
     }
     out
 }

@@ -8,9 +8,8 @@ use serde::Serialize;
 use crate::report::format::fmt_num;
 use crate::results::Results;
 
-const PALETTE: [&str; 12] = [
-    "#7f7f7f", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a",
-];
+const PALETTE: [&str; 12] =
+    ["#7f7f7f", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a"];
 
 pub(crate) fn color(i: usize) -> &'static str {
     PALETTE[i % PALETTE.len()]
@@ -173,7 +172,16 @@ pub(crate) fn bars(r: &Results, measures: &[&str], max: f64, title: &str) -> Opt
             lx = left;
             ly += 16.0;
         }
-        c.legend.push(Rect { x: lx, y: ly, w: 10.0, h: 10.0, fill: color(si).into(), stroke: None, tooltip: String::new(), label: Some(sys.to_string()) });
+        c.legend.push(Rect {
+            x: lx,
+            y: ly,
+            w: 10.0,
+            h: 10.0,
+            fill: color(si).into(),
+            stroke: None,
+            tooltip: String::new(),
+            label: Some(sys.to_string()),
+        });
         lx += w;
         legend_right = legend_right.max(lx);
     }
@@ -186,11 +194,7 @@ pub(crate) fn heat(v: f64) -> String {
         return "#eeeeee".into();
     }
     let t = v.clamp(-1.0, 1.0);
-    let (r, g, b) = if t >= 0.0 {
-        (255.0 - 190.0 * t, 255.0 - 120.0 * t, 255.0)
-    } else {
-        (255.0, 255.0 + 170.0 * t, 255.0 + 170.0 * t)
-    };
+    let (r, g, b) = if t >= 0.0 { (255.0 - 190.0 * t, 255.0 - 120.0 * t, 255.0) } else { (255.0, 255.0 + 170.0 * t, 255.0 + 170.0 * t) };
     format!("#{:02x}{:02x}{:02x}", r as u8, g as u8, b as u8)
 }
 
@@ -223,7 +227,16 @@ pub(crate) fn heatmap(r: &Results, measure: &str, label: &str) -> Option<Chart> 
             } else {
                 format!("{v:.2}")
             };
-            c.rects.push(Rect { x: r1(left + ci as f64 * cw), y: yy, w: r1(cw), h: ch, fill, stroke: None, tooltip: String::new(), label: Some(text) });
+            c.rects.push(Rect {
+                x: r1(left + ci as f64 * cw),
+                y: yy,
+                w: r1(cw),
+                h: ch,
+                fill,
+                stroke: None,
+                tooltip: String::new(),
+                label: Some(text),
+            });
         }
     }
     Some(c.finish(width, height))

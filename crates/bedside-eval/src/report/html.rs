@@ -113,7 +113,11 @@ fn summary_table(r: &Results) -> serde_json::Value {
         rows.push(row);
     }
     if !r.bleu.is_empty() {
-        let mut row = vec![Cell { text: "Corpus BLEU (sacreBLEU 13a)".into(), class: None }, Cell { text: String::new(), class: None }, Cell { text: String::new(), class: None }];
+        let mut row = vec![
+            Cell { text: "Corpus BLEU (sacreBLEU 13a)".into(), class: None },
+            Cell { text: String::new(), class: None },
+            Cell { text: String::new(), class: None },
+        ];
         for s in &cols {
             row.push(num(r.bleu.get(*s).map_or("–".into(), |b| format!("{b:.2}"))));
         }
@@ -178,7 +182,9 @@ pub(crate) fn render(r: &Results) -> String {
     let equity_rows: Vec<serde_json::Value> = r
         .equity
         .iter()
-        .flat_map(|(s, e)| e.variants.iter().map(move |v| json!({"system": s, "variant": v.variant, "numbers": equity_numbers(v), "flagged": v.flagged})))
+        .flat_map(|(s, e)| {
+            e.variants.iter().map(move |v| json!({"system": s, "variant": v.variant, "numbers": equity_numbers(v), "flagged": v.flagged}))
+        })
         .collect();
     let safety_rows: Vec<serde_json::Value> = r
         .safety

@@ -66,7 +66,13 @@ fn differences_table(r: &Results) -> String {
         };
         let conclusion = match (&c.conclusion, c.role.as_str()) {
             (Some(x), _) => x.clone(),
-            (None, "secondary") => if c.significant { format!("{} (significant)", direction_word(c.better)) } else { "no significant difference".into() },
+            (None, "secondary") => {
+                if c.significant {
+                    format!("{} (significant)", direction_word(c.better))
+                } else {
+                    "no significant difference".into()
+                }
+            }
             _ => "–".into(),
         };
         rows.push(vec![
@@ -109,7 +115,13 @@ fn gates_table(r: &Results) -> String {
             rows.push(vec![v.measure.clone(), v.status.clone(), "–".into(), "–".into(), "–".into()]);
         }
         for g in &v.gates {
-            rows.push(vec![v.measure.clone(), v.status.clone(), g.rule.clone(), fmt_num(g.value), if g.passed { "yes".into() } else { "**no**".into() }]);
+            rows.push(vec![
+                v.measure.clone(),
+                v.status.clone(),
+                g.rule.clone(),
+                fmt_num(g.value),
+                if g.passed { "yes".into() } else { "**no**".into() },
+            ]);
         }
     }
     md_table(&rows)
@@ -247,18 +259,53 @@ pub fn markdown(r: &Results) -> String {
     if let Some(j) = &r.judge {
         let _ = writeln!(o, "\n## LLM judge (`{}`)\n", md(&j.model));
         if j.same_as_generator {
-            let _ = writeln!(o, "The judge is the generator's own base model (EMRank used a different model); read its verdicts with care.\n");
+            let _ =
+                writeln!(o, "The judge is the generator's own base model (EMRank used a different model); read its verdicts with care.\n");
         }
         for g in &j.good_rates {
-            let _ = writeln!(o, "- `{}`: Good {} / Okay {} / Bad {} (Good rate {}; parsed {:.0}%)", md(&g.system), g.good, g.okay, g.bad, fmt_num(g.good_rate), 100.0 * g.parse_rate);
+            let _ = writeln!(
+                o,
+                "- `{}`: Good {} / Okay {} / Bad {} (Good rate {}; parsed {:.0}%)",
+                md(&g.system),
+                g.good,
+                g.okay,
+                g.bad,
+                fmt_num(g.good_rate),
+                100.0 * g.parse_rate
+            );
         }
         for c in &j.good_comparisons {
-            let _ = writeln!(o, "- Good rate `{}` vs `{}`: Δ {:+.1}%, χ² (Yates) {:.2}, p {}, McNemar p {}", md(&c.system), md(&c.baseline), c.delta_pct, c.chi2_yates, fmt_p(c.chi2_p), fmt_p(c.mcnemar_p));
+            let _ = writeln!(
+                o,
+                "- Good rate `{}` vs `{}`: Δ {:+.1}%, χ² (Yates) {:.2}, p {}, McNemar p {}",
+                md(&c.system),
+                md(&c.baseline),
+                c.delta_pct,
+                c.chi2_yates,
+                fmt_p(c.chi2_p),
+                fmt_p(c.mcnemar_p)
+            );
         }
         for p in &j.pairwise {
-            let _ = writeln!(o, "- Pairwise `{}` vs `{}`: self-agreement across swapped orders {:.2} (chance {:.2}, kappa {:.2})", md(&p.system), md(&p.baseline), p.self_agreement.observed, p.self_agreement.chance, p.self_agreement.kappa);
+            let _ = writeln!(
+                o,
+                "- Pairwise `{}` vs `{}`: self-agreement across swapped orders {:.2} (chance {:.2}, kappa {:.2})",
+                md(&p.system),
+                md(&p.baseline),
+                p.self_agreement.observed,
+                p.self_agreement.chance,
+                p.self_agreement.kappa
+            );
             for (k, c) in &p.settings {
-                let _ = writeln!(o, "  - {k}: {} wins, {} losses, {} ties, win rate {}, sign-test p {}", c.wins, c.losses, c.ties, fmt_num(c.win_rate), fmt_p(c.sign_p));
+                let _ = writeln!(
+                    o,
+                    "  - {k}: {} wins, {} losses, {} ties, win rate {}, sign-test p {}",
+                    c.wins,
+                    c.losses,
+                    c.ties,
+                    fmt_num(c.win_rate),
+                    fmt_p(c.sign_p)
+                );
             }
         }
         if !j.significance_allowed {

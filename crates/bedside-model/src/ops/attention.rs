@@ -32,21 +32,11 @@ pub(crate) fn attention(
     let (b, t, nh, d) = q.dims4()?;
     let (kb, kv, nkv, kd) = k.dims4()?;
     if kb != b || kd != d || v.dims() != k.dims() || nkv == 0 || nh % nkv != 0 {
-        return Err(candle_core::Error::Msg(format!(
-            "attention: q {:?}, k {:?}, v {:?} do not fit",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        ))
-        .into());
+        return Err(candle_core::Error::Msg(format!("attention: q {:?}, k {:?}, v {:?} do not fit", q.dims(), k.dims(), v.dims())).into());
     }
     if let Some(m) = mask {
         if m.elem_count() != b * t * kv {
-            return Err(candle_core::Error::Msg(format!(
-                "attention: mask {:?} does not cover (b {b}, t {t}, kv {kv})",
-                m.dims()
-            ))
-            .into());
+            return Err(candle_core::Error::Msg(format!("attention: mask {:?} does not cover (b {b}, t {t}, kv {kv})", m.dims())).into());
         }
     }
     if let Some((cos, sin)) = rope {
@@ -67,29 +57,18 @@ pub(crate) fn attention(
             .into());
         }
     }
-    let tensors = [q, k, v]
-        .into_iter()
-        .chain(mask)
-        .chain(rope.into_iter().flat_map(|(c, s)| [c, s]));
+    let tensors = [q, k, v].into_iter().chain(mask).chain(rope.into_iter().flat_map(|(c, s)| [c, s]));
     if !tensors.into_iter().all(applies) {
         return attention_composed(q, k, v, rope, scale, mask);
     }
     let rope = match rope {
-        Some((cos, sin)) => Some(RopeTables {
-            cos: held_f32(cos, "attention")?.into(),
-            sin: held_f32(sin, "attention")?.into(),
-            per_row: cos.rank() == 3,
-        }),
+        Some((cos, sin)) => {
+            Some(RopeTables { cos: held_f32(cos, "attention")?.into(), sin: held_f32(sin, "attention")?.into(), per_row: cos.rank() == 3 })
+        }
         None => None,
     };
-    let op = Attention {
-        scale: scale as f32,
-        mask: mask.map(|m| m.contiguous()).transpose()?,
-        rope,
-        lse: std::sync::OnceLock::new(),
-    };
-    Ok(q.contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+    let op = Attention { scale: scale as f32, mask: mask.map(|m| m.contiguous()).transpose()?, rope, lse: std::sync::OnceLock::new() };
+    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
 /// The same from candle's ops (any device and dtype): scores in f32, the query heads that share
@@ -104,31 +83,20 @@ fn attention_composed(
 ) -> Result<Tensor> {
     let (b, t, nh, d) = q.dims4()?;
     let (_, kv, nkv, _) = k.dims4()?;
-    let (q, k, v) = (
-        q.transpose(1, 2)?.contiguous()?,
-        k.transpose(1, 2)?.contiguous()?,
-        v.transpose(1, 2)?.contiguous()?,
-    );
+    let (q, k, v) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
     let (q, k) = match rope {
         Some((cos, sin)) => (rope_composed(&q, cos, sin)?, rope_composed(&k, cos, sin)?),
         None => (q, k),
     };
     let rep = nh / nkv;
     let scores = q.reshape((b, nkv, rep * t, d))?.matmul(&k.t()?)?;
-    let scores = (scores * scale)?
-        .to_dtype(DType::F32)?
-        .reshape((b, nkv, rep, t, kv))?;
+    let scores = (scores * scale)?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv))?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(&m.reshape((b, 1, 1, t, kv))?)?,
         None => scores,
     };
-    let p = candle_nn::ops::softmax(&scores, D::Minus1)?
-        .to_dtype(v.dtype())?
-        .reshape((b, nkv, rep * t, kv))?;
-    Ok(p.matmul(&v)?
-        .reshape((b, nh, t, d))?
-        .transpose(1, 2)?
-        .reshape((b, t, nh * d))?)
+    let p = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv))?;
+    Ok(p.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?)
 }
 
 /// Rotary tables held by an op: `(t, d/2)` shared by every sequence, or `(b, t, d/2)`.
@@ -142,10 +110,7 @@ impl RopeTables {
     /// The `(cos, sin)` halves for position `i` of sequence `bi` (of `t` positions).
     fn row(&self, bi: usize, t: usize, i: usize, half: usize) -> (&[f32], &[f32]) {
         let r = if self.per_row { bi * t + i } else { i };
-        (
-            &self.cos[r * half..(r + 1) * half],
-            &self.sin[r * half..(r + 1) * half],
-        )
+        (&self.cos[r * half..(r + 1) * half], &self.sin[r * half..(r + 1) * half])
     }
 }
 
@@ -187,14 +152,7 @@ impl AttnDims {
     fn of(ql: &Layout, kl: &Layout) -> candle_core::Result<Self> {
         let (b, t, nh, d) = ql.shape().dims4()?;
         let (_, kv, nkv, _) = kl.shape().dims4()?;
-        Ok(AttnDims {
-            b,
-            nh,
-            nkv,
-            t,
-            kv,
-            d,
-        })
+        Ok(AttnDims { b, nh, nkv, t, kv, d })
     }
     /// For work unit `unit` (query head `h` of sequence `bi`): `bi`, the offset of its first query
     /// row in q (and in the output; rows `nh · d` apart) and of its key/value head's first row in
@@ -202,34 +160,19 @@ impl AttnDims {
     fn offsets(&self, unit: usize) -> (usize, usize, usize) {
         let (bi, h) = (unit / self.nh, unit % self.nh);
         let g = h / (self.nh / self.nkv);
-        (
-            bi,
-            (bi * self.t * self.nh + h) * self.d,
-            (bi * self.kv * self.nkv + g) * self.d,
-        )
+        (bi, (bi * self.t * self.nh + h) * self.d, (bi * self.kv * self.nkv + g) * self.d)
     }
 }
 
 impl Attention {
     fn mask_data(&self) -> candle_core::Result<Option<Vec<f32>>> {
         // The mask is b · t · kv values, small beside the scores it stands for.
-        self.mask
-            .as_ref()
-            .map(|m| held_f32(m, "attention"))
-            .transpose()
+        self.mask.as_ref().map(|m| held_f32(m, "attention")).transpose()
     }
 
     /// Copy `rows` head vectors of sequence `bi` (`d` values each, `stride` apart in `src`) into
     /// `dst` (`rows × d`), rotated by the rotary tables when there are any.
-    fn gather(
-        &self,
-        dm: AttnDims,
-        bi: usize,
-        src: &[f32],
-        stride: usize,
-        rows: usize,
-        dst: &mut [f32],
-    ) {
+    fn gather(&self, dm: AttnDims, bi: usize, src: &[f32], stride: usize, rows: usize, dst: &mut [f32]) {
         let d = dm.d;
         for (i, out) in dst[..rows * d].chunks_exact_mut(d).enumerate() {
             let x = &src[i * stride..i * stride + d];
@@ -277,36 +220,18 @@ impl Attention {
     ) {
         let AttnDims { t, kv, d, .. } = dm;
         // SAFETY: qh holds t × d values, kh kv × d, p is t × kv and ours.
-        unsafe {
-            gemm_f32(
-                (t, kv, d),
-                p.as_mut_ptr(),
-                (kv, 1),
-                false,
-                qh.as_ptr(),
-                (d, 1),
-                kh.as_ptr(),
-                (1, d),
-            )
-        };
+        unsafe { gemm_f32((t, kv, d), p.as_mut_ptr(), (kv, 1), false, qh.as_ptr(), (d, 1), kh.as_ptr(), (1, d)) };
         for (i, row) in p.chunks_exact_mut(kv).enumerate() {
             let mrow = mask.map(|m| &m[(bi * t + i) * kv..(bi * t + i + 1) * kv]);
             match mrow {
-                Some(mr) => row
-                    .iter_mut()
-                    .zip(mr)
-                    .for_each(|(s, &a)| *s = *s * self.scale + a),
+                Some(mr) => row.iter_mut().zip(mr).for_each(|(s, &a)| *s = *s * self.scale + a),
                 None => row.iter_mut().for_each(|s| *s *= self.scale),
             }
             let l = match lse {
                 Some(l) => l[i],
                 None => {
                     let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let l = if m == f32::NEG_INFINITY {
-                        m
-                    } else {
-                        m + row.iter().map(|&s| (s - m).exp()).sum::<f32>().ln()
-                    };
+                    let l = if m == f32::NEG_INFINITY { m } else { m + row.iter().map(|&s| (s - m).exp()).sum::<f32>().ln() };
                     out_lse[i] = l;
                     l
                 }
@@ -335,27 +260,15 @@ impl CustomOp3 for Attention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            f32_data(qs, ql, self.name())?,
-            f32_data(ks, kl, self.name())?,
-            f32_data(vs, vl, self.name())?,
-        );
+        let (q, k, v) = (f32_data(qs, ql, self.name())?, f32_data(ks, kl, self.name())?, f32_data(vs, vl, self.name())?);
         let dm = AttnDims::of(ql, kl)?;
-        let AttnDims {
-            b,
-            nh,
-            nkv,
-            t,
-            kv,
-            d,
-        } = dm;
+        let AttnDims { b, nh, nkv, t, kv, d } = dm;
         let mask = self.mask_data()?;
         let mut y = vec![0f32; b * t * nh * d];
         let y_ptr = y.as_mut_ptr() as usize;
         // One head per unit of work; each writes its own rows of `lse` and its own columns of `y`.
         let lse = par_fill(b * nh * t, t, |range, out_lse| {
-            let (mut qh, mut kh, mut p) =
-                (vec![0f32; t * d], vec![0f32; kv * d], vec![0f32; t * kv]);
+            let (mut qh, mut kh, mut p) = (vec![0f32; t * d], vec![0f32; kv * d], vec![0f32; t * kv]);
             for (unit, lse_h) in (range.start / t..range.end / t).zip(out_lse.chunks_exact_mut(t)) {
                 let (bi, qo, ko) = dm.offsets(unit);
                 self.gather(dm, bi, &q[qo..], nh * d, t, &mut qh);
@@ -365,16 +278,7 @@ impl CustomOp3 for Attention {
                 // this unit only; v holds kv rows of d from ko, nkv · d apart; y outlives the call.
                 unsafe {
                     let dst = (y_ptr as *mut f32).add(qo);
-                    gemm_f32(
-                        (t, d, kv),
-                        dst,
-                        (nh * d, 1),
-                        false,
-                        p.as_ptr(),
-                        (kv, 1),
-                        v[ko..].as_ptr(),
-                        (nkv * d, 1),
-                    );
+                    gemm_f32((t, d, kv), dst, (nh * d, 1), false, p.as_ptr(), (kv, 1), v[ko..].as_ptr(), (nkv * d, 1));
                 }
             }
         });
@@ -390,25 +294,11 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let lse = self
-            .lse
-            .get()
-            .ok_or_else(|| candle_core::Error::Msg("attention: backward before forward".into()))?;
-        let (qd, kd, vd, dyd) = (
-            held_f32(q, "attention")?,
-            held_f32(k, "attention")?,
-            held_f32(v, "attention")?,
-            held_f32(dy, "attention")?,
-        );
+        let lse = self.lse.get().ok_or_else(|| candle_core::Error::Msg("attention: backward before forward".into()))?;
+        let (qd, kd, vd, dyd) =
+            (held_f32(q, "attention")?, held_f32(k, "attention")?, held_f32(v, "attention")?, held_f32(dy, "attention")?);
         let dm = AttnDims::of(q.layout(), k.layout())?;
-        let AttnDims {
-            b,
-            nh,
-            nkv,
-            t,
-            kv,
-            d,
-        } = dm;
+        let AttnDims { b, nh, nkv, t, kv, d } = dm;
         let mask = self.mask_data()?;
         // Per query head, in rotated coordinates: dK and dV of its share (summed over the heads
         // of a group below) and dQ (rotated back and scattered into q's layout below).
@@ -418,68 +308,28 @@ impl CustomOp3 for Attention {
         let dq_h = par_fill(b * nh * t * d, t * d, |range, dq_h| {
             let (mut qh, mut kh) = (vec![0f32; t * d], vec![0f32; kv * d]);
             let (mut p, mut dp) = (vec![0f32; t * kv], vec![0f32; t * kv]);
-            for (unit, dq_h) in
-                (range.start / (t * d)..range.end / (t * d)).zip(dq_h.chunks_exact_mut(t * d))
-            {
+            for (unit, dq_h) in (range.start / (t * d)..range.end / (t * d)).zip(dq_h.chunks_exact_mut(t * d)) {
                 let (bi, qo, ko) = dm.offsets(unit);
                 self.gather(dm, bi, &qd[qo..], nh * d, t, &mut qh);
                 self.gather(dm, bi, &kd[ko..], nkv * d, kv, &mut kh);
-                self.probabilities(
-                    dm,
-                    bi,
-                    &qh,
-                    &kh,
-                    mask.as_deref(),
-                    &mut p,
-                    Some(&lse[unit * t..(unit + 1) * t]),
-                    &mut [],
-                );
+                self.probabilities(dm, bi, &qh, &kh, mask.as_deref(), &mut p, Some(&lse[unit * t..(unit + 1) * t]), &mut []);
                 let out = unit * kv * d;
                 // SAFETY: operands address whole matrices under the strides given; dp, dq_h and
                 // this unit's dk_h / dv_h blocks are written by this unit only.
                 unsafe {
                     // dP = dY · Vᵀ
-                    gemm_f32(
-                        (t, kv, d),
-                        dp.as_mut_ptr(),
-                        (kv, 1),
-                        false,
-                        dyd[qo..].as_ptr(),
-                        (nh * d, 1),
-                        vd[ko..].as_ptr(),
-                        (1, nkv * d),
-                    );
+                    gemm_f32((t, kv, d), dp.as_mut_ptr(), (kv, 1), false, dyd[qo..].as_ptr(), (nh * d, 1), vd[ko..].as_ptr(), (1, nkv * d));
                 }
                 // dS = scale · P ⊙ (dP − Σ_j P ⊙ dP), in place of dP.
                 for (pr, gr) in p.chunks_exact(kv).zip(dp.chunks_exact_mut(kv)) {
                     let dot: f32 = pr.iter().zip(gr.iter()).map(|(a, b)| a * b).sum();
-                    gr.iter_mut()
-                        .zip(pr)
-                        .for_each(|(g, &p)| *g = self.scale * p * (*g - dot));
+                    gr.iter_mut().zip(pr).for_each(|(g, &p)| *g = self.scale * p * (*g - dot));
                 }
                 unsafe {
                     // dQ = dS · K
-                    gemm_f32(
-                        (t, d, kv),
-                        dq_h.as_mut_ptr(),
-                        (d, 1),
-                        false,
-                        dp.as_ptr(),
-                        (kv, 1),
-                        kh.as_ptr(),
-                        (d, 1),
-                    );
+                    gemm_f32((t, d, kv), dq_h.as_mut_ptr(), (d, 1), false, dp.as_ptr(), (kv, 1), kh.as_ptr(), (d, 1));
                     // dK = dSᵀ · Q
-                    gemm_f32(
-                        (kv, d, t),
-                        (dk_ptr as *mut f32).add(out),
-                        (d, 1),
-                        false,
-                        dp.as_ptr(),
-                        (1, kv),
-                        qh.as_ptr(),
-                        (d, 1),
-                    );
+                    gemm_f32((kv, d, t), (dk_ptr as *mut f32).add(out), (d, 1), false, dp.as_ptr(), (1, kv), qh.as_ptr(), (d, 1));
                     // dV = Pᵀ · dY
                     gemm_f32(
                         (kv, d, t),
@@ -517,9 +367,7 @@ impl CustomOp3 for Attention {
                     if rotate {
                         self.scatter(dm, bi, &sum, dst, nkv * d);
                     } else {
-                        sum.chunks_exact(d).enumerate().for_each(|(j, s)| {
-                            dst[j * nkv * d..j * nkv * d + d].copy_from_slice(s)
-                        });
+                        sum.chunks_exact(d).enumerate().for_each(|(j, s)| dst[j * nkv * d..j * nkv * d + d].copy_from_slice(s));
                     }
                 }
             }
@@ -529,11 +377,7 @@ impl CustomOp3 for Attention {
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), dev)?),
             Some(Tensor::from_vec(to_kv_layout(&dk_h, true), k.shape(), dev)?),
-            Some(Tensor::from_vec(
-                to_kv_layout(&dv_h, false),
-                v.shape(),
-                dev,
-            )?),
+            Some(Tensor::from_vec(to_kv_layout(&dv_h, false), v.shape(), dev)?),
         ))
     }
 }
@@ -547,10 +391,7 @@ pub(crate) fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Te
     let cos = Tensor::cat(&[cos, cos], D::Minus1)?.to_dtype(x.dtype())?;
     let sin = Tensor::cat(&[sin, sin], D::Minus1)?.to_dtype(x.dtype())?;
     let (cos, sin) = if cos.rank() == 2 {
-        (
-            cos.unsqueeze(0)?.unsqueeze(0)?,
-            sin.unsqueeze(0)?.unsqueeze(0)?,
-        )
+        (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
     } else {
         (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
     };
@@ -587,11 +428,7 @@ mod tests {
         let (b, nh, nkv, t, d) = (2, 4, 2, 5, 8);
         let mask = causal_mask_with_padding(b, t);
         let scale = 0.35;
-        let inputs = [
-            randn(&[b, t, nh, d], 1),
-            randn(&[b, t, nkv, d], 2),
-            randn(&[b, t, nkv, d], 3),
-        ];
+        let inputs = [randn(&[b, t, nh, d], 1), randn(&[b, t, nkv, d], 2), randn(&[b, t, nkv, d], 3)];
         check(
             &inputs,
             |v| attention(&v[0], &v[1], &v[2], None, scale, Some(&mask)).unwrap(),
@@ -599,11 +436,7 @@ mod tests {
             1e-5,
         );
         // No mask, more keys than queries (a continuation after cached positions).
-        let inputs = [
-            randn(&[1, 3, nh, d], 4),
-            randn(&[1, 7, nkv, d], 5),
-            randn(&[1, 7, nkv, d], 6),
-        ];
+        let inputs = [randn(&[1, 3, nh, d], 4), randn(&[1, 7, nkv, d], 5), randn(&[1, 7, nkv, d], 6)];
         check(
             &inputs,
             |v| attention(&v[0], &v[1], &v[2], None, scale, None).unwrap(),
@@ -618,16 +451,9 @@ mod tests {
     fn attention_with_rotary_embedding_matches_composed_ops() {
         let (b, nh, nkv, t, d) = (2, 6, 2, 5, 8);
         let mask = causal_mask_with_padding(b, t);
-        let inputs = [
-            randn(&[b, t, nh, d], 7),
-            randn(&[b, t, nkv, d], 8),
-            randn(&[b, t, nkv, d], 9),
-        ];
+        let inputs = [randn(&[b, t, nh, d], 7), randn(&[b, t, nkv, d], 8), randn(&[b, t, nkv, d], 9)];
         for angles in [randn(&[t, d / 2], 10), randn(&[b, t, d / 2], 11)] {
-            let (cos, sin) = (
-                (&angles * 3.0).unwrap().cos().unwrap(),
-                (&angles * 3.0).unwrap().sin().unwrap(),
-            );
+            let (cos, sin) = ((&angles * 3.0).unwrap().cos().unwrap(), (&angles * 3.0).unwrap().sin().unwrap());
             let rope = Some((&cos, &sin));
             check(
                 &inputs,
@@ -637,22 +463,12 @@ mod tests {
             );
             // The rotation mattered.
             let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
-            let d = max_abs_diff(
-                &attention(q, k, v, rope, 0.35, Some(&mask)).unwrap(),
-                &attention(q, k, v, None, 0.35, Some(&mask)).unwrap(),
-            );
+            let d =
+                max_abs_diff(&attention(q, k, v, rope, 0.35, Some(&mask)).unwrap(), &attention(q, k, v, None, 0.35, Some(&mask)).unwrap());
             assert!(d > 1e-2, "rotary embedding changed nothing ({d})");
         }
         // Tables that do not fit are an error, not a silent misuse.
         let short = randn(&[t - 1, d / 2], 12);
-        assert!(attention(
-            &inputs[0],
-            &inputs[1],
-            &inputs[2],
-            Some((&short, &short)),
-            0.35,
-            None
-        )
-        .is_err());
+        assert!(attention(&inputs[0], &inputs[1], &inputs[2], Some((&short, &short)), 0.35, None).is_err());
     }
 }

@@ -42,10 +42,7 @@ impl DropoutDraw {
     /// Draw a mask of `n` values from `rng`: record its state and advance it past them.
     pub(crate) fn take(rng: &mut DropoutRng, n: usize, p: f32) -> Result<Self> {
         if !(0.0..1.0).contains(&p) {
-            return Err(candle_core::Error::Msg(format!(
-                "dropout probability must be in [0, 1), got {p}"
-            ))
-            .into());
+            return Err(candle_core::Error::Msg(format!("dropout probability must be in [0, 1), got {p}")).into());
         }
         let state = rng.state;
         rng.state = state.wrapping_add((n as u64).wrapping_mul(SPLITMIX_STEP));
@@ -75,20 +72,13 @@ impl DropoutDraw {
 
     /// The mask as a CPU tensor of `shape`.
     pub(crate) fn tensor(&self, shape: &Shape) -> candle_core::Result<Tensor> {
-        Tensor::from_vec(
-            self.values(shape.elem_count()),
-            shape,
-            &candle_core::Device::Cpu,
-        )
+        Tensor::from_vec(self.values(shape.elem_count()), shape, &candle_core::Device::Cpu)
     }
 }
 
 /// Inverted dropout with a mask drawn from `rng` on the CPU (same masks on any device).
 pub(crate) fn seeded_dropout(x: &Tensor, p: f32, rng: &mut DropoutRng) -> Result<Tensor> {
-    let mask = DropoutDraw::take(rng, x.elem_count(), p)?
-        .tensor(x.shape())?
-        .to_device(x.device())?
-        .to_dtype(x.dtype())?;
+    let mask = DropoutDraw::take(rng, x.elem_count(), p)?.tensor(x.shape())?.to_device(x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
 }
 
@@ -103,28 +93,13 @@ mod tests {
     fn seeded_dropout_repeats() {
         let x = Tensor::ones((64, 64), DType::F32, &Device::Cpu).unwrap();
         let mut rng = DropoutRng::new(123);
-        let a = seeded_dropout(&x, 0.25, &mut rng)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let a = seeded_dropout(&x, 0.25, &mut rng).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let after = rng.state();
         let mut rng = DropoutRng::new(123);
-        let b = seeded_dropout(&x, 0.25, &mut rng)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let b = seeded_dropout(&x, 0.25, &mut rng).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(a, b);
         assert_eq!(after, rng.state());
-        let c = seeded_dropout(&x, 0.25, &mut rng)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let c = seeded_dropout(&x, 0.25, &mut rng).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_ne!(a, c);
         let kept = a.iter().filter(|&&v| v != 0.0).count() as f64 / a.len() as f64;
         assert!((kept - 0.75).abs() < 0.03, "kept {kept}");

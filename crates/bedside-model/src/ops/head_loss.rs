@@ -14,9 +14,7 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 
-use crate::cpu::{
-    gemm_f32, par_fill, par_map, parallel_piece_elems, piece_groups, row_blocks, WeightRows,
-};
+use crate::cpu::{gemm_f32, par_fill, par_map, parallel_piece_elems, piece_groups, row_blocks, WeightRows};
 use crate::error::Result;
 use crate::ops::{applies, f32_data};
 
@@ -41,11 +39,7 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     if !applies(logits) {
         return cross_entropy_sum_composed(logits, targets);
     }
-    let op = CrossEntropySum {
-        targets: targets.to_vec(),
-        vocab,
-        lse: OnceLock::new(),
-    };
+    let op = CrossEntropySum { targets: targets.to_vec(), vocab, lse: OnceLock::new() };
     Ok(logits.contiguous()?.apply_op1(op)?)
 }
 
@@ -53,12 +47,7 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
 /// through the (vocabulary-wide) log-softmax, in f32.
 pub(crate) fn cross_entropy_sum_composed(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let dev = logits.device();
-    let (rows, ys): (Vec<u32>, Vec<u32>) = targets
-        .iter()
-        .enumerate()
-        .filter(|(_, &y)| y != NO_TARGET)
-        .map(|(i, &y)| (i as u32, y))
-        .unzip();
+    let (rows, ys): (Vec<u32>, Vec<u32>) = targets.iter().enumerate().filter(|(_, &y)| y != NO_TARGET).map(|(i, &y)| (i as u32, y)).unzip();
     let n = rows.len();
     let rows = Tensor::from_vec(rows, n, dev)?;
     let ys = Tensor::from_vec(ys, (n, 1), dev)?;
@@ -72,11 +61,7 @@ fn check_targets(targets: &[u32], rows: usize, vocab: usize, op: &str) -> candle
     if targets.len() != rows {
         candle_core::bail!("{op}: {} targets for {rows} rows", targets.len());
     }
-    if let Some((r, y)) = targets
-        .iter()
-        .enumerate()
-        .find(|(_, &y)| y != NO_TARGET && y as usize >= vocab)
-    {
+    if let Some((r, y)) = targets.iter().enumerate().find(|(_, &y)| y != NO_TARGET && y as usize >= vocab) {
         candle_core::bail!("{op}: target {y} at row {r} is outside the vocabulary ({vocab})");
     }
     Ok(())
@@ -113,36 +98,20 @@ impl CustomOp1 for CrossEntropySum {
         "cross-entropy-sum"
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(storage, layout, self.name())?;
         if x.len() != self.targets.len() * self.vocab {
-            candle_core::bail!(
-                "cross-entropy: {} logits for {} rows of {}",
-                x.len(),
-                self.targets.len(),
-                self.vocab
-            );
+            candle_core::bail!("cross-entropy: {} logits for {} rows of {}", x.len(), self.targets.len(), self.vocab);
         }
         let lse = self.log_sum_exp(x);
         let v = self.vocab;
-        let nll: f64 = (self.targets.iter().enumerate())
-            .filter(|(_, &y)| y != NO_TARGET)
-            .map(|(r, &y)| (lse[r] - x[r * v + y as usize]) as f64)
-            .sum();
+        let nll: f64 =
+            (self.targets.iter().enumerate()).filter(|(_, &y)| y != NO_TARGET).map(|(r, &y)| (lse[r] - x[r * v + y as usize]) as f64).sum();
         let _ = self.lse.set(lse);
         Ok((CpuStorage::F32(vec![nll as f32]), Shape::from(())))
     }
 
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let g = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let (storage, layout) = arg.storage_and_layout();
         let candle_core::Storage::Cpu(cpu) = &*storage else {
@@ -183,17 +152,9 @@ impl CustomOp1 for CrossEntropySum {
 pub(crate) fn head_cross_entropy_sum(w: WeightRows, x: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let (rows, _) = x.dims2()?;
     if targets.len() != rows {
-        return Err(candle_core::Error::Msg(format!(
-            "cross-entropy: {} targets for {rows} rows",
-            targets.len()
-        ))
-        .into());
+        return Err(candle_core::Error::Msg(format!("cross-entropy: {} targets for {rows} rows", targets.len())).into());
     }
-    let op = HeadCrossEntropy {
-        w,
-        targets: targets.to_vec(),
-        dx: OnceLock::new(),
-    };
+    let op = HeadCrossEntropy { w, targets: targets.to_vec(), dx: OnceLock::new() };
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
@@ -218,11 +179,7 @@ impl CustomOp1 for HeadCrossEntropy {
         "head-cross-entropy"
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = match (storage, layout.contiguous_offsets()) {
             (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
             _ => candle_core::bail!("{}: expected a contiguous f32 input", self.name()),
@@ -231,10 +188,7 @@ impl CustomOp1 for HeadCrossEntropy {
         let (n, k) = rows_of.dims()?;
         let (rows, xk) = layout.shape().dims2()?;
         if xk != k {
-            candle_core::bail!(
-                "{}: input has {xk} features, the head expects {k}",
-                self.name()
-            );
+            candle_core::bail!("{}: input has {xk} features, the head expects {k}", self.name());
         }
         // Only scored rows go through the head.
         let mut scored = Vec::new();
@@ -243,10 +197,7 @@ impl CustomOp1 for HeadCrossEntropy {
                 continue;
             }
             if y as usize >= n {
-                candle_core::bail!(
-                    "{}: target {y} at row {r} is outside the vocabulary ({n})",
-                    self.name()
-                );
+                candle_core::bail!("{}: target {y} at row {r} is outside the vocabulary ({n})", self.name());
             }
             scored.push(r);
         }
@@ -256,47 +207,24 @@ impl CustomOp1 for HeadCrossEntropy {
             let _ = self.dx.set(dx);
             return Ok((CpuStorage::F32(vec![0.0]), Shape::from(())));
         }
-        let xs: Vec<f32> = scored
-            .iter()
-            .flat_map(|&r| x[r * k..(r + 1) * k].iter().copied())
-            .collect();
+        let xs: Vec<f32> = scored.iter().flat_map(|&r| x[r * k..(r + 1) * k].iter().copied()).collect();
         let max_len = (LOGITS_BLOCK_ELEMS / ns).max(64);
         let budget = parallel_piece_elems(n, k).min(max_len * k);
         let pieces = row_blocks(n, k, budget);
         // Each group of blocks is folded by one call in block order; groups merge in order.
         let groups = piece_groups(&pieces);
         let mut partials = par_map(groups.len(), |g| {
-            let mut p = Partial {
-                m: vec![f32::NEG_INFINITY; ns],
-                s: vec![0.0; ns],
-                acc: vec![0.0; ns * k],
-                picked: Vec::new(),
-            };
+            let mut p = Partial { m: vec![f32::NEG_INFINITY; ns], s: vec![0.0; ns], acc: vec![0.0; ns * k], picked: Vec::new() };
             let mut z = vec![0f32; ns * groups[g].iter().map(|b| b.1).max().unwrap_or(0)];
             for &(start, len) in groups[g] {
                 rows_of.with(start, len, |w| {
                     // SAFETY: z holds ns × len values and is ours; xs is ns × k and w is
                     // len × k, both contiguous.
-                    unsafe {
-                        gemm_f32(
-                            (ns, len, k),
-                            z.as_mut_ptr(),
-                            (len, 1),
-                            false,
-                            xs.as_ptr(),
-                            (k, 1),
-                            w.as_ptr(),
-                            (1, k),
-                        )
-                    };
+                    unsafe { gemm_f32((ns, len, k), z.as_mut_ptr(), (len, 1), false, xs.as_ptr(), (k, 1), w.as_ptr(), (1, k)) };
                     for (i, &r) in scored.iter().enumerate() {
                         let y = self.targets[r] as usize;
                         if (start..start + len).contains(&y) {
-                            p.picked.push((
-                                i,
-                                z[i * len + y - start],
-                                w[(y - start) * k..(y - start + 1) * k].to_vec(),
-                            ));
+                            p.picked.push((i, z[i * len + y - start], w[(y - start) * k..(y - start + 1) * k].to_vec()));
                         }
                     }
                     for (i, zr) in z[..ns * len].chunks_exact_mut(len).enumerate() {
@@ -315,18 +243,7 @@ impl CustomOp1 for HeadCrossEntropy {
                         p.s[i] += sum;
                     }
                     // SAFETY: acc is ns × k and ours; z is ns × len, w len × k.
-                    unsafe {
-                        gemm_f32(
-                            (ns, k, len),
-                            p.acc.as_mut_ptr(),
-                            (k, 1),
-                            true,
-                            z.as_ptr(),
-                            (len, 1),
-                            w.as_ptr(),
-                            (k, 1),
-                        )
-                    };
+                    unsafe { gemm_f32((ns, k, len), p.acc.as_mut_ptr(), (k, 1), true, z.as_ptr(), (len, 1), w.as_ptr(), (k, 1)) };
                 })?;
             }
             Ok(p)
@@ -341,10 +258,7 @@ impl CustomOp1 for HeadCrossEntropy {
             }
         }
         for (i, &r) in scored.iter().enumerate() {
-            let m = partials
-                .iter()
-                .map(|p| p.m[i])
-                .fold(f32::NEG_INFINITY, f32::max);
+            let m = partials.iter().map(|p| p.m[i]).fold(f32::NEG_INFINITY, f32::max);
             let mut s = 0f32;
             let out = &mut dx[r * k..(r + 1) * k];
             for p in &partials {
@@ -353,14 +267,12 @@ impl CustomOp1 for HeadCrossEntropy {
                 }
                 let f = (p.m[i] - m).exp();
                 s += p.s[i] * f;
-                out.iter_mut()
-                    .zip(&p.acc[i * k..(i + 1) * k])
-                    .for_each(|(o, a)| *o += f * a);
+                out.iter_mut().zip(&p.acc[i * k..(i + 1) * k]).for_each(|(o, a)| *o += f * a);
             }
             loss += (m + s.ln() - target_logit[i]) as f64;
-            let wy = target_row[i].as_deref().ok_or_else(|| {
-                candle_core::Error::Msg(format!("{}: no block held target of row {r}", self.name()))
-            })?;
+            let wy = target_row[i]
+                .as_deref()
+                .ok_or_else(|| candle_core::Error::Msg(format!("{}: no block held target of row {r}", self.name())))?;
             let inv = 1.0 / s;
             out.iter_mut().zip(wy).for_each(|(o, w)| *o = *o * inv - w);
         }
@@ -368,15 +280,8 @@ impl CustomOp1 for HeadCrossEntropy {
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
     }
 
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let dx = self.dx.get().ok_or_else(|| {
-            candle_core::Error::Msg(format!("{}: backward before forward", self.name()))
-        })?;
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dx = self.dx.get().ok_or_else(|| candle_core::Error::Msg(format!("{}: backward before forward", self.name())))?;
         let dx = Tensor::from_slice(dx, arg.shape(), arg.device())?;
         Ok(Some(dx.broadcast_mul(grad_res)?))
     }
@@ -403,31 +308,18 @@ mod tests {
 
     /// The composed loss over the dense weight: logits, log-softmax, the targets picked.
     fn composed(x: &Tensor, w: &Tensor, targets: &[u32]) -> Tensor {
-        let logp =
-            candle_nn::ops::log_softmax(&x.matmul(&w.t().unwrap()).unwrap(), D::Minus1).unwrap();
+        let logp = candle_nn::ops::log_softmax(&x.matmul(&w.t().unwrap()).unwrap(), D::Minus1).unwrap();
         let mut terms = Vec::new();
         for (r, &y) in targets.iter().enumerate() {
             if y != NO_TARGET {
                 terms.push(logp.get(r).unwrap().get(y as usize).unwrap());
             }
         }
-        Tensor::stack(&terms, 0)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .neg()
-            .unwrap()
+        Tensor::stack(&terms, 0).unwrap().sum_all().unwrap().neg().unwrap()
     }
 
     fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     /// Loss and input gradient equal the composed ones, for a dense and a quantized head, with
@@ -440,56 +332,20 @@ mod tests {
             let w = Tensor::from_vec(values(n * k, 1, 1.0), (n, k), &dev).unwrap();
             let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
             let wq = q.dequantize(&dev).unwrap();
-            let targets: Vec<u32> = (0..rows)
-                .map(|r| {
-                    if r == 2 {
-                        NO_TARGET
-                    } else {
-                        ((r * 7919 + 13) % n) as u32
-                    }
-                })
-                .collect();
-            for (base, dense) in [
-                (BaseWeight::Dense(w.clone()), w.clone()),
-                (BaseWeight::quantized(q).unwrap(), wq),
-            ] {
+            let targets: Vec<u32> = (0..rows).map(|r| if r == 2 { NO_TARGET } else { ((r * 7919 + 13) % n) as u32 }).collect();
+            for (base, dense) in [(BaseWeight::Dense(w.clone()), w.clone()), (BaseWeight::quantized(q).unwrap(), wq)] {
                 let head = Linear::new(base);
                 let x = Var::from_vec(values(rows * k, 2, 0.5), (rows, k), &dev).unwrap();
                 let probe = 0.7;
-                let fused = head
-                    .cross_entropy_sum(x.as_tensor(), &targets)
-                    .unwrap()
-                    .expect("fused path on the CPU");
+                let fused = head.cross_entropy_sum(x.as_tensor(), &targets).unwrap().expect("fused path on the CPU");
                 let want = composed(x.as_tensor(), &dense, &targets);
-                let (a, b) = (
-                    fused.to_scalar::<f32>().unwrap(),
-                    want.to_scalar::<f32>().unwrap(),
-                );
-                assert!(
-                    (a - b).abs() < 1e-4 * b.abs().max(1.0),
-                    "n {n}: loss {a} vs {b}"
-                );
-                let g = (fused * probe)
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-                    .get(x.as_tensor())
-                    .cloned()
-                    .unwrap();
-                let gw = (want * probe)
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-                    .get(x.as_tensor())
-                    .cloned()
-                    .unwrap();
+                let (a, b) = (fused.to_scalar::<f32>().unwrap(), want.to_scalar::<f32>().unwrap());
+                assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "n {n}: loss {a} vs {b}");
+                let g = (fused * probe).unwrap().backward().unwrap().get(x.as_tensor()).cloned().unwrap();
+                let gw = (want * probe).unwrap().backward().unwrap().get(x.as_tensor()).cloned().unwrap();
                 let d = max_abs(&(&g - &gw).unwrap()) / max_abs(&gw);
                 assert!(d < 1e-4, "n {n}: gradient differs by {d} (relative)");
-                assert_eq!(
-                    max_abs(&g.get(2).unwrap()),
-                    0.0,
-                    "a skipped row gets no gradient"
-                );
+                assert_eq!(max_abs(&g.get(2).unwrap()), 0.0, "a skipped row gets no gradient");
             }
         }
     }
@@ -497,28 +353,15 @@ mod tests {
     #[test]
     fn targets_outside_the_vocabulary_are_an_error() {
         let dev = Device::Cpu;
-        let head = Linear::new(BaseWeight::Dense(
-            Tensor::zeros((10, 4), candle_core::DType::F32, &dev).unwrap(),
-        ));
+        let head = Linear::new(BaseWeight::Dense(Tensor::zeros((10, 4), candle_core::DType::F32, &dev).unwrap()));
         let x = Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap();
-        let err = head
-            .cross_entropy_sum(&x, &[1, 10])
-            .unwrap_err()
-            .to_string();
+        let err = head.cross_entropy_sum(&x, &[1, 10]).unwrap_err().to_string();
         assert!(err.contains("outside the vocabulary"), "{err}");
         // The loss over logits checks the same, on and off the fused path.
         let logits = Tensor::zeros((2, 10), candle_core::DType::F32, &dev).unwrap();
-        for logits in [
-            logits.clone(),
-            logits.to_dtype(candle_core::DType::F64).unwrap(),
-        ] {
-            let err = cross_entropy_sum(&logits, &[NO_TARGET, 10])
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("target 10 at row 1 is outside the vocabulary (10)"),
-                "{err}"
-            );
+        for logits in [logits.clone(), logits.to_dtype(candle_core::DType::F64).unwrap()] {
+            let err = cross_entropy_sum(&logits, &[NO_TARGET, 10]).unwrap_err().to_string();
+            assert!(err.contains("target 10 at row 1 is outside the vocabulary (10)"), "{err}");
         }
     }
 
@@ -528,56 +371,26 @@ mod tests {
     fn fused_cross_entropy_matches_the_composed_ops() {
         let (rows, v) = (10, 300);
         let dev = Device::Cpu;
-        let logits =
-            Var::from_tensor(&(Tensor::randn(0f32, 3.0, (rows, v), &dev).unwrap())).unwrap();
-        let targets = [
-            3, NO_TARGET, 299, 0, 17, NO_TARGET, NO_TARGET, 42, 150, NO_TARGET,
-        ];
+        let logits = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (rows, v), &dev).unwrap())).unwrap();
+        let targets = [3, NO_TARGET, 299, 0, 17, NO_TARGET, NO_TARGET, 42, 150, NO_TARGET];
         assert_eq!(targets.iter().filter(|&&y| y != NO_TARGET).count(), 6);
         let fused = cross_entropy_sum(logits.as_tensor(), &targets).unwrap();
         let composed = cross_entropy_sum_composed(logits.as_tensor(), &targets).unwrap();
-        let (f, c) = (
-            fused.to_scalar::<f32>().unwrap(),
-            composed.to_scalar::<f32>().unwrap(),
-        );
+        let (f, c) = (fused.to_scalar::<f32>().unwrap(), composed.to_scalar::<f32>().unwrap());
         assert!((f - c).abs() <= 1e-5 * c.abs(), "loss {f} vs {c}");
         assert!(c > 0.0);
 
-        let gf = (fused * 2.5)
-            .unwrap()
-            .backward()
-            .unwrap()
-            .get(logits.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let gc = (composed * 2.5)
-            .unwrap()
-            .backward()
-            .unwrap()
-            .get(logits.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let gf =
+            (fused * 2.5).unwrap().backward().unwrap().get(logits.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gc =
+            (composed * 2.5).unwrap().backward().unwrap().get(logits.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(gf.len(), gc.len());
-        let worst = gf
-            .iter()
-            .zip(&gc)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = gf.iter().zip(&gc).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         // Gradients here reach 2.5 in magnitude (the upstream factor); a few f32 ulps apart.
         assert!(worst < 1e-5, "largest gradient difference {worst}");
         // Unscored positions get exactly zero; scored rows sum to zero (softmax minus one-hot).
         assert!(gf[v..2 * v].iter().all(|&g| g == 0.0));
         let row0: f32 = gf[..v].iter().sum();
-        assert!(
-            row0.abs() < 1e-5 && gf[3] < 0.0,
-            "row sum {row0}, target gradient {}",
-            gf[3]
-        );
+        assert!(row0.abs() < 1e-5 && gf[3] < 0.0, "row sum {row0}, target gradient {}", gf[3]);
     }
 }

@@ -36,11 +36,7 @@ pub(crate) fn applies(x: &Tensor) -> bool {
 }
 
 /// The contiguous f32 values an op was given.
-pub(crate) fn f32_data<'a>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => candle_core::bail!("{op}: expected a contiguous tensor"),
@@ -78,63 +74,24 @@ pub(crate) mod testing {
     }
 
     pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     /// Values of `fused(x)` and `composed(x)`, and the gradients of `Σ fused(x) ⊙ probe` and
     /// `Σ composed(x) ⊙ probe` with respect to each input, must agree.
-    pub(crate) fn check(
-        inputs: &[Tensor],
-        fused: impl Fn(&[Tensor]) -> Tensor,
-        composed: impl Fn(&[Tensor]) -> Tensor,
-        tol: f32,
-    ) {
-        let vars: Vec<Var> = inputs
-            .iter()
-            .map(|t| Var::from_tensor(t).unwrap())
-            .collect();
+    pub(crate) fn check(inputs: &[Tensor], fused: impl Fn(&[Tensor]) -> Tensor, composed: impl Fn(&[Tensor]) -> Tensor, tol: f32) {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let (yf, yc) = (fused(&ts), composed(&ts));
         assert_eq!(yf.dims(), yc.dims());
         let d = max_abs_diff(&yf, &yc);
         assert!(d < tol, "values differ by {d}");
         let probe = randn(yf.dims(), 99);
-        let gf = (yf * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (yc * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = (yf * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (yc * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         for (i, v) in vars.iter().enumerate() {
-            let (a, b) = (
-                gf.get(v).expect("fused gradient"),
-                gc.get(v).expect("composed gradient"),
-            );
-            let scale = b
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .max(1.0);
+            let (a, b) = (gf.get(v).expect("fused gradient"), gc.get(v).expect("composed gradient"));
+            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
             let d = max_abs_diff(a, b) / scale;
             assert!(d < tol, "gradient of input {i} differs by {d} (relative)");
             assert!(scale > 0.0);

@@ -14,10 +14,7 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> 
     if !applies(x) || weight.dtype() != DType::F32 {
         return rms_norm_composed(x, weight, eps);
     }
-    let op = RmsNormOp {
-        weight: held_f32(weight, "rms-norm")?,
-        eps: eps as f32,
-    };
+    let op = RmsNormOp { weight: held_f32(weight, "rms-norm")?, eps: eps as f32 };
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
@@ -39,10 +36,7 @@ pub(crate) struct RmsNormOp {
 impl RmsNormOp {
     /// The norm of `weight` (f32) and `eps`.
     pub(crate) fn new(weight: &Tensor, eps: f64) -> candle_core::Result<Self> {
-        Ok(RmsNormOp {
-            weight: held_f32(weight, "rms-norm")?,
-            eps: eps as f32,
-        })
+        Ok(RmsNormOp { weight: held_f32(weight, "rms-norm")?, eps: eps as f32 })
     }
 
     fn inv_rms(&self, x: &[f32]) -> f32 {
@@ -54,10 +48,7 @@ impl RmsNormOp {
     pub(crate) fn normalise(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
         let h = self.weight.len();
         if h == 0 || !x.len().is_multiple_of(h) {
-            candle_core::bail!(
-                "rms-norm: {} values are not rows of the weight's {h}",
-                x.len()
-            );
+            candle_core::bail!("rms-norm: {} values are not rows of the weight's {h}", x.len());
         }
         Ok(par_fill(x.len(), h, |range, out| {
             for (xr, o) in x[range].chunks_exact(h).zip(out.chunks_exact_mut(h)) {
@@ -76,8 +67,7 @@ impl RmsNormOp {
 
     /// The gradient with respect to `x` from the gradient `dy` with respect to the norm's output.
     pub(crate) fn backward(&self, x: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?
-            .apply_op2_no_bwd(&dy.contiguous()?, &RmsNormBwd(self))
+        x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &RmsNormBwd(self))
     }
 }
 
@@ -86,28 +76,16 @@ impl CustomOp1 for RmsNormOp {
         "rms-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(storage, layout, self.name())?;
         let h = self.weight.len();
         if layout.dims().last() != Some(&h) {
-            candle_core::bail!(
-                "rms-norm: input {:?} does not end in the weight's {h}",
-                layout.dims()
-            );
+            candle_core::bail!("rms-norm: input {:?} does not end in the weight's {h}", layout.dims());
         }
         Ok((CpuStorage::F32(self.normalise(x)?), layout.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(self.backward(arg, grad_res)?))
     }
 }
@@ -120,24 +98,14 @@ impl CustomOp2 for RmsNormBwd<'_> {
         "rms-norm-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(xs, xl, self.name())?;
         let g = f32_data(gs, gl, self.name())?;
         let w = &self.0.weight;
         let h = w.len();
         let dx = par_fill(x.len(), h, |range, out| {
             let (xr, gr) = (&x[range.clone()], &g[range]);
-            for ((o, x), g) in out
-                .chunks_exact_mut(h)
-                .zip(xr.chunks_exact(h))
-                .zip(gr.chunks_exact(h))
-            {
+            for ((o, x), g) in out.chunks_exact_mut(h).zip(xr.chunks_exact(h)).zip(gr.chunks_exact(h)) {
                 let r = self.0.inv_rms(x);
                 let dot: f32 = g.iter().zip(w).zip(x).map(|((g, w), x)| g * w * x).sum();
                 let c = r * r * r * dot / h as f32;
@@ -159,11 +127,6 @@ mod tests {
     fn rms_norm_matches_composed_ops() {
         let x = randn(&[2, 5, 16], 3);
         let w = randn(&[16], 4);
-        check(
-            &[x],
-            |v| rms_norm(&v[0], &w, 1e-5).unwrap(),
-            |v| rms_norm_composed(&v[0], &w, 1e-5).unwrap(),
-            1e-5,
-        );
+        check(&[x], |v| rms_norm(&v[0], &w, 1e-5).unwrap(), |v| rms_norm_composed(&v[0], &w, 1e-5).unwrap(), 1e-5);
     }
 }

@@ -41,25 +41,13 @@ impl CustomOp2 for Swiglu {
         "swiglu"
     }
 
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        us: &CpuStorage,
-        ul: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = f32_data(gs, gl, self.name())?;
         let u = f32_data(us, ul, self.name())?;
         Ok((CpuStorage::F32(swiglu_values(g, u)?), gl.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        gate: &Tensor,
-        up: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (d_gate, d_up) = swiglu_backward(gate, up, grad_res)?;
         Ok((Some(d_gate), Some(d_up)))
     }
@@ -77,11 +65,7 @@ pub(crate) fn swiglu_values(g: &[f32], u: &[f32]) -> candle_core::Result<Vec<f32
 
 /// The gradients with respect to `gate` and `up` of `silu(gate) · up` from the gradient `dy` of
 /// its output (contiguous f32 CPU tensors of one shape).
-pub(crate) fn swiglu_backward(
-    gate: &Tensor,
-    up: &Tensor,
-    dy: &Tensor,
-) -> candle_core::Result<(Tensor, Tensor)> {
+pub(crate) fn swiglu_backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
     let dy = dy.contiguous()?;
     let d_gate = dy.apply_op3_no_bwd(gate, up, &SwigluBwdGate)?;
     let d_up = dy.apply_op2_no_bwd(gate, &SwigluBwdUp)?;
@@ -105,20 +89,11 @@ impl CustomOp3 for SwigluBwdGate {
         us: &CpuStorage,
         ul: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (dy, g, u) = (
-            f32_data(ds, dl, self.name())?,
-            f32_data(gs, gl, self.name())?,
-            f32_data(us, ul, self.name())?,
-        );
+        let (dy, g, u) = (f32_data(ds, dl, self.name())?, f32_data(gs, gl, self.name())?, f32_data(us, ul, self.name())?);
         same_len(dy, g, self.name())?;
         same_len(dy, u, self.name())?;
         let dg = par_fill(dy.len(), ELEMWISE_UNIT, |range, out| {
-            for (((o, &d), &g), &u) in out
-                .iter_mut()
-                .zip(&dy[range.clone()])
-                .zip(&g[range.clone()])
-                .zip(&u[range])
-            {
+            for (((o, &d), &g), &u) in out.iter_mut().zip(&dy[range.clone()]).zip(&g[range.clone()]).zip(&u[range]) {
                 let s = sigmoid(g);
                 *o = d * u * s * (1.0 + g * (1.0 - s));
             }
@@ -135,17 +110,8 @@ impl CustomOp2 for SwigluBwdUp {
         "swiglu-bwd-up"
     }
 
-    fn cpu_fwd(
-        &self,
-        ds: &CpuStorage,
-        dl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (dy, g) = (
-            f32_data(ds, dl, self.name())?,
-            f32_data(gs, gl, self.name())?,
-        );
+    fn cpu_fwd(&self, ds: &CpuStorage, dl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (dy, g) = (f32_data(ds, dl, self.name())?, f32_data(gs, gl, self.name())?);
         same_len(dy, g, self.name())?;
         let du = par_fill(dy.len(), ELEMWISE_UNIT, |range, out| {
             for ((o, &d), &g) in out.iter_mut().zip(&dy[range.clone()]).zip(&g[range]) {
@@ -166,11 +132,6 @@ mod tests {
         // More elements than one unit of work, so the kernel runs in several pieces.
         let g = randn(&[3, 7000], 8);
         let u = randn(&[3, 7000], 9);
-        check(
-            &[g, u],
-            |v| swiglu(&v[0], &v[1]).unwrap(),
-            |v| swiglu_composed(&v[0], &v[1]).unwrap(),
-            1e-5,
-        );
+        check(&[g, u], |v| swiglu(&v[0], &v[1]).unwrap(), |v| swiglu_composed(&v[0], &v[1]).unwrap(), 1e-5);
     }
 }

@@ -49,14 +49,9 @@ pub fn gguf_tokenizer(path: &Path) -> (ModelTokenizer, Content) {
 pub fn check_cases(label: &str, tok: &ModelTokenizer, cases: &[TokenizerCase]) {
     let mut failures = Vec::new();
     for case in cases {
-        let ids = tok
-            .encode(&case.text, false)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let ids = tok.encode(&case.text, false).unwrap_or_else(|e| panic!("{label}: {e}"));
         if ids != case.ids {
-            failures.push(format!(
-                "{label}: {:?}\n  got      {ids:?}\n  expected {:?}",
-                case.text, case.ids
-            ));
+            failures.push(format!("{label}: {:?}\n  got      {ids:?}\n  expected {:?}", case.text, case.ids));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
