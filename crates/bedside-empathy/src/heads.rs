@@ -358,26 +358,16 @@ impl Heads {
         meta.insert("embedding_dim".into(), self.embedding_dim.to_string());
         meta.insert("mechanisms".into(), MECHANISMS.join(","));
         meta.insert("lexical_features".into(), crate::features::LEXICAL_NAMES.join(","));
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), serde_json::to_value(&meta)?);
-        let mut data = Vec::new();
-        for (name, (shape, vals)) in &tensors {
-            let start = data.len();
+        let entries: Vec<bedside_io::safetensors::TensorEntry> = tensors
+            .iter()
+            .map(|(name, (shape, vals))| bedside_io::safetensors::TensorEntry { name, dtype: "F32", shape, bytes: 4 * vals.len() })
+            .collect();
+        let mut out = bedside_io::safetensors::header(&entries, Some(&meta))?;
+        for (_, vals) in tensors.values() {
             for v in vals {
-                data.extend_from_slice(&v.to_le_bytes());
+                out.extend_from_slice(&v.to_le_bytes());
             }
-            header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}));
         }
-        // Keys are inserted in a fixed order (and sorted when serde_json has no preserve_order),
-        // so identical heads always serialise to identical bytes.
-        let mut h = serde_json::to_vec(&serde_json::Value::Object(header))?;
-        while h.len() % 8 != 0 {
-            h.push(b' ');
-        }
-        let mut out = Vec::with_capacity(8 + h.len() + data.len());
-        out.extend_from_slice(&(h.len() as u64).to_le_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(&data);
         Ok(out)
     }
 

@@ -10,6 +10,9 @@
 //! - [`DirLock`]: one process at a time in a run directory; the error names the holder's pid, and
 //!   a lock left by a process that died is free (the operating system drops it).
 //! - [`remove_stale_temps`]: temporaries of processes that died mid-write, cleaned up.
+//! - [`safetensors::header`]: the one safetensors header every writer of such files uses.
+
+pub mod safetensors;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

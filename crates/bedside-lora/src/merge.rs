@@ -3,9 +3,11 @@
 //! [`write_hf_checkpoint`] assembles the whole directory: weights, config, tokenizer files and
 //! the merge's provenance.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bedside_io::safetensors::TensorEntry;
 use bedside_model::{Arch, Model, ModelConfig, ModelLocation, RopeScaling};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
@@ -60,21 +62,14 @@ pub fn write_merged_safetensors(model: &mut Model, path: &Path, dtype: DType, pr
     }
     // Header first: offsets follow from shapes alone.
     let elem = dtype.size_in_bytes();
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt"}));
-    let mut off = 0usize;
-    for (name, shape, _) in &items {
-        let n: usize = shape.iter().product::<usize>() * elem;
-        header.insert(name.clone(), json!({"dtype": st_dtype, "shape": shape, "data_offsets": [off, off + n]}));
-        off += n;
-    }
-    let mut hbytes = serde_json::to_vec(&Value::Object(header)).map_err(|e| LoraError::Mismatch(e.to_string()))?;
-    while hbytes.len() % 8 != 0 {
-        hbytes.push(b' ');
-    }
+    let entries: Vec<TensorEntry> = items
+        .iter()
+        .map(|(name, shape, _)| TensorEntry { name, dtype: st_dtype, shape, bytes: shape.iter().product::<usize>() * elem })
+        .collect();
+    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let hbytes = bedside_io::safetensors::header(&entries, Some(&meta)).map_err(|e| LoraError::Mismatch(e.to_string()))?;
     let total = items.len();
     bedside_io::write_atomic_with(path, |w| -> Result<()> {
-        w.write_all(&(hbytes.len() as u64).to_le_bytes()).map_err(io_err(path))?;
         w.write_all(&hbytes).map_err(io_err(path))?;
         for (k, (tname, shape, item)) in items.iter().enumerate() {
             let t = match item {

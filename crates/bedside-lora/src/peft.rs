@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
+use bedside_io::safetensors::TensorEntry;
 use bedside_model::{BaseWeight, LoraBranch, Model};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -469,29 +470,18 @@ pub fn save_peft_tensors(dir: &Path, cfg: &LoraConfig, tensors: &[(String, Tenso
 /// The safetensors header of `tensors` (keys sorted, padded to 8 bytes as the reference
 /// implementation does; F32, F16 and BF16 only), length prefix included.
 fn safetensors_header(tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
-    let mut header: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::json!(metadata));
-    }
-    let mut end = 0usize;
+    let mut entries = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let dt = match t.dtype() {
+        let dtype = match t.dtype() {
             DType::F32 => "F32",
             DType::F16 => "F16",
             DType::BF16 => "BF16",
             other => return Err(LoraError::Mismatch(format!("tensor '{name}': cannot save dtype {other:?}"))),
         };
-        let start = end;
-        end += t.elem_count() * t.dtype().size_in_bytes();
-        header.insert(name.clone(), serde_json::json!({"dtype": dt, "shape": t.dims(), "data_offsets": [start, end]}));
+        entries.push(TensorEntry { name, dtype, shape: t.dims(), bytes: t.elem_count() * t.dtype().size_in_bytes() });
     }
-    let mut h = serde_json::to_vec(&header).map_err(|e| LoraError::Mismatch(e.to_string()))?;
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&h);
-    Ok(out)
+    let metadata = (!metadata.is_empty()).then_some(metadata);
+    bedside_io::safetensors::header(&entries, metadata).map_err(|e| LoraError::Mismatch(e.to_string()))
 }
 
 /// Write `header` and then the tensors' data one tensor at a time: no copy of all the data is
