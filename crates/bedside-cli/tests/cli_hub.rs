@@ -285,6 +285,9 @@ fn quant_tags_and_revisions() {
     assert!(!c.join("models--tiny--llama/refs/main").exists(), "only the revision asked for is recorded");
     let out = site.run(c, &[], &["info", &format!("tiny/llama@{v1}"), "--offline"]);
     assert!(out.ok && out.stdout.contains("4321"), "{}", out.stderr);
+    // The server names a hub revision's model with an id the API allows.
+    let models = serve_models(&site, c, "tiny/llama@v1");
+    assert_eq!(models["data"][0]["id"], "llama-v1", "{models}");
     let out = site.run(c, &[], &["info", "tiny/llama", "--offline"]);
     assert!(!out.ok && out.stderr.contains("not in the hub cache"), "main was never fetched: {}", out.stderr);
     let out = site.run(c, &[], &["pull", "tiny/llama@nope"]);

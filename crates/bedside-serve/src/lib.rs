@@ -32,12 +32,15 @@ pub use config::{LogFormat, ServeConfig};
 use crate::api::{Limits, ModelIds};
 use crate::scheduler::{Loaded, Settings, Shared};
 
-/// The base model's id when the config names none: the file name without `.gguf`, or the
-/// directory's name.
+/// The base model's id when the config names none: the file name without `.gguf`, the
+/// directory's name, or a hub id's name (`org/name@rev:QUANT` → `name-rev:QUANT`), with any
+/// character an id may not hold replaced by `-`.
 pub fn default_model_id(model: &str) -> String {
     let p = Path::new(model);
     let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string());
-    name.strip_suffix(".gguf").map(String::from).unwrap_or(name)
+    let name = name.strip_suffix(".gguf").map(String::from).unwrap_or(name);
+    let id: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':') { c } else { '-' }).collect();
+    id.trim_start_matches('.').chars().take(128).collect()
 }
 
 /// Run the server until Ctrl-C or SIGTERM (then it finishes what is in flight, up to 30 s).
@@ -230,4 +233,26 @@ async fn shutdown_signal() -> Result<()> {
     #[cfg(not(unix))]
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_model_id;
+
+    #[test]
+    fn default_ids_are_valid_api_ids() {
+        for (model, want) in [
+            ("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1"),
+            ("/srv/models/Llama-3-8B", "Llama-3-8B"),
+            ("tiny/llama", "llama"),
+            ("tiny/llama@v1", "llama-v1"),
+            ("bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M", "Llama-3.2-1B-Instruct-GGUF:Q4_K_M"),
+            ("org/name@main:q8_0", "name-main:q8_0"),
+            (".hidden model", "hidden-model"),
+        ] {
+            let id = default_model_id(model);
+            assert_eq!(id, want, "{model}");
+            crate::config::check_adapter_name(&id).unwrap();
+        }
+    }
 }
