@@ -35,8 +35,9 @@ pub struct ServeArgs {
     /// A Jinja chat template to use instead of the model's own.
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
-    /// A PEFT LoRA adapter that requests choose with "model": "NAME" (repeatable). Every
-    /// adapter shares the base weights; a batch mixes them row by row.
+    /// A PEFT LoRA adapter that requests choose with "model": "NAME" (repeatable): a directory,
+    /// or a hub id already in the local cache (`bedside pull`). Every adapter shares the base
+    /// weights; a batch mixes them row by row.
     #[arg(long = "adapter", value_name = "NAME=DIR", value_parser = parse_named_adapter)]
     pub adapters: Vec<(String, PathBuf)>,
     /// Serve every adapter found in this folder's subdirectories, named after them.

@@ -217,8 +217,11 @@ fn pull_downloads_what_a_run_needs_and_offline_runs_from_the_cache() {
         out.stderr
     );
     // `bedside serve` takes the same hub ids, from the cache alone even without --offline.
-    let models = serve_models(&site, c, "tiny/llama");
+    // An adapter can be a hub id from the cache too.
+    let models = serve_models(&site, c, "tiny/llama", &["--adapter", "kind=tiny/lora"]);
     assert_eq!(models["data"][0]["id"], "llama", "{models}");
+    assert_eq!(models["data"][1]["id"], "kind", "{models}");
+    assert_eq!(models["data"][1]["parent"], "llama", "{models}");
     assert_eq!(site.hub.connections(), connections, "an offline command or the server connected to the hub");
 }
 
@@ -286,7 +289,7 @@ fn quant_tags_and_revisions() {
     let out = site.run(c, &[], &["info", &format!("tiny/llama@{v1}"), "--offline"]);
     assert!(out.ok && out.stdout.contains("4321"), "{}", out.stderr);
     // The server names a hub revision's model with an id the API allows.
-    let models = serve_models(&site, c, "tiny/llama@v1");
+    let models = serve_models(&site, c, "tiny/llama@v1", &[]);
     assert_eq!(models["data"][0]["id"], "llama-v1", "{models}");
     let out = site.run(c, &[], &["info", "tiny/llama", "--offline"]);
     assert!(!out.ok && out.stderr.contains("not in the hub cache"), "main was never fetched: {}", out.stderr);
@@ -403,15 +406,15 @@ fn export_and_import_carry_a_model_and_refuse_corruption() {
     assert!(!out.ok);
 }
 
-/// Start `bedside serve --model MODEL` on a free loopback port, wait until it has loaded the
-/// model, and return its `GET /v1/models` answer; the server is killed either way.
-fn serve_models(site: &Site, cache: &Path, model: &str) -> serde_json::Value {
+/// Start `bedside serve --model MODEL EXTRA…` on a free loopback port, wait until it has loaded
+/// the model, and return its `GET /v1/models` answer; the server is killed either way.
+fn serve_models(site: &Site, cache: &Path, model: &str, extra: &[&str]) -> serde_json::Value {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("stderr.log");
     let mut child = site
-        .command(cache, &[], &["serve", "--port", "0", "--model", model])
+        .command(cache, &[], &[&["serve", "--port", "0", "--model", model], extra].concat())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

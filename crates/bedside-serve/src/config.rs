@@ -23,7 +23,8 @@ pub struct ServeConfig {
     pub dequantize: bool,
     /// A Jinja chat template to use instead of the model's own.
     pub chat_template: Option<PathBuf>,
-    /// Adapters by name: `name = "DIR"` (a PEFT adapter directory).
+    /// Adapters by name: `name = "DIR"` (a PEFT adapter directory, or a hub id already in the
+    /// local cache: the server never downloads).
     pub adapters: BTreeMap<String, PathBuf>,
     /// Every subdirectory of this folder holding an `adapter_config.json` is an adapter named
     /// after the subdirectory (only those found at start; nothing outside the folder).
@@ -149,8 +150,9 @@ impl ServeConfig {
         if self.no_auth && self.api_key_file.is_some() {
             bail!("--no-auth and --api-key-file contradict each other: choose one");
         }
-        for (name, dir) in &self.adapters {
+        for (name, spec) in &self.adapters {
             check_adapter_name(name)?;
+            let dir = cached_adapter(name, spec)?;
             if !dir.join(bedside_lora::CONFIG_FILE).is_file() {
                 bail!("adapter `{name}`: {} has no {}", dir.display(), bedside_lora::CONFIG_FILE);
             }
@@ -177,7 +179,10 @@ impl ServeConfig {
 
     /// Every adapter to load: the named ones, then those found under `adapter_root`.
     pub fn adapter_dirs(&self) -> Result<Vec<(String, PathBuf)>> {
-        let mut out: Vec<(String, PathBuf)> = self.adapters.iter().map(|(n, d)| (n.clone(), d.clone())).collect();
+        let mut out = Vec::with_capacity(self.adapters.len());
+        for (name, spec) in &self.adapters {
+            out.push((name.clone(), cached_adapter(name, spec)?));
+        }
         if let Some(root) = &self.adapter_root {
             for (name, dir) in scan_adapter_root(root)? {
                 if out.iter().any(|(n, _)| *n == name) {
@@ -188,6 +193,12 @@ impl ServeConfig {
         }
         Ok(out)
     }
+}
+
+/// A named adapter's directory: the path itself, or a hub id's snapshot from the local cache
+/// (offline: a server never downloads).
+fn cached_adapter(name: &str, spec: &Path) -> Result<PathBuf> {
+    bedside_model::resolve_adapter(spec, true).with_context(|| format!("adapter `{name}`"))
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
