@@ -105,21 +105,12 @@ pub(crate) fn quantized_matmul(x: &Tensor, q: &QTensor) -> candle_core::Result<T
 #[cfg(test)]
 mod tests {
     use crate::{load_gguf, BaseWeight, LoadOptions};
+    use bedside_testutil::lcg_values as values;
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
 
     fn max_abs(t: &Tensor) -> f32 {
         t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     /// `x · Wᵀ` through the kernels (few rows, the decode path) against the dense product with

@@ -5,14 +5,9 @@
 use bedside_model::{load_gguf, load_hf_dir, Cache, LoadOptions, Logits, LoraBranch, Model};
 use candle_core::{Device, Tensor};
 
+/// Deterministic values in [-scale, scale).
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
+    bedside_testutil::lcg_values(n, seed).into_iter().map(|v| v * scale).collect()
 }
 
 /// Prompts of different lengths, left-padded, then `steps` decode steps feeding fixed tokens;

@@ -56,3 +56,15 @@ pub fn model_file(rel: &str) -> Option<PathBuf> {
 pub fn smollm2_gguf() -> Option<PathBuf> {
     model_file("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
+
+/// `n` deterministic values in [-1, 1) from a fixed LCG seeded by `seed`, so a failing test
+/// reproduces with the same inputs.
+pub fn lcg_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}

@@ -156,19 +156,9 @@ mod tests {
     use super::*;
     use crate::cpu::{dequantize_rows, parallel_pieces, PARALLEL_PIECE_MAX_ELEMS};
     use crate::linear::{matmul_wt, BaseWeight};
+    use bedside_testutil::lcg_values as values;
     use candle_core::quantized::GgmlDType;
     use candle_core::{Device, Module, Var};
-
-    /// Deterministic values in [-1, 1) (a fixed LCG, so failures reproduce).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn max_abs(t: &Tensor) -> f32 {
         t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
