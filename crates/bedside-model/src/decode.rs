@@ -54,16 +54,16 @@ struct Lora<'a> {
     scale: f32,
     /// The batch rows this branch applies to (a server mixing adapters in one batch); all when
     /// `None`.
-    rows: Option<Vec<usize>>,
+    rows: Option<&'a [u32]>,
 }
 
-/// A LoRA branch before its factors are read: the indices of its held A and B, rank, scale, rows.
+/// A LoRA branch before its tensors are read: the [`Held`] indices of A, B and the rows.
 struct LoraSrc {
     a: usize,
     b: usize,
     rank: usize,
     scale: f32,
-    rows: Option<Vec<usize>>,
+    rows: Option<usize>,
 }
 
 struct Layer<'a> {
@@ -95,6 +95,21 @@ impl<'t> Held<'t> {
         self.guards.push(t.storage_and_layout());
         Some(self.guards.len() - 1)
     }
+    /// Hold `t` (a contiguous u32 CPU tensor of batch rows); its index for [`Held::rows`].
+    fn hold_rows(&mut self, t: &'t Tensor) -> Option<usize> {
+        if !t.device().is_cpu() || t.dtype() != DType::U32 || !t.is_contiguous() {
+            return None;
+        }
+        self.guards.push(t.storage_and_layout());
+        Some(self.guards.len() - 1)
+    }
+    fn rows(&self, i: usize) -> Option<&[u32]> {
+        let (s, l) = &self.guards[i];
+        match (&**s, l.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(CpuStorage::U32(v)), Some((a, b))) => v.get(a..b),
+            _ => None,
+        }
+    }
     fn slice(&self, i: usize) -> Option<&[f32]> {
         let (s, l) = &self.guards[i];
         match (&**s, l.contiguous_offsets()) {
@@ -111,19 +126,13 @@ enum ProjSrc<'a> {
     Dense(usize, Vec<LoraSrc>),
 }
 
-/// `l` as the step reads it, for a batch of `batch` rows.
-fn proj_src<'t>(l: &'t Linear, held: &mut Held<'t>, batch: usize) -> Option<ProjSrc<'t>> {
+/// `l` as the step reads it.
+fn proj_src<'t>(l: &'t Linear, held: &mut Held<'t>) -> Option<ProjSrc<'t>> {
     let mut lora = Vec::with_capacity(l.lora.len());
     for br in &l.lora {
         let rows = match &br.rows {
             None => None,
-            Some(t) => {
-                let rows: Vec<u32> = t.flatten_all().ok()?.to_dtype(DType::U32).ok()?.to_vec1().ok()?;
-                if rows.iter().any(|&r| r as usize >= batch) {
-                    return None;
-                }
-                Some(rows.into_iter().map(|r| r as usize).collect())
-            }
+            Some(t) => Some(held.hold_rows(t)?),
         };
         let (a, b) = (held.hold(&br.a)?, held.hold(&br.b)?);
         lora.push(LoraSrc { a, b, rank: br.rank(), scale: br.scale as f32, rows });
@@ -134,7 +143,8 @@ fn proj_src<'t>(l: &'t Linear, held: &mut Held<'t>, batch: usize) -> Option<Proj
     }
 }
 
-fn proj<'a>(src: &ProjSrc<'a>, held: &'a Held<'_>, out_dim: usize, in_dim: usize) -> Option<Proj<'a>> {
+/// The projection of `src` for a batch of `batch` rows (`None` when a branch names a row outside it).
+fn proj<'a>(src: &ProjSrc<'a>, held: &'a Held<'_>, out_dim: usize, in_dim: usize, batch: usize) -> Option<Proj<'a>> {
     let (weight, lora) = match src {
         ProjSrc::Quantized(q, lora) => (bk::Weight::Quantized(*q), lora),
         ProjSrc::Dense(i, lora) => (bk::Weight::Dense(bk::DenseMatrix::new(held.slice(*i)?, out_dim, in_dim).ok()?), lora),
@@ -144,12 +154,22 @@ fn proj<'a>(src: &ProjSrc<'a>, held: &'a Held<'_>, out_dim: usize, in_dim: usize
     }
     let mut branches = Vec::with_capacity(lora.len());
     for l in lora {
+        let rows = match l.rows {
+            None => None,
+            Some(i) => {
+                let rows = held.rows(i)?;
+                if rows.iter().any(|&r| r as usize >= batch) {
+                    return None;
+                }
+                Some(rows)
+            }
+        };
         branches.push(Lora {
             a: bk::Weight::Dense(bk::DenseMatrix::new(held.slice(l.a)?, l.rank, in_dim).ok()?),
             b: bk::Weight::Dense(bk::DenseMatrix::new(held.slice(l.b)?, out_dim, l.rank).ok()?),
             rank: l.rank,
             scale: l.scale,
-            rows: l.rows.clone(),
+            rows,
         });
     }
     Some(Proj { weight, lora: branches })
@@ -187,14 +207,14 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
         };
         let mut p = Vec::with_capacity(7);
         for l in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, gate_proj, up_proj, down_proj] {
-            let Some(s) = proj_src(l, &mut held, b) else {
+            let Some(s) = proj_src(l, &mut held) else {
                 return Ok(None);
             };
             p.push(s);
         }
         srcs.push((n1, n2, p));
     }
-    let Some(head_src) = proj_src(&model.lm_head, &mut held, b) else {
+    let Some(head_src) = proj_src(&model.lm_head, &mut held) else {
         return Ok(None);
     };
     let Some(final_norm) = held.hold(&model.norm.weight) else {
@@ -220,7 +240,7 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
     let mut layers = Vec::with_capacity(srcs.len());
     for (n1, n2, p) in &srcs {
         let dims = [(qd, h), (kvd, h), (kvd, h), (h, qd), (f, h), (f, h), (h, f)];
-        let mut ps = p.iter().zip(dims).map(|(s, (o, i))| proj(s, &held, o, i));
+        let mut ps = p.iter().zip(dims).map(|(s, (o, i))| proj(s, &held, o, i, b));
         let mut next = || ps.next().flatten();
         let (Some(q), Some(k), Some(v), Some(o), Some(gate), Some(up), Some(down)) =
             (next(), next(), next(), next(), next(), next(), next())
@@ -236,7 +256,7 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
         layers.push(Layer { attn_norm, ffn_norm, q, k, v, o, gate, up, down });
     }
     let vocab = cfg.vocab_size;
-    let Some(head) = proj(&head_src, &held, vocab, h) else {
+    let Some(head) = proj(&head_src, &held, vocab, h, b) else {
         return Ok(None);
     };
     let (Some(final_norm), Some(cos), Some(sin)) = (held.slice(final_norm), held.slice(cos_i), held.slice(sin_i)) else {
@@ -448,12 +468,12 @@ fn quantize_for(
 /// batch rows reads and adds only those rows.
 fn add_lora(backend: bk::Backend, p: &Proj, rows: usize, cols: usize, x: &[f32], out: &mut [f32], tmp: &mut Vec<f32>) -> Result<()> {
     for l in &p.lora {
-        match &l.rows {
+        match l.rows {
             None => {
                 tmp.resize(rows * l.rank, 0.0);
                 lora_rows(backend, l, rows, cols, &x[..rows * cols], tmp, out)?;
             }
-            Some(sel) if sel.is_empty() => {}
+            Some([]) => {}
             Some(sel) => {
                 // Gather the branch's rows, run it on them alone, add its output back to them.
                 let (n, od) = (sel.len(), l.b.rows());
@@ -461,11 +481,13 @@ fn add_lora(backend: bk::Backend, p: &Proj, rows: usize, cols: usize, x: &[f32],
                 let (xg, rest) = tmp.split_at_mut(n * cols);
                 let (t, yg) = rest.split_at_mut(n * l.rank);
                 for (j, &r) in sel.iter().enumerate() {
+                    let r = r as usize;
                     xg[j * cols..(j + 1) * cols].copy_from_slice(&x[r * cols..(r + 1) * cols]);
                 }
                 yg.fill(0.0);
                 lora_rows(backend, l, n, cols, xg, t, yg)?;
                 for (j, &r) in sel.iter().enumerate() {
+                    let r = r as usize;
                     let dst = &mut out[r * od..(r + 1) * od];
                     dst.iter_mut().zip(&yg[j * od..(j + 1) * od]).for_each(|(o, y)| *o += y);
                 }
