@@ -84,6 +84,9 @@ struct BedsideRunner<'a> {
 
 impl Runner for BedsideRunner<'_> {
     fn prefill(&mut self, ids: &[u32]) -> Result<()> {
+        // The previous run's cache goes first, as llama-bench clears its one context: two alive
+        // at once would count in the peak memory.
+        self.cache = None;
         let mut cache = bedside_model::Cache::new(self.model);
         let t = Tensor::new(ids, self.model.device())?.unsqueeze(0)?;
         let logits = self.model.forward(&t, Some(&mut cache), bedside_model::Logits::Last)?;
@@ -139,6 +142,7 @@ impl Runner for BatchRunner<'_> {
         };
         self.samplers = (0..self.batch as u64).map(|s| bedside_generate::Sampler::new(params(s))).collect();
         self.history = vec![ids.to_vec(); self.batch];
+        self.cache = None;
         let mut cache = bedside_model::Cache::with_padding(self.model, vec![0; self.batch]);
         let flat: Vec<u32> = (0..self.batch).flat_map(|_| ids.iter().copied()).collect();
         let t = Tensor::from_vec(flat, (self.batch, ids.len()), self.model.device())?;
