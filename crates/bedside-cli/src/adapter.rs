@@ -212,7 +212,7 @@ fn merge(a: MergeArgs) -> Result<()> {
         bail!("{} already exists; pass --force to replace it", existing.display());
     }
     let dtype_override: Option<DType> = a.dtype.map(Into::into);
-    let loaded = bedside_model::load(&loc, &LoadOptions { device: Device::Cpu, dtype: dtype_override, dequantize: false })?;
+    let loaded = bedside_model::load(&loc, &LoadOptions { device: Device::Cpu, dtype: dtype_override, dequantize: false, kv_cache: None })?;
     let mut model = loaded.model;
     for (dir, w) in &adapters {
         let ad = load_peft(dir, &Device::Cpu)?;

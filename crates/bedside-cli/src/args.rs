@@ -28,6 +28,22 @@ impl From<DtypeArg> for DType {
     }
 }
 
+/// Element type of the key/value cache.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KvCacheArg {
+    F32,
+    F16,
+}
+
+impl From<KvCacheArg> for DType {
+    fn from(d: KvCacheArg) -> DType {
+        match d {
+            KvCacheArg::F32 => DType::F32,
+            KvCacheArg::F16 => DType::F16,
+        }
+    }
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct ModelArgs {
     /// A GGUF file, an HF model directory, or a hub id org/name[@revision][:QUANT or :file.gguf]
@@ -46,6 +62,11 @@ pub struct ModelArgs {
     /// an adapter (f32 is also what training on a quantized base computes).
     #[arg(long)]
     pub dequantize: bool,
+    /// Store the key/value cache as f16 (half the memory, llama.cpp's default; attention reads
+    /// the rounded keys and values, so answers can differ slightly from an f32 cache's) or f32
+    /// [default: the activations' type, f32 on the CPU].
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub kv_cache: Option<KvCacheArg>,
     /// Use only the local hub cache; no network code runs (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
@@ -86,6 +107,7 @@ impl ModelArgs {
                 device: bedside_model::parse_device(&self.device)?,
                 dtype: self.dtype.map(Into::into),
                 dequantize: self.dequantize,
+                kv_cache: self.kv_cache.map(Into::into),
             },
             offline: self.offline,
             chat_template: self.chat_template.clone(),

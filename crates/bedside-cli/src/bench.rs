@@ -23,7 +23,7 @@ pub enum BenchEngine {
 #[derive(Args)]
 #[command(
     about = "Measure prompt processing and decode tokens/s (median of several runs) and peak memory",
-    after_help = "Examples:\n  bedside bench\n  bedside bench --prompt-tokens 512 --gen-tokens 128 --runs 5 --json\n  bedside bench --engine candle-example     # candle's quantized example, same machine\n  bedside bench --dequantize --batch 16 --prompt-tokens 160 --gen-tokens 160   # eval-style batched sampling\n  bedside bench -m path/to/model.gguf --device cuda"
+    after_help = "Examples:\n  bedside bench\n  bedside bench --prompt-tokens 512 --gen-tokens 128 --runs 5 --json\n  bedside bench --kv-cache f16               # keys and values in f16 (llama.cpp's default): half the cache memory\n  bedside bench --engine candle-example     # candle's quantized example, same machine\n  bedside bench --dequantize --batch 16 --prompt-tokens 160 --gen-tokens 160   # eval-style batched sampling\n  bedside bench -m path/to/model.gguf --device cuda"
 )]
 pub struct BenchArgs {
     #[command(flatten)]

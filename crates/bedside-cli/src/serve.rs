@@ -6,12 +6,12 @@ use anyhow::Result;
 use bedside_serve::{LogFormat, ServeConfig};
 use clap::Args;
 
-use crate::args::DtypeArg;
+use crate::args::{DtypeArg, KvCacheArg};
 
 #[derive(Args)]
 #[command(
     about = "Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming), offline",
-    after_help = "Examples:\n  bedside serve\n  bedside serve --adapter tuned=runs/demo/train/adapter --parallel 8\n  bedside serve --config /etc/bedside/serve.toml\n  bedside serve --host 0.0.0.0 --port 8443 --api-key-file /etc/bedside/keys \\\n      --tls-cert /etc/bedside/cert.pem --tls-key /etc/bedside/key.pem\n\nThen:\n  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n      -d '{\"model\": \"tuned\", \"messages\": [{\"role\": \"user\", \"content\": \"I feel dizzy.\"}]}'\n\nRoutes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health,\nGET /metrics (Prometheus). It listens on 127.0.0.1 unless told otherwise, and refuses any other\naddress without --api-key-file (one `label:key` per line) or an explicit --no-auth. Logs hold the\nrequest id, key label, model, token counts, latency and status, never prompt or answer text.\nFlags override the --config file's keys (same names, with `_` for `-`)."
+    after_help = "Examples:\n  bedside serve\n  bedside serve --adapter tuned=runs/demo/train/adapter --parallel 8\n  bedside serve --parallel 32 --kv-cache f16          # half the key/value memory per answer\n  bedside serve --config /etc/bedside/serve.toml\n  bedside serve --host 0.0.0.0 --port 8443 --api-key-file /etc/bedside/keys \\\n      --tls-cert /etc/bedside/cert.pem --tls-key /etc/bedside/key.pem\n\nThen:\n  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n      -d '{\"model\": \"tuned\", \"messages\": [{\"role\": \"user\", \"content\": \"I feel dizzy.\"}]}'\n\nRoutes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health,\nGET /metrics (Prometheus). It listens on 127.0.0.1 unless told otherwise, and refuses any other\naddress without --api-key-file (one `label:key` per line) or an explicit --no-auth. Logs hold the\nrequest id, key label, model, token counts, latency and status, never prompt or answer text.\nFlags override the --config file's keys (same names, with `_` for `-`)."
 )]
 pub struct ServeArgs {
     /// A TOML file with any of these settings; flags given here override it.
@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Dequantize GGUF weights instead of running quantized matmuls.
     #[arg(long)]
     pub dequantize: bool,
+    /// Store the key/value cache as f16 (half the memory per concurrent answer, llama.cpp's
+    /// default) or f32 [default: the activations' type].
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub kv_cache: Option<KvCacheArg>,
     /// A Jinja chat template to use instead of the model's own.
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
@@ -122,6 +126,15 @@ impl ServeArgs {
                     DtypeArg::F32 => "f32",
                     DtypeArg::F16 => "f16",
                     DtypeArg::Bf16 => "bf16",
+                }
+                .into(),
+            );
+        }
+        if let Some(k) = self.kv_cache {
+            c.kv_cache = Some(
+                match k {
+                    KvCacheArg::F32 => "f32",
+                    KvCacheArg::F16 => "f16",
                 }
                 .into(),
             );

@@ -66,7 +66,7 @@ pub(crate) fn run_judge(
         &gen_sys.engine
     } else {
         let opts = EngineOptions {
-            load: LoadOptions { device: bedside_model::parse_device(&j.device)?, dtype: None, dequantize: false },
+            load: LoadOptions { device: bedside_model::parse_device(&j.device)?, dtype: None, dequantize: false, kv_cache: None },
             offline: cfg.offline,
             chat_template: None,
             adapters: Vec::new(),

@@ -66,7 +66,7 @@ impl LocalSystems {
     pub fn load(cfg: &EvalConfig) -> Result<Self> {
         let device = bedside_model::parse_device(&cfg.device)?;
         let opts = EngineOptions {
-            load: LoadOptions { device, dtype: None, dequantize: cfg.dequantize },
+            load: LoadOptions { device, dtype: None, dequantize: cfg.dequantize, kv_cache: None },
             offline: cfg.offline,
             chat_template: None,
             adapters: Vec::new(),

@@ -25,7 +25,7 @@ mod avx512;
 mod neon;
 
 pub use activations::Activations;
-pub use attention::attend;
+pub use attention::{attend, KvSlice};
 pub use formats::{dequantize_row, ActLayout, QMatrix, QType};
 
 /// Activation rows one kernel call multiplies with a weight row (their quants and scales stay in

@@ -268,7 +268,7 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
     // Keys and values of this position go into each layer's buffer, grown (or unshared) first.
     let mut kv_bufs = Vec::with_capacity(layers.len());
     for i in 0..layers.len() {
-        let (k, v) = cache.reserve_layer(i, 1, (b, nkv, d), DType::F32, model.device())?;
+        let (k, v) = cache.reserve_layer(i, 1, (b, nkv, d), cache.stored_dtype(DType::F32), model.device())?;
         let cap = k.dim(2)?;
         kv_bufs.push(KvBuf { k, v, cap });
     }
@@ -323,7 +323,7 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
             s.att.resize(b * qd, 0.0);
             {
                 let (kg, vg) = (kv.k.storage_and_layout(), kv.v.storage_and_layout());
-                let (kc, vc) = (cpu_f32(&kg.0)?, cpu_f32(&vg.0)?);
+                let (kc, vc) = (cpu_kv(&kg.0)?, cpu_kv(&vg.0)?);
                 let cap = kv.cap;
                 let att_ptr = SendPtr(s.att.as_mut_ptr());
                 let q = &s.q;
@@ -337,7 +337,7 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
                     let base = ((r * nkv + g) * cap + first) * d;
                     // SAFETY: task (r, hd) writes only att[r][hd·d..(hd + 1)·d].
                     let out = unsafe { std::slice::from_raw_parts_mut({ att_ptr }.0.add(r * qd + hd * d), d) };
-                    bk::attend(backend, &q[r * qd + hd * d..r * qd + (hd + 1) * d], &kc[base..], &vc[base..], n, d, scale, out);
+                    bk::attend(backend, &q[r * qd + hd * d..r * qd + (hd + 1) * d], kc.from(base), vc.from(base), n, d, scale, out);
                 });
             }
             // Output projection added onto the residual.
@@ -391,10 +391,27 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-fn cpu_f32(s: &candle_core::Storage) -> Result<&[f32]> {
+/// A key or value buffer as the attention kernel reads it.
+#[derive(Clone, Copy)]
+enum KvCpu<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+impl<'a> KvCpu<'a> {
+    fn from(self, start: usize) -> bk::KvSlice<'a> {
+        match self {
+            KvCpu::F32(s) => bk::KvSlice::F32(&s[start..]),
+            KvCpu::F16(s) => bk::KvSlice::F16(&s[start..]),
+        }
+    }
+}
+
+fn cpu_kv(s: &candle_core::Storage) -> Result<KvCpu<'_>> {
     match s {
-        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Ok(v),
-        _ => Err(candle_core::Error::Msg("key/value cache is not f32 on the CPU".into()).into()),
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Ok(KvCpu::F32(v)),
+        candle_core::Storage::Cpu(CpuStorage::F16(v)) => Ok(KvCpu::F16(v)),
+        _ => Err(candle_core::Error::Msg("key/value cache is not f32 or f16 on the CPU".into()).into()),
     }
 }
 
@@ -553,13 +570,19 @@ impl candle_core::InplaceOp1 for WritePosition<'_> {
     }
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
         let (b, nkv, cap, d) = self.dims;
-        let (CpuStorage::F32(buf), Some((start, _))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("key/value cache is not a contiguous f32 CPU buffer");
+        let Some((start, _)) = layout.contiguous_offsets() else {
+            candle_core::bail!("key/value cache is not a contiguous CPU buffer");
         };
         for r in 0..b {
             for g in 0..nkv {
                 let dst = start + ((r * nkv + g) * cap + self.pos) * d;
-                buf[dst..dst + d].copy_from_slice(&self.src[(r * nkv + g) * d..(r * nkv + g + 1) * d]);
+                let src = &self.src[(r * nkv + g) * d..(r * nkv + g + 1) * d];
+                match storage {
+                    CpuStorage::F32(buf) => buf[dst..dst + d].copy_from_slice(src),
+                    // Rounded to nearest, ties to even, as candle's (and llama.cpp's) conversion.
+                    CpuStorage::F16(buf) => buf[dst..dst + d].iter_mut().zip(src).for_each(|(o, &x)| *o = half::f16::from_f32(x)),
+                    _ => candle_core::bail!("key/value cache is not f32 or f16"),
+                }
             }
         }
         Ok(())

@@ -63,11 +63,14 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Dequantize GGUF weights instead of running quantized matmuls.
     pub dequantize: bool,
+    /// Element type of the key/value cache (see [`Model::set_kv_cache_dtype`]); `None` keeps
+    /// the activations'.
+    pub kv_cache: Option<DType>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: None, dequantize: false }
+        Self { device: Device::Cpu, dtype: None, dequantize: false, kv_cache: None }
     }
 }
 
@@ -90,7 +93,8 @@ pub fn load(loc: &ModelLocation, opts: &LoadOptions) -> Result<Loaded> {
 pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(Model, gguf_file::Content)> {
     let deq = opts.dequantize.then(|| opts.dtype.unwrap_or(DType::F32));
     let (mut src, cfg) = weights::GgufSource::open(path, &opts.device, deq)?;
-    let model = Model::load(&mut src, cfg, &opts.device, "gguf")?;
+    let mut model = Model::load(&mut src, cfg, &opts.device, "gguf")?;
+    model.set_kv_cache_dtype(opts.kv_cache);
     Ok((model, src.content))
 }
 
@@ -99,7 +103,9 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     let cfg = ModelConfig::from_hf_file(&cfg_path)?;
     let mut src = weights::SafetensorsSource::open(dir, &opts.device, opts.dtype.unwrap_or(DType::F32))?;
     weights::check_layer_count(&cfg_path, "field 'num_hidden_layers'", cfg.num_layers, src.layers_on_disk())?;
-    Model::load(&mut src, cfg, &opts.device, "safetensors")
+    let mut model = Model::load(&mut src, cfg, &opts.device, "safetensors")?;
+    model.set_kv_cache_dtype(opts.kv_cache);
+    Ok(model)
 }
 
 /// Read only a GGUF header (for `info` and tokenizers) with file-naming errors.

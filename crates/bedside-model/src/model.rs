@@ -95,6 +95,9 @@ pub struct Cache {
     len: usize,
     /// Positions appended by the fused CPU decode step (see [`Cache::fused_steps`]).
     fused_steps: u64,
+    /// Element type the keys and values are stored in, when it differs from the activations'
+    /// (see [`Model::set_kv_cache_dtype`]).
+    dtype: Option<DType>,
 }
 
 /// Positions a layer's key/value buffers grow by beyond what is needed, rounded up to
@@ -151,15 +154,21 @@ impl LayerKv {
         slot.as_ref().ok_or_else(|| ModelError::Candle(candle_core::Error::Msg("key/value cache slot missing after allocation".into())))
     }
 
-    /// Append `k`/`v` `(b, kv_heads, t, head_dim)` after `len` stored positions; returns views
-    /// of all `len + t` positions.
-    fn append(slot: &mut Option<LayerKv>, len: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Append `k`/`v` `(b, kv_heads, t, head_dim)` after `len` stored positions, stored as
+    /// `dtype` (default: theirs); returns all `len + t` positions in `k`'s dtype (views, or
+    /// copies when the stored type differs).
+    fn append(slot: &mut Option<LayerKv>, len: usize, k: &Tensor, v: &Tensor, dtype: Option<DType>) -> Result<(Tensor, Tensor)> {
         let (b, h, t, d) = k.dims4()?;
         let needed = len + t;
-        let s = Self::reserve(slot, len, t, (b, h, d), k.dtype(), k.device())?;
-        s.k.slice_set(&k.contiguous()?, 2, len)?;
-        s.v.slice_set(&v.contiguous()?, 2, len)?;
-        Ok((s.k.narrow(2, 0, needed)?, s.v.narrow(2, 0, needed)?))
+        let stored = dtype.unwrap_or(k.dtype());
+        let s = Self::reserve(slot, len, t, (b, h, d), stored, k.device())?;
+        s.k.slice_set(&k.to_dtype(stored)?.contiguous()?, 2, len)?;
+        s.v.slice_set(&v.to_dtype(stored)?.contiguous()?, 2, len)?;
+        let (ks, vs) = (s.k.narrow(2, 0, needed)?, s.v.narrow(2, 0, needed)?);
+        if stored == k.dtype() {
+            return Ok((ks, vs));
+        }
+        Ok((ks.to_dtype(k.dtype())?, vs.to_dtype(k.dtype())?))
     }
 }
 
@@ -169,7 +178,7 @@ impl Cache {
     }
     /// A cache for `pads.len()` rows with the given left padding.
     pub fn with_padding(model: &Model, pads: Vec<usize>) -> Self {
-        Self { kv: vec![None; model.cfg.num_layers], pads, len: 0, fused_steps: 0 }
+        Self { kv: vec![None; model.cfg.num_layers], pads, len: 0, fused_steps: 0, dtype: model.kv_cache_dtype }
     }
     /// Positions stored so far (padding included).
     pub fn len(&self) -> usize {
@@ -183,6 +192,14 @@ impl Cache {
     }
     pub fn pads(&self) -> &[usize] {
         &self.pads
+    }
+    /// Bytes the key and value buffers hold (capacity, not only the filled positions).
+    pub fn stored_bytes(&self) -> usize {
+        self.kv.iter().flatten().map(|s| (s.k.elem_count() + s.v.elem_count()) * s.k.dtype().size_in_bytes()).sum()
+    }
+    /// The element type keys and values are stored in, for activations of `activations`.
+    pub fn stored_dtype(&self, activations: DType) -> DType {
+        self.dtype.unwrap_or(activations)
     }
     /// Layer `i`'s key and value buffers `(b, kv_heads, capacity, head_dim)`, ready for `t` more
     /// positions after those stored (see [`LayerKv::reserve`]); the CPU decode step writes them
@@ -314,6 +331,9 @@ pub struct Model {
     /// Inference decodes one position per row through the fused CPU step (see
     /// [`Model::set_fused_decode`]).
     fused_decode: bool,
+    /// Element type of new caches' keys and values; `None` keeps the activations' (see
+    /// [`Model::set_kv_cache_dtype`]).
+    kv_cache_dtype: Option<DType>,
     pub source: ModelSource,
 }
 
@@ -414,6 +434,27 @@ fn gated(gate: &Tensor, up: &Tensor, mode: &Mode) -> Result<Tensor> {
     }
 }
 
+/// Query positions attended together when a prompt is processed (see [`Model::attention`]).
+const PREFILL_QUERY_CHUNK: usize = 64;
+
+/// `softmax(q·kᵀ/√d + mask)·v` for `q (b, heads, t, d)` over `k`, `v (b, kv_heads, kv, d)`, as
+/// `(b, heads, t, d)`. Grouped-query attention without copying keys: the query heads that share
+/// a key/value head are folded into the row dimension.
+fn attend_composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, mode: &Mode) -> Result<Tensor> {
+    let (b, nh, t, d) = q.dims4()?;
+    let (nkv, kv_len) = (k.dim(1)?, k.dim(2)?);
+    let rep = nh / nkv;
+    let qg = q.reshape((b, nkv, rep * t, d))?;
+    let scores = (qg.matmul(&k.t()?)? / (d as f64).sqrt())?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv_len))?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let p = softmax(&scores, mode)?;
+    let p = p.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv_len))?;
+    Ok(p.matmul(v)?.reshape((b, nh, t, d))?)
+}
+
 fn softmax(x: &Tensor, mode: &Mode) -> Result<Tensor> {
     Ok(if mode.is_train() { candle_nn::ops::softmax(x, D::Minus1)? } else { candle_nn::ops::softmax_last_dim(x)? })
 }
@@ -484,6 +525,7 @@ impl Model {
             device: device.clone(),
             dense_prefill: true,
             fused_decode: true,
+            kv_cache_dtype: None,
             source: ModelSource { path: src.path().into(), format },
             cfg,
         })
@@ -508,6 +550,16 @@ impl Model {
     /// Whether inference on the CPU decodes one new position per row (f32, no MoE) through the
     /// fused decode step (the default), or, off, through the composed per-op path it replaces
     /// (tests comparing the two turn it off). Training is unaffected.
+    /// Store the keys and values of caches made from now on as `dtype` (`Some(F16)`: half the
+    /// memory of an f32 cache, the type llama.cpp keeps by default; the attention reads the
+    /// rounded values) or, with `None`, in the activations' type, which reproduces earlier runs
+    /// exactly.
+    pub fn set_kv_cache_dtype(&mut self, dtype: Option<DType>) {
+        self.kv_cache_dtype = dtype;
+    }
+    pub fn kv_cache_dtype(&self) -> Option<DType> {
+        self.kv_cache_dtype
+    }
     pub fn set_fused_decode(&mut self, on: bool) {
         self.fused_decode = on;
     }
@@ -631,7 +683,7 @@ impl Model {
         let mut x = self.embed(ids)?;
         let mut cache = cache;
         for i in 0..self.layers.len() {
-            let kv = cache.as_deref_mut().map(|c| (&mut c.kv[i], c.len));
+            let kv = cache.as_deref_mut().map(|c| (&mut c.kv[i], c.len, c.dtype));
             x = self.block(i, &x, &pos, kv, mode)?;
         }
         if let Some(c) = cache {
@@ -670,13 +722,20 @@ impl Model {
         i: usize,
         x: &Tensor,
         pos: &Positions,
-        kv: Option<(&mut Option<LayerKv>, usize)>,
+        kv: Option<(&mut Option<LayerKv>, usize, Option<DType>)>,
         mut mode: Mode,
     ) -> Result<Tensor> {
         self.block(i, x, pos, kv, &mut mode)
     }
 
-    fn block(&self, i: usize, x: &Tensor, pos: &Positions, kv: Option<(&mut Option<LayerKv>, usize)>, mode: &mut Mode) -> Result<Tensor> {
+    fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        pos: &Positions,
+        kv: Option<(&mut Option<LayerKv>, usize, Option<DType>)>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         let layer = self.layers.get(i).ok_or_else(|| ModelError::Candle(candle_core::Error::Msg(format!("no layer {i}"))))?;
         let a = &layer.self_attn;
         let y = self.attention(a, &Input::new(&layer.input_layernorm, x, &[&a.q_proj, &a.k_proj, &a.v_proj], mode)?, pos, kv, mode)?;
@@ -686,6 +745,7 @@ impl Model {
         } else {
             (x + a.o_proj.forward(&y, mode, self.dense_prefill)?)?
         };
+        drop(y);
         let h = self.feed_forward(&layer.ffn, &layer.post_attention_layernorm, &x, mode)?;
         Ok((x + h)?)
     }
@@ -748,7 +808,7 @@ impl Model {
         a: &Attention,
         x: &Input,
         pos: &Positions,
-        kv: Option<(&mut Option<LayerKv>, usize)>,
+        kv: Option<(&mut Option<LayerKv>, usize, Option<DType>)>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
         let (cos, sin, mask) = (&pos.cos, &pos.sin, pos.mask.as_ref());
@@ -766,16 +826,22 @@ impl Model {
             let y = attention(&q, &k, &v, Some((cos, sin)), 1.0 / (d as f64).sqrt(), mask)?;
             return Ok(y);
         }
-        let (q, k, v) = (q.transpose(1, 2)?.contiguous()?, k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?);
-        let (q, k) = if tr {
-            (rope_composed(&q, cos, sin)?, rope_composed(&k, cos, sin)?)
-        } else {
-            let (c, s) = (cos.to_dtype(q.dtype())?, sin.to_dtype(q.dtype())?);
-            (candle_nn::rotary_emb::rope(&q, &c, &s)?, candle_nn::rotary_emb::rope(&k, &c, &s)?)
+        // Each step takes its inputs by value, so a long prompt's earlier forms of q, k and v
+        // are released as soon as the next exists (a shadowed binding would live to the end).
+        let heads_first = |t: Tensor| -> Result<Tensor> { Ok(t.transpose(1, 2)?.contiguous()?) };
+        let (q, k) = (heads_first(q)?, heads_first(k)?);
+        let v = v.transpose(1, 2)?;
+        let rotate = |t: Tensor| -> Result<Tensor> {
+            Ok(if tr {
+                rope_composed(&t, cos, sin)?
+            } else {
+                candle_nn::rotary_emb::rope(&t, &cos.to_dtype(t.dtype())?, &sin.to_dtype(t.dtype())?)?
+            })
         };
+        let (q, k) = (rotate(q)?, rotate(k)?);
         let cached = kv.is_some();
         let (k, v) = match kv {
-            Some((slot, len)) => LayerKv::append(slot, len, &k, &v)?,
+            Some((slot, len, dtype)) => LayerKv::append(slot, len, &k, &v, dtype)?,
             None => (k, v.contiguous()?),
         };
         // Batched decoding on the CPU. One row gains nothing measurable, so single-sequence
@@ -784,19 +850,25 @@ impl Model {
             let y = decode_attention_cpu(&q, &k, &v, &pos.pads)?;
             return Ok(y.reshape((b, t, nh * d))?);
         }
-        let kv_len = k.dim(2)?;
-        // Grouped-query attention without copying keys: fold the query heads that share a
-        // key/value head into the row dimension.
-        let rep = nh / nkv;
-        let qg = q.reshape((b, nkv, rep * t, d))?;
-        let scores = (qg.matmul(&k.t()?)? / (d as f64).sqrt())?.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, kv_len))?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+        let y = match mask {
+            Some(m) if !tr && t > PREFILL_QUERY_CHUNK => {
+                // A long prompt's queries in chunks: each chunk scores only the keys up to its
+                // last position (the rest are masked), so no `(heads, t, kv)` score tensor is
+                // held at once and the masked half of the products is never computed.
+                let offset = k.dim(2)? - t;
+                let mut parts = Vec::with_capacity(t.div_ceil(PREFILL_QUERY_CHUNK));
+                for start in (0..t).step_by(PREFILL_QUERY_CHUNK) {
+                    let n = PREFILL_QUERY_CHUNK.min(t - start);
+                    let keys = offset + start + n;
+                    let m = m.narrow(3, start, n)?.narrow(4, 0, keys)?;
+                    let q = q.narrow(2, start, n)?.contiguous()?;
+                    parts.push(attend_composed(&q, &k.narrow(2, 0, keys)?, &v.narrow(2, 0, keys)?, Some(&m), mode)?);
+                }
+                Tensor::cat(&parts, 2)?
+            }
+            _ => attend_composed(&q, &k, &v, mask, mode)?,
         };
-        let p = softmax(&scores, mode)?;
-        let p = p.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, kv_len))?;
-        Ok(p.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?)
+        Ok(y.transpose(1, 2)?.reshape((b, t, nh * d))?)
     }
 
     /// The MLP on `norm(x)`.
@@ -811,7 +883,16 @@ impl Model {
                     // silu(g)·u formed inside the down projection (see `Linear::forward_train_gated`).
                     return down_proj.forward_train_gated(&g, &u, mode.dropout());
                 }
-                let h = gated(&g, &u, mode)?;
+                let h = if mode.is_train() {
+                    gated(&g, &u, mode)?
+                } else {
+                    // `swiglu_composed`, each input released as soon as it is used: a long
+                    // prompt's MLP holds two of its `t × intermediate` tensors at a time, not four.
+                    drop(input);
+                    let s = candle_nn::ops::silu(&g)?;
+                    drop(g);
+                    (s * u)?
+                };
                 down_proj.forward(&h, mode, dp)
             }
             FeedForward::Moe { gate, experts, top_k } => {
@@ -903,7 +984,7 @@ mod tests {
         // capacity and still hold every position in order.
         for i in 0..301 {
             let x = if i == 0 { prompt.clone() } else { Tensor::full(i as f32, (2, 3, 1, 4), &dev).unwrap() };
-            let (k, v) = LayerKv::append(&mut slot, len, &x, &(&x * 2.0).unwrap()).unwrap();
+            let (k, v) = LayerKv::append(&mut slot, len, &x, &(&x * 2.0).unwrap(), None).unwrap();
             if i > 0 {
                 want_k = Tensor::cat(&[&want_k, &x], 2).unwrap();
                 want_v = Tensor::cat(&[&want_v, &(&x * 2.0).unwrap()], 2).unwrap();
@@ -917,9 +998,15 @@ mod tests {
         // A clone shares the buffers until either side appends: each then keeps its own values.
         let mut other = slot.clone();
         let (a, b) = (Tensor::full(-1f32, (2, 3, 1, 4), &dev).unwrap(), Tensor::full(-2f32, (2, 3, 1, 4), &dev).unwrap());
-        let (ka, _) = LayerKv::append(&mut slot, len, &a, &a).unwrap();
-        let (kb, _) = LayerKv::append(&mut other, len, &b, &b).unwrap();
+        let (ka, _) = LayerKv::append(&mut slot, len, &a, &a, None).unwrap();
+        let (kb, _) = LayerKv::append(&mut other, len, &b, &b, None).unwrap();
         assert!(same(&ka, &Tensor::cat(&[&want_k, &a], 2).unwrap()));
         assert!(same(&kb, &Tensor::cat(&[&want_k, &b], 2).unwrap()));
+        // Stored as f16, handed back in the activations' f32: these small integers survive the
+        // rounding exactly, and the buffers are f16.
+        let mut half_slot = None;
+        let (k, v) = LayerKv::append(&mut half_slot, 0, &want_k, &want_v, Some(DType::F16)).unwrap();
+        assert_eq!((k.dtype(), half_slot.as_ref().unwrap().k.dtype()), (DType::F32, DType::F16));
+        assert!(same(&k, &want_k) && same(&v, &want_v));
     }
 }

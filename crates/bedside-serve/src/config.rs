@@ -21,6 +21,9 @@ pub struct ServeConfig {
     /// f32, f16 or bf16 for safetensors models (and with `dequantize`).
     pub dtype: Option<String>,
     pub dequantize: bool,
+    /// f16 or f32: the key/value cache's element type (default: the activations'). f16 halves
+    /// the memory each concurrent answer holds.
+    pub kv_cache: Option<String>,
     /// A Jinja chat template to use instead of the model's own.
     pub chat_template: Option<PathBuf>,
     /// Adapters by name: `name = "DIR"` (a PEFT adapter directory, or a hub id already in the
@@ -87,6 +90,7 @@ impl Default for ServeConfig {
             device: "auto".into(),
             dtype: None,
             dequantize: false,
+            kv_cache: None,
             chat_template: None,
             adapters: BTreeMap::new(),
             adapter_root: None,
@@ -142,6 +146,11 @@ impl ServeConfig {
         if let Some(d) = &self.dtype {
             if !["f32", "f16", "bf16"].contains(&d.as_str()) {
                 bail!("dtype `{d}`: expected f32, f16 or bf16");
+            }
+        }
+        if let Some(k) = &self.kv_cache {
+            if !["f32", "f16"].contains(&k.as_str()) {
+                bail!("kv_cache `{k}`: expected f32 or f16");
             }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
@@ -269,6 +278,10 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("tls-key"));
         let c: ServeConfig = toml::from_str("[adapters]\n\"../x\" = \"/tmp\"").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("adapter name"));
+        let c: ServeConfig = toml::from_str("kv_cache = \"q8\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("kv_cache `q8`"));
+        let c: ServeConfig = toml::from_str("kv_cache = \"f16\"").unwrap();
+        c.validate().unwrap();
     }
 
     /// The shipped example states the defaults it claims.

@@ -66,6 +66,11 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
             None => None,
         },
         dequantize: cfg.dequantize,
+        kv_cache: match cfg.kv_cache.as_deref() {
+            Some("f16") => Some(DType::F16),
+            Some(_) => Some(DType::F32),
+            None => None,
+        },
     };
     // Never the network: hub ids resolve from the local cache only.
     let engine_opts = EngineOptions { load, offline: true, chat_template: cfg.chat_template.clone(), adapters: Vec::new() };

@@ -50,7 +50,7 @@ pub fn bench_step(o: &BenchOptions) -> Result<BenchResult> {
         BaseMode::F32 => (Some(DType::F32), true),
         BaseMode::Bf16 => (Some(DType::BF16), true),
     };
-    let opts = bedside_generate::EngineOptions { load: LoadOptions { device, dtype, dequantize }, ..Default::default() };
+    let opts = bedside_generate::EngineOptions { load: LoadOptions { device, dtype, dequantize, kv_cache: None }, ..Default::default() };
     let mut engine = bedside_generate::Engine::load(&o.model, &opts)?;
     let text = "A patient writes that her chest has felt tight for three days, worse on the stairs, and she is frightened it is her heart. \
                 She takes a statin and her father had a heart attack at 58. What should she watch for, and when should she call emergency services? ";

@@ -69,7 +69,7 @@ pub fn load_engine(cfg: &TrainConfig) -> Result<Engine> {
         BaseMode::Bf16 => (Some(DType::BF16), true),
     };
     let opts = EngineOptions {
-        load: LoadOptions { device, dtype, dequantize },
+        load: LoadOptions { device, dtype, dequantize, kv_cache: None },
         offline: cfg.model.offline,
         chat_template: cfg.model.chat_template.clone(),
         adapters: Vec::new(),
