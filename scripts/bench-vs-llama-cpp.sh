@@ -8,13 +8,15 @@
 #     LLAMA_BENCH  llama.cpp's llama-bench (../shared/tools/build-llama-cpp.sh builds one)
 #     MODEL        a GGUF file (default: models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
 #   environment: THREADS (default 2), ROUNDS (default 3), REPS (runs per engine per round,
-#     default 3), BEDSIDE (a bedside binary; default: cargo build --release, then target/release/bedside)
+#     default 3), KV_CACHE (bedside's key/value cache type: f16, llama.cpp's default and so the
+#     like-for-like setting, or f32, bedside's default; default f16), BEDSIDE (a bedside binary;
+#     default: cargo build --release, then target/release/bedside)
 #
 #   example: scripts/bench-vs-llama-cpp.sh ~/.cache/llama.cpp-ref/bin/llama-bench
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ $# -lt 1 ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 llama_bench=$1
@@ -22,6 +24,7 @@ model=${2:-$root/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 threads=${THREADS:-2}
 rounds=${ROUNDS:-3}
 reps=${REPS:-3}
+kv_cache=${KV_CACHE:-f16}
 [ -x "$llama_bench" ] || { echo "bench-vs-llama-cpp: $llama_bench is not an executable llama-bench" >&2; exit 1; }
 [ -f "$model" ] || { echo "bench-vs-llama-cpp: model $model not found (scripts/setup.sh fetches the default)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "bench-vs-llama-cpp: /usr/bin/time (Debian package 'time') is needed for peak memory" >&2; exit 1; }
@@ -50,16 +53,16 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(n
 for r in $(seq 1 "$rounds"); do
   echo "round $r/$rounds" >&2
   measure "llama_pp_$r" "$llama_bench" -m "$model" -t "$threads" -p 512 -n 0 -r "$reps" -o json
-  measure "bedside_pp_$r" "$BEDSIDE" bench -m "$model" --prompt-tokens 512 --gen-tokens 128 --runs "$reps" --warmup 1 --json
+  measure "bedside_pp_$r" "$BEDSIDE" bench -m "$model" --kv-cache "$kv_cache" --prompt-tokens 512 --gen-tokens 128 --runs "$reps" --warmup 1 --json
   measure "llama_tg0_$r" "$llama_bench" -m "$model" -t "$threads" -p 0 -n 128 -r "$reps" -o json
-  measure "bedside_tg0_$r" "$BEDSIDE" bench -m "$model" --prompt-tokens 1 --gen-tokens 128 --runs "$reps" --warmup 1 --json
+  measure "bedside_tg0_$r" "$BEDSIDE" bench -m "$model" --kv-cache "$kv_cache" --prompt-tokens 1 --gen-tokens 128 --runs "$reps" --warmup 1 --json
   measure "llama_tg512_$r" "$llama_bench" -m "$model" -t "$threads" -p 0 -n 128 -d 512 -r "$reps" -o json
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-python3 - "$out" "$rounds" "$model" "$threads" <<'EOF'
+python3 - "$out" "$rounds" "$model" "$threads" "$kv_cache" <<'EOF'
 import json, statistics, sys, os
-out, rounds, model, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out, rounds, model, threads, kv_cache = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 def load(name):
     with open(os.path.join(out, name + ".json")) as f:
         return json.load(f)
@@ -82,7 +85,7 @@ for r in range(1, rounds + 1):
     mem_l.append(max(rss(f"llama_{t}_{r}") for t in ("pp", "tg0", "tg512")))
     mem_b.append(max(rss(f"bedside_{t}_{r}") for t in ("pp", "tg0")))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"{os.path.basename(model)}, {threads} threads, {cpu}; median of {rounds} interleaved rounds (range in brackets)")
+print(f"{os.path.basename(model)}, {threads} threads, {cpu}; key/value cache {kv_cache} (llama.cpp: f16); median of {rounds} interleaved rounds (range in brackets)")
 print()
 print("| | llama.cpp (tok/s) | bedside (tok/s) | bedside ÷ llama.cpp |")
 print("|---|---|---|---|")
