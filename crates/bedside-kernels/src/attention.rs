@@ -91,6 +91,8 @@ pub fn attend(backend: Backend, q: &[f32], keys: KvSlice, values: KvSlice, n: us
 /// A block of positions as f32 rows: `(rows, stride)` with position `start + i` at
 /// `rows[i * stride..i * stride + d]`, read in place or widened into `buf`.
 trait Rows {
+    /// Whether rows are widened (f16) rather than read in place.
+    const WIDENS: bool;
     fn block<'s>(&'s self, start: usize, len: usize, buf: &'s mut [f32]) -> (&'s [f32], usize);
     /// Position `j`'s row of `D` values, read in place or widened into `buf`.
     fn row<'s, const D: usize>(&'s self, j: usize, buf: &'s mut [f32; D]) -> &'s [f32];
@@ -102,6 +104,7 @@ struct F32Rows<'a> {
 }
 
 impl Rows for F32Rows<'_> {
+    const WIDENS: bool = false;
     #[inline(always)]
     fn block<'s>(&'s self, start: usize, _len: usize, _buf: &'s mut [f32]) -> (&'s [f32], usize) {
         (&self.data[start * self.stride..], self.stride)
@@ -125,6 +128,7 @@ struct F16Rows<'a, W> {
 }
 
 impl<W: Widen> Rows for F16Rows<'_, W> {
+    const WIDENS: bool = true;
     #[inline(always)]
     fn block<'s>(&'s self, start: usize, len: usize, buf: &'s mut [f32]) -> (&'s [f32], usize) {
         let d = self.d;
@@ -237,14 +241,17 @@ unsafe fn attend_avx2<K: Rows, V: Rows>(
 }
 
 /// Written lane by lane (16 independent sums) so each target's vectoriser maps it onto its
-/// registers. `kb`/`vb` hold one block of widened rows where the rows need widening. The common
-/// head sizes run [`attend_fixed`], whose accumulator and widened rows the compiler keeps in
-/// registers (through a slice of unknown length they are loaded and stored at every position);
-/// the arithmetic is the same.
+/// registers. `kb`/`vb` hold one block of widened rows where the rows need widening. Widened
+/// rows of the common head sizes run [`attend_fixed`], which keeps the accumulator and each
+/// widened row in registers instead of storing and reloading them at every position (f32 rows,
+/// read in place, measured no faster that way, and slower in batched decoding); the arithmetic
+/// is the same.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn attend_impl<K: Rows, V: Rows>(q: &[f32], keys: K, values: V, n: usize, scale: f32, out: &mut [f32], kb: &mut [f32], vb: &mut [f32]) {
-    if let (Ok(q), Ok(o)) = (<&[f32; 64]>::try_from(q), <&mut [f32; 64]>::try_from(&mut *out)) {
+    if !K::WIDENS {
+        attend_into(q, keys, values, n, scale, out, kb, vb)
+    } else if let (Ok(q), Ok(o)) = (<&[f32; 64]>::try_from(q), <&mut [f32; 64]>::try_from(&mut *out)) {
         *o = attend_fixed(q, &keys, &values, n, scale);
     } else if let (Ok(q), Ok(o)) = (<&[f32; 128]>::try_from(q), <&mut [f32; 128]>::try_from(&mut *out)) {
         *o = attend_fixed(q, &keys, &values, n, scale);
@@ -436,8 +443,12 @@ mod tests {
                 let q: Vec<f32> = (0..d).map(|i| val(i + 5)).collect();
                 let keys: Vec<f32> = (0..n * stride).map(|i| val(i * 3 + 1)).collect();
                 let values: Vec<f32> = (0..n * stride).map(|i| val(i * 11 + 2)).collect();
-                let (mut fixed, mut general) = (vec![0f32; d], vec![0f32; d]);
-                attend_impl(&q, F32Rows { data: &keys, stride }, F32Rows { data: &values, stride }, n, 0.125, &mut fixed, &mut [], &mut []);
+                let mut general = vec![0f32; d];
+                let (k, v) = (F32Rows { data: &keys, stride }, F32Rows { data: &values, stride });
+                let fixed: Vec<f32> = match d {
+                    64 => attend_fixed::<64, _, _>(q.as_slice().try_into().unwrap(), &k, &v, n, 0.125).to_vec(),
+                    _ => attend_fixed::<128, _, _>(q.as_slice().try_into().unwrap(), &k, &v, n, 0.125).to_vec(),
+                };
                 attend_into(
                     &q,
                     F32Rows { data: &keys, stride },
