@@ -21,7 +21,14 @@ pub enum KvSlice<'a> {
     F16(&'a [f16]),
 }
 
-impl KvSlice<'_> {
+impl<'a> KvSlice<'a> {
+    /// The same rows from element `start` on.
+    pub fn from(self, start: usize) -> KvSlice<'a> {
+        match self {
+            KvSlice::F32(s) => KvSlice::F32(&s[start..]),
+            KvSlice::F16(s) => KvSlice::F16(&s[start..]),
+        }
+    }
     fn len(&self) -> usize {
         match self {
             KvSlice::F32(s) => s.len(),
@@ -156,6 +163,20 @@ impl Widen for WidenPortable {
     }
 }
 
+/// `src` widened into `dst` `LANES` values at a time by `block`, the tail one by one.
+#[inline(always)]
+fn widen_by<const LANES: usize>(src: &[f16], dst: &mut [f32], block: impl Fn(&[f16; LANES], &mut [f32; LANES])) {
+    let (mut s, mut d) = (src.chunks_exact(LANES), dst.chunks_exact_mut(LANES));
+    for (a, b) in (&mut s).zip(&mut d) {
+        if let (Ok(a), Ok(b)) = (a.try_into(), b.try_into()) {
+            block(a, b);
+        }
+    }
+    for (x, y) in s.remainder().iter().zip(d.into_remainder()) {
+        *y = x.to_f32();
+    }
+}
+
 /// `vcvtph2ps` on 16 values at a time. Only built inside [`attend`]'s AVX-512 branch.
 #[cfg(target_arch = "x86_64")]
 struct WidenAvx512;
@@ -165,20 +186,11 @@ impl Widen for WidenAvx512 {
     #[inline(always)]
     fn widen(&self, src: &[f16], dst: &mut [f32]) {
         use std::arch::x86_64::*;
-        let n = src.len().min(dst.len());
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: a WidenAvx512 exists only on CPUs with AVX-512 F (see `attend`); the 16
-            // values read and written lie inside both slices.
-            unsafe {
-                let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
-                _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
-            }
-            i += 16;
-        }
-        for j in i..n {
-            dst[j] = src[j].to_f32();
-        }
+        // SAFETY: a WidenAvx512 exists only on CPUs with AVX-512 F (see `attend`); each block
+        // reads and writes its own 16 values.
+        widen_by::<16>(src, dst, |a, b| unsafe {
+            _mm512_storeu_ps(b.as_mut_ptr(), _mm512_cvtph_ps(_mm256_loadu_si256(a.as_ptr().cast())))
+        });
     }
 }
 
@@ -191,20 +203,9 @@ impl Widen for WidenF16c {
     #[inline(always)]
     fn widen(&self, src: &[f16], dst: &mut [f32]) {
         use std::arch::x86_64::*;
-        let n = src.len().min(dst.len());
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: a WidenF16c exists only on CPUs with AVX2 and F16C (see `attend`); the 8
-            // values read and written lie inside both slices.
-            unsafe {
-                let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-            }
-            i += 8;
-        }
-        for j in i..n {
-            dst[j] = src[j].to_f32();
-        }
+        // SAFETY: a WidenF16c exists only on CPUs with AVX2 and F16C (see `attend`); each block
+        // reads and writes its own 8 values.
+        widen_by::<8>(src, dst, |a, b| unsafe { _mm256_storeu_ps(b.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().cast()))) });
     }
 }
 

@@ -392,25 +392,10 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// A key or value buffer as the attention kernel reads it.
-#[derive(Clone, Copy)]
-enum KvCpu<'a> {
-    F32(&'a [f32]),
-    F16(&'a [half::f16]),
-}
-
-impl<'a> KvCpu<'a> {
-    fn from(self, start: usize) -> bk::KvSlice<'a> {
-        match self {
-            KvCpu::F32(s) => bk::KvSlice::F32(&s[start..]),
-            KvCpu::F16(s) => bk::KvSlice::F16(&s[start..]),
-        }
-    }
-}
-
-fn cpu_kv(s: &candle_core::Storage) -> Result<KvCpu<'_>> {
+fn cpu_kv(s: &candle_core::Storage) -> Result<bk::KvSlice<'_>> {
     match s {
-        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Ok(KvCpu::F32(v)),
-        candle_core::Storage::Cpu(CpuStorage::F16(v)) => Ok(KvCpu::F16(v)),
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Ok(bk::KvSlice::F32(v)),
+        candle_core::Storage::Cpu(CpuStorage::F16(v)) => Ok(bk::KvSlice::F16(v)),
         _ => Err(candle_core::Error::Msg("key/value cache is not f32 or f16 on the CPU".into()).into()),
     }
 }
