@@ -1,6 +1,7 @@
-//! One query head's attention over cached keys and values in a single pass (online softmax over
-//! blocks of positions, so no score buffer the length of the context is written), the
-//! exponentials computed a register at a time.
+//! Attention of the query heads that share one key/value head over its cached keys and values,
+//! in a single pass (online softmax over blocks of positions, so no score buffer the length of
+//! the context is written), each block read once for all the heads, the exponentials computed a
+//! register at a time.
 
 use half::f16;
 
@@ -37,13 +38,31 @@ impl<'a> KvSlice<'a> {
     }
 }
 
-/// `out = Σ_j softmax_j(scale · q·k_j) · v_j` over `n` positions, position `j`'s key at
-/// `keys[j * stride..j * stride + d]` and its value likewise in `values` (`d = q.len()`). Keys
-/// and values are of one element type.
+/// For each of the `heads` query heads in `q` (`heads × d` values, `d = q.len() / heads`) that
+/// share one key/value head: `out_h = Σ_j softmax_j(scale · q_h·k_j) · v_j` over `n` positions,
+/// position `j`'s key at `keys[j * stride..j * stride + d]` and its value likewise in `values`.
+/// The heads go through each block of positions together, so every key and value is read (and
+/// widened, for f16) once for all of them; each head's arithmetic is what it would be alone.
+/// Keys and values are of one element type.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(backend: Backend, q: &[f32], keys: KvSlice, values: KvSlice, n: usize, stride: usize, scale: f32, out: &mut [f32]) {
-    let d = q.len();
-    assert!(out.len() == d && n > 0, "attend: {n} positions, out of {} for d {d}", out.len());
+pub fn attend(
+    backend: Backend,
+    q: &[f32],
+    heads: usize,
+    keys: KvSlice,
+    values: KvSlice,
+    n: usize,
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    assert!(
+        heads > 0 && q.len().is_multiple_of(heads) && out.len() == q.len() && n > 0,
+        "attend: {n} positions, {heads} heads, q {} out {}",
+        q.len(),
+        out.len()
+    );
+    let d = q.len() / heads;
     assert!(keys.len() >= (n - 1) * stride + d && values.len() >= (n - 1) * stride + d, "attend: cache slices shorter than {n} positions");
     match (keys, values) {
         (KvSlice::F32(k), KvSlice::F32(v)) => {
@@ -51,10 +70,10 @@ pub fn attend(backend: Backend, q: &[f32], keys: KvSlice, values: KvSlice, n: us
             match backend {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: these backends exist only on CPUs with the features enabled below.
-                Backend::Avx512 | Backend::Avx512Vnni => unsafe { attend_avx512(q, k, v, n, scale, out, &mut [], &mut []) },
+                Backend::Avx512 | Backend::Avx512Vnni => unsafe { attend_avx512(q, d, k, v, n, scale, out, &mut [], &mut []) },
                 #[cfg(target_arch = "x86_64")]
-                Backend::Avx2 => unsafe { attend_avx2(q, k, v, n, scale, out, &mut [], &mut []) },
-                _ => attend_impl(q, k, v, n, scale, out, &mut [], &mut []),
+                Backend::Avx2 => unsafe { attend_avx2(q, d, k, v, n, scale, out, &mut [], &mut []) },
+                _ => attend_impl(q, d, k, v, n, scale, out, &mut [], &mut [], DotPortable),
             }
         }
         (KvSlice::F16(k), KvSlice::F16(v)) => {
@@ -76,18 +95,18 @@ pub fn attend(backend: Backend, q: &[f32], keys: KvSlice, values: KvSlice, n: us
                         F16Rows::<WidenAvx512> { data: k, stride, d, widen: WidenAvx512 },
                         F16Rows { data: v, stride, d, widen: WidenAvx512 },
                     );
-                    attend_avx512(q, k, v, n, scale, out, kb, vb)
+                    attend_avx512(q, d, k, v, n, scale, out, kb, vb)
                 },
                 #[cfg(target_arch = "x86_64")]
                 Backend::Avx2 => unsafe {
                     let (k, v) =
                         (F16Rows::<WidenF16c> { data: k, stride, d, widen: WidenF16c }, F16Rows { data: v, stride, d, widen: WidenF16c });
-                    attend_avx2(q, k, v, n, scale, out, kb, vb)
+                    attend_avx2(q, d, k, v, n, scale, out, kb, vb)
                 },
                 _ => {
                     let (k, v) =
                         (F16Rows { data: k, stride, d, widen: WidenPortable }, F16Rows { data: v, stride, d, widen: WidenPortable });
-                    attend_impl(q, k, v, n, scale, out, kb, vb)
+                    attend_impl(q, d, k, v, n, scale, out, kb, vb, DotPortable)
                 }
             }
         }
@@ -98,11 +117,7 @@ pub fn attend(backend: Backend, q: &[f32], keys: KvSlice, values: KvSlice, n: us
 /// A block of positions as f32 rows: `(rows, stride)` with position `start + i` at
 /// `rows[i * stride..i * stride + d]`, read in place or widened into `buf`.
 trait Rows {
-    /// Whether rows are widened (f16) rather than read in place.
-    const WIDENS: bool;
     fn block<'s>(&'s self, start: usize, len: usize, buf: &'s mut [f32]) -> (&'s [f32], usize);
-    /// Position `j`'s row of `D` values, read in place or widened into `buf`.
-    fn row<'s, const D: usize>(&'s self, j: usize, buf: &'s mut [f32; D]) -> &'s [f32];
 }
 
 struct F32Rows<'a> {
@@ -111,14 +126,9 @@ struct F32Rows<'a> {
 }
 
 impl Rows for F32Rows<'_> {
-    const WIDENS: bool = false;
     #[inline(always)]
     fn block<'s>(&'s self, start: usize, _len: usize, _buf: &'s mut [f32]) -> (&'s [f32], usize) {
         (&self.data[start * self.stride..], self.stride)
-    }
-    #[inline(always)]
-    fn row<'s, const D: usize>(&'s self, j: usize, _buf: &'s mut [f32; D]) -> &'s [f32] {
-        &self.data[j * self.stride..j * self.stride + D]
     }
 }
 
@@ -135,7 +145,6 @@ struct F16Rows<'a, W> {
 }
 
 impl<W: Widen> Rows for F16Rows<'_, W> {
-    const WIDENS: bool = true;
     #[inline(always)]
     fn block<'s>(&'s self, start: usize, len: usize, buf: &'s mut [f32]) -> (&'s [f32], usize) {
         let d = self.d;
@@ -144,11 +153,6 @@ impl<W: Widen> Rows for F16Rows<'_, W> {
             self.widen.widen(&self.data[at..at + d], dst);
         }
         (buf, d)
-    }
-    #[inline(always)]
-    fn row<'s, const D: usize>(&'s self, j: usize, buf: &'s mut [f32; D]) -> &'s [f32] {
-        self.widen.widen(&self.data[j * self.stride..j * self.stride + D], buf);
-        buf
     }
 }
 
@@ -214,6 +218,7 @@ impl Widen for WidenF16c {
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_avx512<K: Rows, V: Rows>(
     q: &[f32],
+    d: usize,
     keys: K,
     values: V,
     n: usize,
@@ -222,7 +227,7 @@ unsafe fn attend_avx512<K: Rows, V: Rows>(
     kb: &mut [f32],
     vb: &mut [f32],
 ) {
-    attend_impl(q, keys, values, n, scale, out, kb, vb)
+    attend_impl(q, d, keys, values, n, scale, out, kb, vb, DotAvx512)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -230,6 +235,7 @@ unsafe fn attend_avx512<K: Rows, V: Rows>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_avx2<K: Rows, V: Rows>(
     q: &[f32],
+    d: usize,
     keys: K,
     values: V,
     n: usize,
@@ -238,118 +244,217 @@ unsafe fn attend_avx2<K: Rows, V: Rows>(
     kb: &mut [f32],
     vb: &mut [f32],
 ) {
-    attend_impl(q, keys, values, n, scale, out, kb, vb)
+    attend_impl(q, d, keys, values, n, scale, out, kb, vb, DotAvx2)
 }
 
-/// Written lane by lane (16 independent sums) so each target's vectoriser maps it onto its
-/// registers. `kb`/`vb` hold one block of widened rows where the rows need widening. Widened
-/// rows of the common head sizes run [`attend_fixed`], which keeps the accumulator and each
-/// widened row in registers instead of storing and reloading them at every position (f32 rows,
-/// read in place, measured no faster that way, and slower in batched decoding); the arithmetic
-/// is the same.
+/// Query heads that go through the positions together; a larger group is taken in pieces.
+const MAX_HEADS: usize = 8;
+
+/// The heads in groups of at most [`MAX_HEADS`]. `kb`/`vb` hold one block of widened rows where
+/// the rows need widening; `dot` is the target's form of the one scoring product (see [`Dot`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_impl<K: Rows, V: Rows>(q: &[f32], keys: K, values: V, n: usize, scale: f32, out: &mut [f32], kb: &mut [f32], vb: &mut [f32]) {
-    if !K::WIDENS {
-        attend_into(q, keys, values, n, scale, out, kb, vb)
-    } else if let (Ok(q), Ok(o)) = (<&[f32; 64]>::try_from(q), <&mut [f32; 64]>::try_from(&mut *out)) {
-        *o = attend_fixed(q, &keys, &values, n, scale);
-    } else if let (Ok(q), Ok(o)) = (<&[f32; 128]>::try_from(q), <&mut [f32; 128]>::try_from(&mut *out)) {
-        *o = attend_fixed(q, &keys, &values, n, scale);
-    } else {
-        attend_into(q, keys, values, n, scale, out, kb, vb)
+fn attend_impl<K: Rows, V: Rows, P: Dot>(
+    q: &[f32],
+    d: usize,
+    keys: K,
+    values: V,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+    kb: &mut [f32],
+    vb: &mut [f32],
+    dot: P,
+) {
+    for (q, out) in q.chunks(MAX_HEADS * d).zip(out.chunks_mut(MAX_HEADS * d)) {
+        attend_heads(q, d, &keys, &values, n, scale, out, kb, vb, &dot);
     }
 }
 
-#[inline(always)]
-fn attend_fixed<const D: usize, K: Rows, V: Rows>(q: &[f32; D], keys: &K, values: &V, n: usize, scale: f32) -> [f32; D] {
-    let mut out = [0f32; D];
-    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-    let mut scores = [0f32; BLOCK];
-    let mut start = 0;
-    while start < n {
-        let len = (n - start).min(BLOCK);
-        let mut block_max = f32::NEG_INFINITY;
-        for (i, s) in scores.iter_mut().enumerate().take(len) {
-            let mut buf = [0f32; D];
-            *s = dot(q, keys.row(start + i, &mut buf)) * scale;
-            block_max = block_max.max(*s);
-        }
-        if block_max > max {
-            let c = if max == f32::NEG_INFINITY { 0.0 } else { (max - block_max).exp() };
-            sum *= c;
-            out.iter_mut().for_each(|o| *o *= c);
-            max = block_max;
-        }
-        exp_shifted(&mut scores[..len], max);
-        for (i, &p) in scores.iter().enumerate().take(len) {
-            sum += p;
-            let mut buf = [0f32; D];
-            for (o, &vv) in out.iter_mut().zip(values.row(start + i, &mut buf)) {
-                *o += p * vv;
-            }
-        }
-        start += len;
-    }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
-    out
-}
-
+/// Online softmax over blocks of [`BLOCK`] positions: each block's keys and values are read (or
+/// widened) once, then every head scores it, rescales what it accumulated if its maximum rose,
+/// and adds the block's values weighted by its probabilities.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_into<K: Rows, V: Rows>(q: &[f32], keys: K, values: V, n: usize, scale: f32, out: &mut [f32], kb: &mut [f32], vb: &mut [f32]) {
-    let d = q.len();
+fn attend_heads<K: Rows, V: Rows, P: Dot>(
+    q: &[f32],
+    d: usize,
+    keys: &K,
+    values: &V,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+    kb: &mut [f32],
+    vb: &mut [f32],
+    dot: &P,
+) {
+    let heads = q.len() / d;
     out.fill(0.0);
-    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+    let (mut max, mut sum) = ([f32::NEG_INFINITY; MAX_HEADS], [0f32; MAX_HEADS]);
     let mut scores = [0f32; BLOCK];
     let mut start = 0;
     while start < n {
         let len = (n - start).min(BLOCK);
         let (kr, ks) = keys.block(start, len, kb);
-        let mut block_max = f32::NEG_INFINITY;
-        for (i, s) in scores.iter_mut().enumerate().take(len) {
-            let k = &kr[i * ks..i * ks + d];
-            *s = dot(q, k) * scale;
-            block_max = block_max.max(*s);
-        }
-        if block_max > max {
-            // Rescale what was accumulated under the old maximum.
-            let c = if max == f32::NEG_INFINITY { 0.0 } else { (max - block_max).exp() };
-            sum *= c;
-            out.iter_mut().for_each(|o| *o *= c);
-            max = block_max;
-        }
-        exp_shifted(&mut scores[..len], max);
         let (vr, vs) = values.block(start, len, vb);
-        for (i, &p) in scores.iter().enumerate().take(len) {
-            sum += p;
-            let v = &vr[i * vs..i * vs + d];
-            for (o, &vv) in out.iter_mut().zip(v) {
-                *o += p * vv;
+        for h in 0..heads {
+            let (qh, oh) = (&q[h * d..(h + 1) * d], &mut out[h * d..(h + 1) * d]);
+            let mut block_max = f32::NEG_INFINITY;
+            for (i, s) in scores.iter_mut().enumerate().take(len) {
+                *s = dot.dot(qh, &kr[i * ks..i * ks + d]) * scale;
+                block_max = block_max.max(*s);
+            }
+            if block_max > max[h] {
+                // Rescale what was accumulated under the old maximum.
+                let c = if max[h] == f32::NEG_INFINITY { 0.0 } else { (max[h] - block_max).exp() };
+                sum[h] *= c;
+                oh.iter_mut().for_each(|o| *o *= c);
+                max[h] = block_max;
+            }
+            exp_shifted(&mut scores[..len], max[h]);
+            for &p in &scores[..len] {
+                sum[h] += p;
+            }
+            if let Ok(o) = <&mut [f32; 64]>::try_from(&mut *oh) {
+                accumulate_fixed(o, &scores[..len], vr, vs);
+            } else if let Ok(o) = <&mut [f32; 128]>::try_from(&mut *oh) {
+                accumulate_fixed(o, &scores[..len], vr, vs);
+            } else {
+                accumulate(oh, &scores[..len], vr, vs);
             }
         }
         start += len;
     }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
+    for (oh, s) in out.chunks_exact_mut(d).zip(sum) {
+        let inv = 1.0 / s;
+        oh.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+/// `out += Σ_i p_i · v_i`, row `i` at `rows[i * stride..]`.
+#[inline(always)]
+fn accumulate(out: &mut [f32], p: &[f32], rows: &[f32], stride: usize) {
+    let d = out.len();
+    for (i, &p) in p.iter().enumerate() {
+        for (o, &vv) in out.iter_mut().zip(&rows[i * stride..i * stride + d]) {
+            *o += p * vv;
+        }
+    }
+}
+
+/// [`accumulate`] for the common head sizes, the sums kept in registers through the
+/// block instead of stored and reloaded at every position (same operations, same order).
+#[inline(always)]
+fn accumulate_fixed<const D: usize>(out: &mut [f32; D], p: &[f32], rows: &[f32], stride: usize) {
+    let mut acc = *out;
+    for (i, &p) in p.iter().enumerate() {
+        for (o, &vv) in acc.iter_mut().zip(&rows[i * stride..i * stride + D]) {
+            *o += p * vv;
+        }
+    }
+    *out = acc;
+}
+
+/// `a · b` as sixteen lane sums (`acc[l] += a[16c + l] · b[16c + l]`, a product then a sum, not
+/// fused), folded as `(s0 + s4) + (s1 + s5) + (s2 + s6) + (s3 + s7)` with `s_l = acc[l] +
+/// acc[l + 8]`, then the tail beyond the last 16 added. Every implementation does exactly these
+/// operations, so the backends' results agree to the bit.
+trait Dot {
+    fn dot(&self, a: &[f32], b: &[f32]) -> f32;
+}
+
+/// Plain Rust, for any CPU.
+struct DotPortable;
+
+impl Dot for DotPortable {
+    #[inline(always)]
+    fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 16];
+        let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+        let tail = dot_tail(ac.remainder(), bc.remainder());
+        for (x, y) in ac.zip(bc) {
+            for l in 0..16 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        let mut u = [0f32; 4];
+        for l in 0..4 {
+            u[l] = (acc[l] + acc[l + 8]) + (acc[l + 4] + acc[l + 12]);
+        }
+        fold4(u, tail)
+    }
 }
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
+fn dot_tail(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The four partial sums `s_l + s_{l+4}` folded left to right, then the tail.
+#[inline(always)]
+fn fold4(u: [f32; 4], tail: f32) -> f32 {
+    u[0] + u[1] + u[2] + u[3] + tail
+}
+
+/// The sixteen lanes in one register. Only built inside [`attend`]'s AVX-512 branch.
+#[cfg(target_arch = "x86_64")]
+struct DotAvx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Dot for DotAvx512 {
+    #[inline(always)]
+    fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len().min(b.len());
+        let full = n / 16 * 16;
+        // SAFETY: a DotAvx512 exists only on CPUs with AVX-512 F (see `attend`); the loads read
+        // a[..full] and b[..full].
+        unsafe {
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            let mut acc = _mm512_setzero_ps();
+            let mut i = 0;
+            while i < full {
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i))));
+                i += 16;
+            }
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+            let s = _mm256_add_ps(_mm512_castps512_ps256(acc), hi);
+            let mut u = [0f32; 4];
+            _mm_storeu_ps(u.as_mut_ptr(), _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s)));
+            fold4(u, dot_tail(&a[full..n], &b[full..n]))
         }
     }
-    let mut s = [0f32; 8];
-    for l in 0..8 {
-        s[l] = acc[l] + acc[l + 8];
+}
+
+/// The sixteen lanes in two registers (lanes 0–7 and 8–15). Only built inside [`attend`]'s
+/// AVX2 branch.
+#[cfg(target_arch = "x86_64")]
+struct DotAvx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Dot for DotAvx2 {
+    #[inline(always)]
+    fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len().min(b.len());
+        let full = n / 16 * 16;
+        // SAFETY: a DotAvx2 exists only on CPUs with AVX2 (see `attend`); the loads read
+        // a[..full] and b[..full].
+        unsafe {
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = 0;
+            while i < full {
+                lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i))));
+                hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8))));
+                i += 16;
+            }
+            let s = _mm256_add_ps(lo, hi);
+            let mut u = [0f32; 4];
+            _mm_storeu_ps(u.as_mut_ptr(), _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s)));
+            fold4(u, dot_tail(&a[full..n], &b[full..n]))
+        }
     }
-    (s[0] + s[4]) + (s[1] + s[5]) + (s[2] + s[6]) + (s[3] + s[7]) + tail
 }
 
 /// `x ← exp(x - shift)` for `x <= shift`: `2^n · p(r)` with `n = round(t · log2 e)` and a
@@ -392,19 +497,26 @@ mod tests {
             for (n, (d, stride)) in
                 [1usize, 2, 31, 32, 33, 100].into_iter().flat_map(|n| [(24usize, 40usize), (64, 72), (128, 128)].map(|ds| (n, ds)))
             {
-                let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
-                let q: Vec<f32> = (0..d).map(|i| val(i + 3)).collect();
-                let keys: Vec<f32> = (0..n * stride).map(|i| val(i * 3 + 1) * 2.0).collect();
-                let values: Vec<f32> = (0..n * stride).map(|i| val(i * 5 + 2)).collect();
-                let mut out = vec![0f32; d];
-                attend(backend, &q, KvSlice::F32(&keys), KvSlice::F32(&values), n, stride, 0.3, &mut out);
-                let s: Vec<f64> = (0..n).map(|j| (0..d).map(|c| q[c] as f64 * keys[j * stride + c] as f64).sum::<f64>() * 0.3).collect();
-                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for c in 0..d {
-                    let want: f64 = (0..n).map(|j| e[j] / z * values[j * stride + c] as f64).sum();
-                    assert!((out[c] as f64 - want).abs() < 1e-5, "{} n={n} c={c}: {} vs {want}", backend.name(), out[c]);
+                for heads in [1usize, 3] {
+                    let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+                    let q: Vec<f32> = (0..heads * d).map(|i| val(i + 3)).collect();
+                    let keys: Vec<f32> = (0..n * stride).map(|i| val(i * 3 + 1) * 2.0).collect();
+                    let values: Vec<f32> = (0..n * stride).map(|i| val(i * 5 + 2)).collect();
+                    let mut out = vec![0f32; heads * d];
+                    attend(backend, &q, heads, KvSlice::F32(&keys), KvSlice::F32(&values), n, stride, 0.3, &mut out);
+                    for h in 0..heads {
+                        let qh = &q[h * d..(h + 1) * d];
+                        let s: Vec<f64> =
+                            (0..n).map(|j| (0..d).map(|c| qh[c] as f64 * keys[j * stride + c] as f64).sum::<f64>() * 0.3).collect();
+                        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                        let z: f64 = e.iter().sum();
+                        for c in 0..d {
+                            let want: f64 = (0..n).map(|j| e[j] / z * values[j * stride + c] as f64).sum();
+                            let got = out[h * d + c] as f64;
+                            assert!((got - want).abs() < 1e-5, "{} n={n} head {h} c={c}: {got} vs {want}", backend.name());
+                        }
+                    }
                 }
             }
         }
@@ -419,14 +531,14 @@ mod tests {
             for (d, stride) in [(24usize, 40usize), (64, 64), (64, 80), (128, 128), (13, 13), (136, 150)] {
                 for n in [1usize, 5, 32, 33, 70] {
                     let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
-                    let q: Vec<f32> = (0..d).map(|i| val(i + 3)).collect();
+                    let q: Vec<f32> = (0..2 * d).map(|i| val(i + 3)).collect();
                     let k16: Vec<f16> = (0..n * stride).map(|i| f16::from_f32(val(i * 3 + 1) * 2.0)).collect();
                     let v16: Vec<f16> = (0..n * stride).map(|i| f16::from_f32(val(i * 5 + 2))).collect();
                     let (k32, v32): (Vec<f32>, Vec<f32>) =
                         (k16.iter().map(|x| x.to_f32()).collect(), v16.iter().map(|x| x.to_f32()).collect());
-                    let (mut a, mut b) = (vec![0f32; d], vec![0f32; d]);
-                    attend(backend, &q, KvSlice::F16(&k16), KvSlice::F16(&v16), n, stride, 0.3, &mut a);
-                    attend(backend, &q, KvSlice::F32(&k32), KvSlice::F32(&v32), n, stride, 0.3, &mut b);
+                    let (mut a, mut b) = (vec![0f32; 2 * d], vec![0f32; 2 * d]);
+                    attend(backend, &q, 2, KvSlice::F16(&k16), KvSlice::F16(&v16), n, stride, 0.3, &mut a);
+                    attend(backend, &q, 2, KvSlice::F32(&k32), KvSlice::F32(&v32), n, stride, 0.3, &mut b);
                     let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&a), bits(&b), "{} d={d} n={n}", backend.name());
                 }
@@ -434,35 +546,83 @@ mod tests {
         }
     }
 
-    /// The fixed-size path (head sizes 64 and 128) computes what the general one does, bit for
-    /// bit, so decoding is unchanged by which one runs.
+    /// Heads attending together compute, bit for bit, what each computes alone: which way the
+    /// decode step groups its heads does not change the answer. Nine heads cross the group
+    /// size the kernel takes at once.
     #[test]
-    fn fixed_head_sizes_equal_the_general_path_bit_for_bit() {
-        for (d, stride) in [(64usize, 64usize), (64, 192), (128, 136)] {
-            for n in [1usize, 31, 32, 65, 300] {
-                let val = |i: usize| (((i * 7919 + 13) % 1000) as f32 / 250.0) - 2.0;
-                let q: Vec<f32> = (0..d).map(|i| val(i + 5)).collect();
-                let keys: Vec<f32> = (0..n * stride).map(|i| val(i * 3 + 1)).collect();
-                let values: Vec<f32> = (0..n * stride).map(|i| val(i * 11 + 2)).collect();
-                let mut general = vec![0f32; d];
-                let (k, v) = (F32Rows { data: &keys, stride }, F32Rows { data: &values, stride });
-                let fixed: Vec<f32> = match d {
-                    64 => attend_fixed::<64, _, _>(q.as_slice().try_into().unwrap(), &k, &v, n, 0.125).to_vec(),
-                    _ => attend_fixed::<128, _, _>(q.as_slice().try_into().unwrap(), &k, &v, n, 0.125).to_vec(),
-                };
-                attend_into(
-                    &q,
-                    F32Rows { data: &keys, stride },
-                    F32Rows { data: &values, stride },
-                    n,
-                    0.125,
-                    &mut general,
-                    &mut [],
-                    &mut [],
-                );
-                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&fixed), bits(&general), "d={d} n={n}");
+    fn heads_together_equal_heads_alone_bit_for_bit() {
+        for &backend in &Backend::supported() {
+            for (d, stride) in [(64usize, 64usize), (128, 136), (24, 24)] {
+                for heads in [2usize, 3, 9] {
+                    for n in [1usize, 31, 65, 300] {
+                        let val = |i: usize| (((i * 7919 + 13) % 1000) as f32 / 250.0) - 2.0;
+                        let q: Vec<f32> = (0..heads * d).map(|i| val(i * 7 + 5)).collect();
+                        let keys: Vec<f32> = (0..n * stride).map(|i| val(i * 3 + 1)).collect();
+                        let values: Vec<f32> = (0..n * stride).map(|i| val(i * 11 + 2)).collect();
+                        let k16: Vec<f16> = keys.iter().map(|&x| f16::from_f32(x)).collect();
+                        let v16: Vec<f16> = values.iter().map(|&x| f16::from_f32(x)).collect();
+                        for (k, v) in [(KvSlice::F32(&keys), KvSlice::F32(&values)), (KvSlice::F16(&k16), KvSlice::F16(&v16))] {
+                            let mut together = vec![0f32; heads * d];
+                            attend(backend, &q, heads, k, v, n, stride, 0.125, &mut together);
+                            let mut alone = vec![0f32; heads * d];
+                            for (qh, oh) in q.chunks_exact(d).zip(alone.chunks_exact_mut(d)) {
+                                attend(backend, qh, 1, k, v, n, stride, 0.125, oh);
+                            }
+                            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&together), bits(&alone), "{} d={d} heads={heads} n={n}", backend.name());
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// Every backend's kernel gives the portable one's result to the bit (head sizes with and
+    /// without a tail beyond the last 16 values), so a model decodes the same on every CPU.
+    #[test]
+    fn backends_agree_bit_for_bit() {
+        for (d, stride) in [(64usize, 64usize), (128, 136), (24, 24), (13, 17), (136, 150)] {
+            for n in [1usize, 33, 100] {
+                let val = |i: usize| (((i * 7919 + 13) % 1000) as f32 / 250.0) - 2.0;
+                let q: Vec<f32> = (0..3 * d).map(|i| val(i * 7 + 5)).collect();
+                let keys: Vec<f32> = (0..n * stride).map(|i| val(i * 3 + 1)).collect();
+                let values: Vec<f32> = (0..n * stride).map(|i| val(i * 11 + 2)).collect();
+                let k16: Vec<f16> = keys.iter().map(|&x| f16::from_f32(x)).collect();
+                let v16: Vec<f16> = values.iter().map(|&x| f16::from_f32(x)).collect();
+                for (k, v) in [(KvSlice::F32(&keys), KvSlice::F32(&values)), (KvSlice::F16(&k16), KvSlice::F16(&v16))] {
+                    let run = |backend| {
+                        let mut out = vec![0f32; 3 * d];
+                        attend(backend, &q, 3, k, v, n, stride, 0.2, &mut out);
+                        out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                    };
+                    let portable = run(Backend::Generic);
+                    for &backend in &Backend::supported() {
+                        assert_eq!(run(backend), portable, "{} d={d} n={n}", backend.name());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The register-held sums of the common head sizes are the plain loop's, bit for bit.
+    #[test]
+    fn fixed_head_sizes_accumulate_as_the_plain_loop_does() {
+        fn check<const D: usize>(stride: usize) {
+            let val = |i: usize| (((i * 7919 + 13) % 1000) as f32 / 250.0) - 2.0;
+            for len in [1usize, 7, BLOCK] {
+                let p: Vec<f32> = (0..len).map(|i| val(i + 9).abs()).collect();
+                let rows: Vec<f32> = (0..len * stride).map(|i| val(i * 11 + 2)).collect();
+                let start: Vec<f32> = (0..D).map(|i| val(i * 5)).collect();
+                let mut fixed: [f32; D] = start.clone().try_into().unwrap();
+                accumulate_fixed(&mut fixed, &p, &rows, stride);
+                let mut plain = start;
+                accumulate(&mut plain, &p, &rows, stride);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fixed), bits(&plain), "D={D} stride={stride} len={len}");
+            }
+        }
+        check::<64>(64);
+        check::<64>(192);
+        check::<128>(136);
     }
 }

@@ -319,7 +319,8 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
             }
             let kv = &kv_bufs[li];
             kv.write_position(offset, &s.k, &s.v)?;
-            // Attention of each (row, head) over its row's cached positions, on the pool.
+            // Attention of each row's query heads over its cached positions, on the pool, the heads
+            // that share a key/value head together where that keeps the threads busy.
             s.att.resize(b * qd, 0.0);
             {
                 let (kg, vg) = (kv.k.storage_and_layout(), kv.v.storage_and_layout());
@@ -329,15 +330,18 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
                 let q = &s.q;
                 let group = nh / nkv;
                 let scale = 1.0 / (d as f32).sqrt();
-                bk::Parallel::run(&Pool, b * nh, &|task| {
-                    let (r, hd) = (task / nh, task % nh);
+                let per_task = heads_per_task(b * nkv, group, bk::Parallel::threads(&Pool));
+                let tasks_per_row = nh / per_task;
+                bk::Parallel::run(&Pool, b * tasks_per_row, &|task| {
+                    let (r, hd) = (task / tasks_per_row, task % tasks_per_row * per_task);
                     let g = hd / group;
                     let first = pads[r].min(offset);
                     let n = offset + 1 - first;
                     let base = ((r * nkv + g) * cap + first) * d;
-                    // SAFETY: task (r, hd) writes only att[r][hd·d..(hd + 1)·d].
-                    let out = unsafe { std::slice::from_raw_parts_mut({ att_ptr }.0.add(r * qd + hd * d), d) };
-                    bk::attend(backend, &q[r * qd + hd * d..r * qd + (hd + 1) * d], kc.from(base), vc.from(base), n, d, scale, out);
+                    let heads = r * qd + hd * d..r * qd + (hd + per_task) * d;
+                    // SAFETY: task (r, hd) writes only att[r][hd·d..(hd + per_task)·d].
+                    let out = unsafe { std::slice::from_raw_parts_mut({ att_ptr }.0.add(heads.start), heads.len()) };
+                    bk::attend(backend, &q[heads], per_task, kc.from(base), vc.from(base), n, d, scale, out);
                 });
             }
             // Output projection added onto the residual.
@@ -390,6 +394,13 @@ struct SendPtr(*mut f32);
 // SAFETY: written only at disjoint offsets by the tasks of one pool round.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+/// Query heads each attention task takes: all that share a key/value head (each key and value
+/// is then read once for all of them), unless that leaves fewer than four tasks per thread, in
+/// which case the group is split (down to one head) so the pool's threads stay evenly loaded.
+fn heads_per_task(kv_heads: usize, group: usize, threads: usize) -> usize {
+    (1..=group).rev().find(|&p| group.is_multiple_of(p) && kv_heads * (group / p) >= 4 * threads).unwrap_or(1)
+}
 
 /// A key or value buffer as the attention kernel reads it.
 fn cpu_kv(s: &candle_core::Storage) -> Result<bk::KvSlice<'_>> {
@@ -571,5 +582,25 @@ impl candle_core::InplaceOp1 for WritePosition<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::heads_per_task;
+
+    #[test]
+    fn heads_share_a_task_only_when_the_threads_stay_busy() {
+        // SmolLM2 (9 query heads on 3 key/value heads) on 2 threads: one row gives 3 groups,
+        // too few for 2 threads, so each head is a task; 16 rows give 48 groups.
+        assert_eq!(heads_per_task(3, 3, 2), 1);
+        assert_eq!(heads_per_task(48, 3, 2), 3);
+        // Llama 3 8B (32 on 8) on 16 threads: one row keeps heads apart, eight rows share.
+        assert_eq!(heads_per_task(8, 4, 16), 1);
+        assert_eq!(heads_per_task(64, 4, 16), 4);
+        // In between, the group is split evenly: 2 of 4 heads per task.
+        assert_eq!(heads_per_task(16, 4, 8), 2);
+        // Multi-head attention has nothing to share.
+        assert_eq!(heads_per_task(32, 1, 2), 1);
     }
 }
