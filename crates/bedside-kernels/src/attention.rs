@@ -73,6 +73,8 @@ pub fn attend(
                 Backend::Avx512 | Backend::Avx512Vnni => unsafe { attend_avx512(q, d, k, v, n, scale, out, &mut [], &mut []) },
                 #[cfg(target_arch = "x86_64")]
                 Backend::Avx2 => unsafe { attend_avx2(q, d, k, v, n, scale, out, &mut [], &mut []) },
+                #[cfg(target_arch = "aarch64")]
+                Backend::Neon => attend_impl(q, d, k, v, n, scale, out, &mut [], &mut [], DotNeon),
                 _ => attend_impl(q, d, k, v, n, scale, out, &mut [], &mut [], DotPortable),
             }
         }
@@ -103,6 +105,12 @@ pub fn attend(
                         (F16Rows::<WidenF16c> { data: k, stride, d, widen: WidenF16c }, F16Rows { data: v, stride, d, widen: WidenF16c });
                     attend_avx2(q, d, k, v, n, scale, out, kb, vb)
                 },
+                #[cfg(target_arch = "aarch64")]
+                Backend::Neon => {
+                    let (k, v) =
+                        (F16Rows { data: k, stride, d, widen: WidenPortable }, F16Rows { data: v, stride, d, widen: WidenPortable });
+                    attend_impl(q, d, k, v, n, scale, out, kb, vb, DotNeon)
+                }
                 _ => {
                     let (k, v) =
                         (F16Rows { data: k, stride, d, widen: WidenPortable }, F16Rows { data: v, stride, d, widen: WidenPortable });
@@ -168,6 +176,7 @@ impl Widen for WidenPortable {
 }
 
 /// `src` widened into `dst` `LANES` values at a time by `block`, the tail one by one.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn widen_by<const LANES: usize>(src: &[f16], dst: &mut [f32], block: impl Fn(&[f16; LANES], &mut [f32; LANES])) {
     let (mut s, mut d) = (src.chunks_exact(LANES), dst.chunks_exact_mut(LANES));
@@ -453,6 +462,37 @@ impl Dot for DotAvx2 {
             let mut u = [0f32; 4];
             _mm_storeu_ps(u.as_mut_ptr(), _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s)));
             fold4(u, dot_tail(&a[full..n], &b[full..n]))
+        }
+    }
+}
+
+/// The sixteen lanes in four registers. Only built inside [`attend`]'s NEON branch.
+#[cfg(target_arch = "aarch64")]
+struct DotNeon;
+
+#[cfg(target_arch = "aarch64")]
+impl Dot for DotNeon {
+    #[inline(always)]
+    fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::aarch64::*;
+        let n = a.len().min(b.len());
+        let full = n / 16 * 16;
+        // SAFETY: every aarch64 CPU has NEON; the loads read a[..full] and b[..full].
+        unsafe {
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            let mut acc = [vdupq_n_f32(0.0); 4];
+            let mut i = 0;
+            while i < full {
+                for (j, c) in acc.iter_mut().enumerate() {
+                    *c = vaddq_f32(*c, vmulq_f32(vld1q_f32(pa.add(i + 4 * j)), vld1q_f32(pb.add(i + 4 * j))));
+                }
+                i += 16;
+            }
+            // Lanes 0–3 and 8–11, 4–7 and 12–15, then the two halves.
+            let u = vaddq_f32(vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
+            let mut l = [0f32; 4];
+            vst1q_f32(l.as_mut_ptr(), u);
+            fold4(l, dot_tail(&a[full..n], &b[full..n]))
         }
     }
 }
