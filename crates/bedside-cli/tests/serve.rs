@@ -795,6 +795,56 @@ fn openai_python_client() {
     assert!(so.contains("passed"), "{so}");
 }
 
+/// `kv_cache = "f16"` (here `--kv-cache f16`) reaches the engine: the server says so when ready,
+/// answers greedily what `bedside generate --kv-cache f16` answers, and answers the same in
+/// company (rows joining and leaving a batch whose cache is f16) as alone.
+#[test]
+fn f16_cache_answers_as_generate_does_alone_and_in_company() {
+    let Some(model) = tiny() else { return };
+    let questions = [
+        "My ankle is swollen after a fall.",
+        "I keep waking up at 3 am and cannot sleep again.",
+        "Is it safe to take ibuprofen every day?",
+    ];
+    let maxes = [20u64, 12, 28];
+    let generate = |text: &str, max: u64| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_bedside"))
+            .args(["generate", "--model", &s(&model), "--user", text, "--temperature", "0", "--kv-cache", "f16", "--json"])
+            .args(["--max-tokens", &max.to_string()])
+            .env_remove("BEDSIDE_MODEL")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["text"].as_str().unwrap().to_string()
+    };
+    let want: Vec<String> = questions.iter().zip(maxes).map(|(q, m)| generate(q, m)).collect();
+    let srv = Server::start(&["--model", &s(&model), "--name", "tiny", "--parallel", "3", "--kv-cache", "f16"], &[]);
+    let ready = srv.logs();
+    assert!(ready.contains("kv_cache=F16"), "the ready line does not name the f16 cache:\n{ready}");
+    let url = format!("{}/v1/chat/completions", srv.url);
+    let body = |i: usize| chat("tiny", questions[i], json!({"temperature": 0, "max_tokens": maxes[i]}));
+    for (i, w) in want.iter().enumerate() {
+        let (st, v) = post_json(&url, &body(i), None);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap(), w, "question {i} alone");
+    }
+    // Twice over, so rows finish at different steps while others still decode.
+    let handles: Vec<_> = (0..6)
+        .map(|k| {
+            let (url, b) = (url.clone(), body(k % 3));
+            std::thread::spawn(move || {
+                let (st, v) = post_json(&url, &b, None);
+                assert_eq!(st, 200, "{v}");
+                v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    for (k, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), want[k % 3], "question {} in company", k % 3);
+    }
+}
+
 /// `eval run` with a system that is `bedside serve` on loopback. The server runs one request at
 /// a time and the local system batches one prompt at a time, so both compute exactly the same
 /// thing: the endpoint system must get the local base system's answers, word for word, with the

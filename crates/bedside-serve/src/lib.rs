@@ -113,6 +113,7 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
                         adapters = ?facts.ids.adapters,
                         context = facts.context,
                         parallel = settings.parallel,
+                        kv_cache = ?engine.model.kv_cache_dtype().unwrap_or(engine.model.dtype()),
                         secs = started.elapsed().as_secs_f64(),
                         "model loaded; ready"
                     );
