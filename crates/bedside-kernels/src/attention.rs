@@ -378,31 +378,47 @@ struct DotPortable;
 impl Dot for DotPortable {
     #[inline(always)]
     fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; 16];
-        let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-        let tail = dot_tail(ac.remainder(), bc.remainder());
-        for (x, y) in ac.zip(bc) {
-            for l in 0..16 {
-                acc[l] += x[l] * y[l];
-            }
-        }
-        let mut u = [0f32; 4];
-        for l in 0..4 {
-            u[l] = (acc[l] + acc[l + 8]) + (acc[l + 4] + acc[l + 12]);
-        }
-        fold4(u, tail)
+        dot_by(
+            a,
+            b,
+            [0f32; 16],
+            |mut acc, x, y| {
+                for l in 0..16 {
+                    acc[l] += x[l] * y[l];
+                }
+                acc
+            },
+            |acc| std::array::from_fn(|l| (acc[l] + acc[l + 8]) + (acc[l + 4] + acc[l + 12])),
+        )
     }
 }
 
+/// The frame every [`Dot`] shares: `acc = step(acc, a16, b16)` over each whole chunk of sixteen
+/// values, `fold` to the four sums `s_l + s_{l+4}`, added left to right, then the tail.
 #[inline(always)]
-fn dot_tail(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+fn dot_by<A>(a: &[f32], b: &[f32], zero: A, step: impl Fn(A, &[f32; 16], &[f32; 16]) -> A, fold: impl Fn(A) -> [f32; 4]) -> f32 {
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let mut acc = zero;
+    for (x, y) in ac.zip(bc) {
+        if let (Ok(x), Ok(y)) = (x.try_into(), y.try_into()) {
+            acc = step(acc, x, y);
+        }
+    }
+    let u = fold(acc);
+    u[0] + u[1] + u[2] + u[3] + tail
 }
 
-/// The four partial sums `s_l + s_{l+4}` folded left to right, then the tail.
+/// The eight sums `s_l` (a register) to the four `s_l + s_{l+4}`. Only called by the x86-64
+/// forms of [`Dot`], which exist on CPUs with AVX.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn fold4(u: [f32; 4], tail: f32) -> f32 {
-    u[0] + u[1] + u[2] + u[3] + tail
+fn fold8(s: std::arch::x86_64::__m256) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let mut u = [0f32; 4];
+    // SAFETY: see above; the store writes the four values of `u`.
+    unsafe { _mm_storeu_ps(u.as_mut_ptr(), _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))) };
+    u
 }
 
 /// The sixteen lanes in one register. Only built inside [`attend`]'s AVX-512 branch.
@@ -414,23 +430,18 @@ impl Dot for DotAvx512 {
     #[inline(always)]
     fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
         use std::arch::x86_64::*;
-        let n = a.len().min(b.len());
-        let full = n / 16 * 16;
-        // SAFETY: a DotAvx512 exists only on CPUs with AVX-512 F (see `attend`); the loads read
-        // a[..full] and b[..full].
+        // SAFETY: a DotAvx512 exists only on CPUs with AVX-512 F (see `attend`); each step
+        // reads its own sixteen values of `a` and `b`.
         unsafe {
-            let (pa, pb) = (a.as_ptr(), b.as_ptr());
-            let mut acc = _mm512_setzero_ps();
-            let mut i = 0;
-            while i < full {
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i))));
-                i += 16;
-            }
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
-            let s = _mm256_add_ps(_mm512_castps512_ps256(acc), hi);
-            let mut u = [0f32; 4];
-            _mm_storeu_ps(u.as_mut_ptr(), _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s)));
-            fold4(u, dot_tail(&a[full..n], &b[full..n]))
+            dot_by(
+                a,
+                b,
+                _mm512_setzero_ps(),
+                |acc, x, y| _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(y.as_ptr()))),
+                |acc| {
+                    fold8(_mm256_add_ps(_mm512_castps512_ps256(acc), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)))))
+                },
+            )
         }
     }
 }
@@ -445,23 +456,17 @@ impl Dot for DotAvx2 {
     #[inline(always)]
     fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
         use std::arch::x86_64::*;
-        let n = a.len().min(b.len());
-        let full = n / 16 * 16;
-        // SAFETY: a DotAvx2 exists only on CPUs with AVX2 (see `attend`); the loads read
-        // a[..full] and b[..full].
+        // SAFETY: a DotAvx2 exists only on CPUs with AVX2 (see `attend`); each step reads its
+        // own sixteen values of `a` and `b`, eight at a time.
         unsafe {
-            let (pa, pb) = (a.as_ptr(), b.as_ptr());
-            let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut i = 0;
-            while i < full {
-                lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i))));
-                hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8))));
-                i += 16;
-            }
-            let s = _mm256_add_ps(lo, hi);
-            let mut u = [0f32; 4];
-            _mm_storeu_ps(u.as_mut_ptr(), _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s)));
-            fold4(u, dot_tail(&a[full..n], &b[full..n]))
+            let mul = |x: &[f32], y: &[f32]| _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(y.as_ptr()));
+            dot_by(
+                a,
+                b,
+                (_mm256_setzero_ps(), _mm256_setzero_ps()),
+                |(lo, hi), x, y| (_mm256_add_ps(lo, mul(&x[..8], &y[..8])), _mm256_add_ps(hi, mul(&x[8..], &y[8..]))),
+                |(lo, hi)| fold8(_mm256_add_ps(lo, hi)),
+            )
         }
     }
 }
@@ -475,24 +480,25 @@ impl Dot for DotNeon {
     #[inline(always)]
     fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
         use std::arch::aarch64::*;
-        let n = a.len().min(b.len());
-        let full = n / 16 * 16;
-        // SAFETY: every aarch64 CPU has NEON; the loads read a[..full] and b[..full].
+        // SAFETY: every aarch64 CPU has NEON; each step reads its own sixteen values of `a`
+        // and `b`.
         unsafe {
-            let (pa, pb) = (a.as_ptr(), b.as_ptr());
-            let mut acc = [vdupq_n_f32(0.0); 4];
-            let mut i = 0;
-            while i < full {
-                for (j, c) in acc.iter_mut().enumerate() {
-                    *c = vaddq_f32(*c, vmulq_f32(vld1q_f32(pa.add(i + 4 * j)), vld1q_f32(pb.add(i + 4 * j))));
-                }
-                i += 16;
-            }
-            // Lanes 0–3 and 8–11, 4–7 and 12–15, then the two halves.
-            let u = vaddq_f32(vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
-            let mut l = [0f32; 4];
-            vst1q_f32(l.as_mut_ptr(), u);
-            fold4(l, dot_tail(&a[full..n], &b[full..n]))
+            dot_by(
+                a,
+                b,
+                [vdupq_n_f32(0.0); 4],
+                |acc, x, y| {
+                    std::array::from_fn(|j| {
+                        vaddq_f32(acc[j], vmulq_f32(vld1q_f32(x.as_ptr().add(4 * j)), vld1q_f32(y.as_ptr().add(4 * j))))
+                    })
+                },
+                |acc| {
+                    // Lanes 0–3 with 8–11 and 4–7 with 12–15, then the two halves.
+                    let mut u = [0f32; 4];
+                    vst1q_f32(u.as_mut_ptr(), vaddq_f32(vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3])));
+                    u
+                },
+            )
         }
     }
 }
