@@ -85,7 +85,10 @@ for r in range(1, rounds + 1):
     mem_l.append(max(rss(f"llama_{t}_{r}") for t in ("pp", "tg0", "tg512")))
     mem_b.append(max(rss(f"bedside_{t}_{r}") for t in ("pp", "tg0")))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"{os.path.basename(model)}, {threads} threads, {cpu}; key/value cache {kv_cache} (llama.cpp: f16); median of {rounds} interleaved rounds (range in brackets)")
+# Each engine's cache type as it reports it, not as asked for.
+kv_b = load("bedside_pp_1").get("kv_cache", kv_cache)
+kv_l = "/".join(sorted({load("llama_tg512_1")[0].get(k, "?") for k in ("type_k", "type_v")}))
+print(f"{os.path.basename(model)}, {threads} threads, {cpu}; key/value cache {kv_b} (llama.cpp: {kv_l}); median of {rounds} interleaved rounds (range in brackets)")
 print()
 print("| | llama.cpp (tok/s) | bedside (tok/s) | bedside ÷ llama.cpp |")
 print("|---|---|---|---|")

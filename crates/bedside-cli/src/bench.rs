@@ -249,6 +249,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchEngine::CandleExample => "candle-quantized-example",
     };
     let rows = if a.batch > 1 { format!(" x {}", a.batch) } else { String::new() };
+    // The type bedside keeps keys and values in (candle's example keeps its own, in f32).
+    let kv_cache = match a.engine {
+        BenchEngine::Bedside => engine.model.kv_cache_dtype().unwrap_or(engine.model.dtype()).as_str(),
+        BenchEngine::CandleExample => "f32",
+    };
     if a.json {
         let v = serde_json::json!({
             "engine": engine_name,
@@ -256,6 +261,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "device": bedside_model::device_name(engine.model.device()),
             "threads": candle_core::utils::get_num_threads(),
             "batch": a.batch,
+            "kv_cache": kv_cache,
             "prompt_tokens": a.prompt_tokens,
             "gen_tokens": a.gen_tokens,
             "runs": a.runs,
@@ -270,7 +276,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!(
-            "engine   {engine_name} on {} ({} threads)",
+            "engine   {engine_name} on {} ({} threads, key/value cache {kv_cache})",
             bedside_model::device_name(engine.model.device()),
             candle_core::utils::get_num_threads()
         );
