@@ -324,7 +324,7 @@ pub(crate) fn step(model: &Model, ids: &Tensor, cache: &mut Cache) -> Result<Opt
             s.att.resize(b * qd, 0.0);
             {
                 let (kg, vg) = (kv.k.storage_and_layout(), kv.v.storage_and_layout());
-                let (kc, vc) = (cpu_kv(&kg.0)?, cpu_kv(&vg.0)?);
+                let (kc, vc) = (cpu_kv(&kg.0, kg.1)?, cpu_kv(&vg.0, vg.1)?);
                 let cap = kv.cap;
                 let att_ptr = SendPtr(s.att.as_mut_ptr());
                 let q = &s.q;
@@ -402,13 +402,18 @@ fn heads_per_task(kv_heads: usize, group: usize, threads: usize) -> usize {
     (1..=group).rev().find(|&p| group.is_multiple_of(p) && kv_heads * (group / p) >= 4 * threads).unwrap_or(1)
 }
 
-/// A key or value buffer as the attention kernel reads it.
-fn cpu_kv(s: &candle_core::Storage) -> Result<bk::KvSlice<'_>> {
-    match s {
-        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Ok(bk::KvSlice::F32(v)),
-        candle_core::Storage::Cpu(CpuStorage::F16(v)) => Ok(bk::KvSlice::F16(v)),
-        _ => Err(candle_core::Error::Msg("key/value cache is not f32 or f16 on the CPU".into()).into()),
-    }
+/// A key or value buffer as the attention kernel reads it, from where its view starts (a
+/// trimmed cache can be a view into its old buffer).
+fn cpu_kv<'a>(s: &'a candle_core::Storage, layout: &Layout) -> Result<bk::KvSlice<'a>> {
+    let Some((start, _)) = layout.contiguous_offsets() else {
+        return Err(candle_core::Error::Msg("key/value cache is not a contiguous buffer".into()).into());
+    };
+    let all = match s {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => bk::KvSlice::F32(v),
+        candle_core::Storage::Cpu(CpuStorage::F16(v)) => bk::KvSlice::F16(v),
+        _ => return Err(candle_core::Error::Msg("key/value cache is not f32 or f16 on the CPU".into()).into()),
+    };
+    Ok(all.from(start))
 }
 
 fn job<'a>(p: &Proj<'a>, out: &'a mut [f32], accumulate: bool) -> bk::Job<'a> {

@@ -88,3 +88,47 @@ fn rows_join_and_leave_a_running_batch() {
         assert_eq!(empty.batch_size(), 2);
     }
 }
+
+/// The tiny Llama with one key/value head (multi-query attention): its first head's k/v rows.
+fn one_kv_head_model(dir: &std::path::Path) -> (tempfile::TempDir, Model) {
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let head_dim = cfg["head_dim"].as_u64().unwrap() as usize;
+    cfg["num_key_value_heads"] = 1.into();
+    std::fs::write(out.path().join("config.json"), cfg.to_string()).unwrap();
+    let mut tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        if name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight") {
+            *t = t.narrow(0, 0, head_dim).unwrap().contiguous().unwrap();
+        }
+    }
+    candle_core::safetensors::save(&tensors, out.path().join("model.safetensors")).unwrap();
+    let model = load_hf_dir(out.path(), &LoadOptions::default()).unwrap();
+    (out, model)
+}
+
+/// With one key/value head, a single row's trimmed cache is a view that starts past its buffer's
+/// first element (no copy is needed): decoding must read from where the view starts.
+#[test]
+fn a_trimmed_single_row_with_one_kv_head_decodes_as_alone() {
+    let Some(dir) = bedside_testutil::fixture("tiny-llama") else { return };
+    let (_keep, model) = one_kv_head_model(&dir);
+    let (long, short): (Vec<u32>, Vec<u32>) = ((3..20).collect(), (40..46).collect());
+    let pads = vec![0, long.len() - short.len()];
+    let mut ids = long.clone();
+    ids.extend(std::iter::repeat_n(0u32, pads[1]));
+    ids.extend(&short);
+    let mut batch = Cache::with_padding(&model, pads);
+    model.forward(&Tensor::from_vec(ids, (2, long.len()), &Device::Cpu).unwrap(), Some(&mut batch), Logits::Last).unwrap();
+    batch.retain_rows(&[1]).unwrap();
+    batch.trim_padding().unwrap();
+    assert_eq!(batch.len(), short.len());
+    let mut alone = Single::new(&model, &short);
+    for step in 0..4u32 {
+        let tok = 300 + step;
+        let l = model.forward(&Tensor::new(&[tok], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut batch), Logits::Last).unwrap();
+        alone.step(&model, tok);
+        let d = max_abs_diff(&l.squeeze(0).unwrap(), &alone.logits);
+        assert!(d < 1e-4, "step {step}: the trimmed row differs from alone by {d}");
+    }
+}
